@@ -1,0 +1,155 @@
+"""Rebalance entry point.
+
+    python app.py                         serve UI + API on 127.0.0.1:7860 with one embedded worker
+    python app.py worker                  run one more worker against the same database
+    python app.py experiment CONFIG.yaml --out DIR    run a whole study headless
+
+Every flag also exists as a REBALANCE_* environment variable (see README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from backend.config import Settings
+from backend.runtime import StartupError, prepare
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("settings (also REBALANCE_* environment variables)")
+    g.add_argument("--workspace", help="workspace directory for the database and files (default ./workspace)")
+    g.add_argument(
+        "--db-url", help="SQLAlchemy URL (default: SQLite in the workspace; postgresql+psycopg://… for many hosts)"
+    )
+    g.add_argument(
+        "--allow-dir",
+        action="append",
+        dest="allow_dirs",
+        metavar="DIR",
+        help="a directory users may read datasets/images from (repeatable)",
+    )
+    g.add_argument("--device", help="compute device for jobs: cuda or cpu (default: cuda when available)")
+    g.add_argument("--plugins", help="comma-separated modules that register extra job kinds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="app.py", description="Rebalance: repair class imbalance with synthetic images."
+    )
+    _common(parser)
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 7860)")
+    parser.add_argument("--workers", type=int, help="embedded worker processes (default 1; 0 = none)")
+    parser.add_argument("--auth", help="user:password protecting UI and API")
+    sub = parser.add_subparsers(dest="command")
+    w = sub.add_parser("worker", help="run one worker against the database")
+    _common(w)
+    e = sub.add_parser("experiment", help="run a whole study from a YAML config, headless")
+    _common(e)
+    e.add_argument("config", type=Path, help="experiment config (YAML); keys documented in README.md")
+    e.add_argument("--out", type=Path, required=True, help="output directory for results.csv and report.html")
+    e.add_argument("--workers", type=int, help="embedded workers for this run (default 1; 0 = use existing workers)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "workspace", "db_url", "workers", "auth", "device"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "allow_dirs", None):
+        env = [p for p in os.environ.get("REBALANCE_ALLOW_DIRS", "").split(os.pathsep) if p]
+        overrides["allow_dirs"] = env + args.allow_dirs
+    if getattr(args, "plugins", None):
+        overrides["plugins"] = args.plugins
+    return Settings(**overrides)
+
+
+def _worker_process(settings_json: str) -> None:
+    from backend.jobs.worker import run_worker
+
+    run_worker(Settings.model_validate_json(settings_json))
+
+
+def start_workers(settings: Settings, n: int) -> list[mp.Process]:
+    """Embedded workers are separate processes so training never blocks the web server."""
+    ctx = mp.get_context("spawn")
+    procs = []
+    for i in range(n):
+        p = ctx.Process(target=_worker_process, args=(settings.model_dump_json(),), name=f"worker-{i}", daemon=True)
+        p.start()
+        procs.append(p)
+    return procs
+
+
+def stop_workers(procs: list[mp.Process], timeout: float = 30.0) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.terminate()  # SIGTERM: the worker checkpoints and releases its job
+    for p in procs:
+        p.join(timeout)
+        if p.is_alive():
+            p.kill()
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from backend.api.app import create_app
+
+    db = prepare(settings)
+    app = create_app(settings, db)
+    procs = start_workers(settings, settings.workers)
+    print(
+        f"Rebalance on http://{settings.host}:{settings.port}  (API docs: /api/docs; "
+        f"workspace {settings.workspace_dir}; {settings.workers} worker(s); device {settings.device})",
+        flush=True,
+    )
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        stop_workers(procs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"rebalance: error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "worker":
+            prepare(settings)
+            from backend.jobs.worker import run_worker
+
+            run_worker(settings)
+        elif args.command == "experiment":
+            from backend.experiment import run_experiment_cli
+
+            return run_experiment_cli(args.config, args.out, settings)
+        else:
+            serve(settings)
+    except StartupError as exc:
+        print(f"rebalance: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""REST API (FastAPI): routes under /api, dependencies, middleware and error format."""

@@ -1,0 +1,5 @@
+"""/api/gans routes (filled in by its issue)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/gans", tags=["gans"])

@@ -1,0 +1,113 @@
+"""/api/jobs: submit, list, inspect, log, cancel and retry jobs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from backend.api.deps import DatabaseDep, ReadSessionDep, SettingsDep, not_found
+from backend.api.errors import field_error
+from backend.api.schemas import JobCreate, JobKindOut, JobLogOut, JobOut, JobPage, JobStatus
+from backend.db.models import Job, JobLog
+from backend.jobs import queue
+from backend.jobs.registry import all_kinds, get_kind
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.get("/kinds", response_model=list[JobKindOut])
+def list_kinds() -> list[JobKindOut]:
+    """Every job kind this server accepts, with the JSON schema of its params."""
+    return [
+        JobKindOut(name=k.name, description=k.description, params_schema=k.params_model.model_json_schema())
+        for k in sorted(all_kinds().values(), key=lambda k: k.name)
+    ]
+
+
+@router.post("", response_model=JobOut, status_code=status.HTTP_201_CREATED)
+def submit_job(body: JobCreate, db: DatabaseDep, settings: SettingsDep, response: Response) -> Job:
+    """Queue a job. Unknown kinds and invalid params answer 422 naming the field; a repeated
+    ``idempotency_key`` returns the job it created the first time (200)."""
+    kind = get_kind(body.kind)
+    if kind is None:
+        known = ", ".join(sorted(all_kinds())) or "none"
+        raise field_error(("body", "kind"), f"unknown job kind {body.kind!r}; known kinds: {known}")
+    try:
+        params = kind.params_model.model_validate(body.params)
+    except ValidationError as exc:
+        # Re-raise pydantic's errors under body.params.<field> so the 422 names the exact field.
+        errors = [{**e, "loc": ("body", "params", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+    job, created = queue.submit(
+        db,
+        body.kind,
+        params.model_dump(mode="json"),
+        idempotency_key=body.idempotency_key,
+        max_attempts=settings.max_attempts,
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return job
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: ReadSessionDep,
+    kind: str | None = None,
+    status_: JobStatus | None = Query(None, alias="status"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> JobPage:
+    """Jobs, newest first, optionally filtered by kind and status."""
+    q = select(Job)
+    if kind:
+        q = q.where(Job.kind == kind)
+    if status_:
+        q = q.where(Job.status == status_)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    items = session.scalars(q.order_by(Job.id.desc()).limit(limit).offset(offset)).all()
+    return JobPage(items=[JobOut.model_validate(j) for j in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: int, session: ReadSessionDep) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+@router.get("/{job_id}/logs", response_model=list[JobLogOut])
+def get_logs(
+    job_id: int, session: ReadSessionDep, after_id: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=5000)
+) -> list[JobLog]:
+    if session.get(Job, job_id) is None:
+        raise not_found("job", job_id)
+    q = select(JobLog).where(JobLog.job_id == job_id, JobLog.id > after_id).order_by(JobLog.id).limit(limit)
+    return list(session.scalars(q))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: int, db: DatabaseDep) -> Job:
+    """Cancel a queued job now, or ask a running one to stop at its next chunk boundary (within seconds)."""
+    job = queue.request_cancel(db, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    if job.status in ("succeeded", "failed"):
+        raise HTTPException(status_code=409, detail=f"job {job_id} already {job.status}")
+    return job
+
+
+@router.post("/{job_id}/retry", response_model=JobOut)
+def retry_job(job_id: int, db: DatabaseDep) -> Job:
+    """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
+    job = queue.retry(db, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    if job.status not in ("queued",):
+        raise HTTPException(
+            status_code=409, detail=f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
+        )
+    return job

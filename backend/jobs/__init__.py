@@ -1,0 +1,1 @@
+"""Jobs: the registry of kinds, the queue (claim, lease, finish) and the worker loop."""

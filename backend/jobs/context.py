@@ -1,0 +1,100 @@
+"""JobContext: what a running handler gets — progress, logs, checkpoints, stop checks, storage."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from backend.config import Settings
+from backend.db.models import Job
+from backend.db.session import Database
+from backend.jobs.errors import JobInterrupted
+from backend.store import FileStore
+
+if TYPE_CHECKING:
+    from backend.jobs.worker import Heartbeat
+
+
+class JobContext:
+    """Handed to a job handler. Progress and logs are buffered and flushed by the worker's heartbeat
+    (so a fast loop never hammers the database); checkpoints are written immediately."""
+
+    def __init__(
+        self,
+        *,
+        job: Job,
+        db: Database,
+        settings: Settings,
+        store: FileStore,
+        stop_event: threading.Event,
+    ) -> None:
+        self.job_id = job.id
+        self.kind = job.kind
+        self.attempt = job.attempts
+        self.checkpoint: dict[str, Any] = dict(job.checkpoint or {})
+        self.settings = settings
+        self.store = store
+        self.db = db
+        self._stop_event = stop_event
+        self._lock = threading.Lock()
+        self._pending: dict[str, Any] = {}
+        self._logs: list[tuple[str, str]] = []
+        self._t0 = time.monotonic()
+        self._p0 = float(job.progress or 0.0)
+        self.heartbeat: Heartbeat | None = None
+
+    # -- storage ---------------------------------------------------------------------------------
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A write session that commits on exit."""
+        with self.db.session() as s:
+            yield s
+
+    # -- progress and logs -----------------------------------------------------------------------
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress in [0, 1]; the ETA is extrapolated from this attempt's rate."""
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        elapsed = time.monotonic() - self._t0
+        done = fraction - self._p0
+        eta = elapsed * (1.0 - fraction) / done if done > 1e-6 and elapsed > 0.5 else None
+        with self._lock:
+            self._pending["progress"] = fraction
+            self._pending["eta_s"] = None if eta is None else round(eta, 1)
+            if message is not None:
+                self._pending["message"] = message[:2000]
+
+    def log(self, message: str, level: str = "info") -> None:
+        with self._lock:
+            self._logs.append((level, message[:10_000]))
+
+    def take_pending(self) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """For the heartbeat: the progress fields and log lines accumulated since the last flush."""
+        with self._lock:
+            fields, logs = self._pending, self._logs
+            self._pending, self._logs = {}, []
+        return fields, logs
+
+    # -- stopping --------------------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        """True when the job was cancelled, its worker is shutting down, or it lost its lease."""
+        return self._stop_event.is_set()
+
+    def raise_if_stopped(self) -> None:
+        if self._stop_event.is_set():
+            raise JobInterrupted()
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Persist resume state now (call it after the chunk's output is committed)."""
+        self.checkpoint = dict(state)
+        if self.heartbeat is not None:
+            self.heartbeat.flush()
+        with self.db.session() as s:
+            job = s.get(Job, self.job_id)
+            if job is not None:
+                job.checkpoint = self.checkpoint

@@ -1,0 +1,1 @@
+"""Job kinds for benchmark (filled in by its issue)."""

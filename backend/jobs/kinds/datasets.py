@@ -1,0 +1,1 @@
+"""Job kinds for datasets (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Job kinds for gan (filled in by its issue)."""

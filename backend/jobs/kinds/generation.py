@@ -1,0 +1,1 @@
+"""Job kinds for generation (filled in by its issue)."""

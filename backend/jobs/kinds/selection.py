@@ -1,0 +1,1 @@
+"""Job kinds for selection (filled in by its issue)."""
