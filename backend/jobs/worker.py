@@ -157,7 +157,7 @@ class JobWorker:
         hb.start()
         outcome: tuple[str, dict[str, Any]]
         try:
-            params = kind.params_model.model_validate(job.params)
+            params = kind.params_model.model_validate(job.params, context={"settings": self.settings})
             result = kind.handler(ctx, params)
             outcome = ("succeeded", {"result": result or {}, "progress": 1.0, "message": "done"})
         except JobInterrupted:

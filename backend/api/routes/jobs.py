@@ -35,7 +35,7 @@ def submit_job(body: JobCreate, db: DatabaseDep, settings: SettingsDep, response
         known = ", ".join(sorted(all_kinds())) or "none"
         raise field_error(("body", "kind"), f"unknown job kind {body.kind!r}; known kinds: {known}")
     try:
-        params = kind.params_model.model_validate(body.params)
+        params = kind.params_model.model_validate(body.params, context={"settings": settings})
     except ValidationError as exc:
         # Re-raise pydantic's errors under body.params.<field> so the 422 names the exact field.
         errors = [{**e, "loc": ("body", "params", *e["loc"])} for e in exc.errors(include_url=False)]

@@ -1,0 +1,1 @@
+"""Datasets: sources, decoded cache, imbalance, variants, batched transforms, safe extraction, export."""

@@ -1,0 +1,123 @@
+"""One imbalance spec, used everywhere (select, benchmark, experiment), and its deterministic application.
+
+Spec forms (JSON), always with a ``seed`` (default 0):
+
+- ``{"minority": "cat" | ["cat", "dog"], "keep": 50}``: keep exactly ``keep`` images of each minority class;
+- ``{"minority": ..., "remove_ratio": 0.99}``: remove that fraction (rounded) of each minority class;
+- ``{"profile": "longtail", "imbalance_factor": 100}``: CIFAR-10-LT's exponential profile, class ``i`` of
+  ``C`` keeps ``n_max * factor ** (-i / (C - 1))`` images (class order = dataset order).
+
+Which images stay is drawn per class from ``numpy.random.default_rng([seed, class_index])``, so the same
+spec on the same labels always gives the same indices, independently of the other classes. The removed
+indices are returned too: experiments use them as an oracle of real minority images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ImbalanceSpec(BaseModel):
+    """Validated imbalance spec; see the module docstring for the three forms."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    minority: str | list[str] | None = None
+    keep: int | None = Field(None, ge=0)
+    remove_ratio: float | None = Field(None, gt=0.0, lt=1.0)
+    profile: Literal["longtail"] | None = None
+    imbalance_factor: float | None = Field(None, gt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ImbalanceSpec:
+        if self.profile is not None:
+            if self.minority is not None or self.keep is not None or self.remove_ratio is not None:
+                raise ValueError("profile cannot be combined with minority, keep or remove_ratio")
+            if self.imbalance_factor is None:
+                raise ValueError("profile 'longtail' needs imbalance_factor (e.g. 100)")
+            return self
+        if self.imbalance_factor is not None:
+            raise ValueError("imbalance_factor needs profile 'longtail'")
+        if not self.minority:
+            raise ValueError("minority is required (a class name or a list of names), or use profile")
+        if (self.keep is None) == (self.remove_ratio is None):
+            raise ValueError("give exactly one of keep or remove_ratio with minority")
+        return self
+
+    @property
+    def minority_names(self) -> list[str]:
+        if self.minority is None:
+            return []
+        return [self.minority] if isinstance(self.minority, str) else list(self.minority)
+
+
+@dataclass
+class ImbalanceResult:
+    """Indices into the training set (sorted) and the minority class indices."""
+
+    kept_idx: np.ndarray
+    removed_idx: np.ndarray
+    minority_classes: list[int]
+
+    def counts(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
+        """Per-class counts of the kept samples."""
+        return np.bincount(labels[self.kept_idx], minlength=n_classes)
+
+
+def parse_spec(spec: ImbalanceSpec | dict) -> ImbalanceSpec:
+    """Accept a spec model or its JSON dict; pydantic errors become ``ValueError`` naming the field."""
+    if isinstance(spec, ImbalanceSpec):
+        return spec
+    return ImbalanceSpec.model_validate(spec)
+
+
+def _keep_counts(spec: ImbalanceSpec, counts: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[int]]:
+    target = counts.copy()
+    if spec.profile == "longtail":
+        n = len(classes)
+        n_max = int(counts.max())
+        ideal = np.floor(n_max * spec.imbalance_factor ** (-np.arange(n) / max(n - 1, 1))).astype(np.int64)
+        target = np.minimum(np.maximum(ideal, 1), counts)
+        # "Minority" for a long tail: every class left below the median kept count.
+        minority = [int(i) for i in np.flatnonzero(target < np.median(target))]
+        return target, minority
+    minority = []
+    for name in spec.minority_names:
+        if name not in classes:
+            raise ValueError(f"minority class {name!r} is not in the dataset; classes are {classes}")
+        minority.append(classes.index(name))
+    if len(set(minority)) != len(minority):
+        raise ValueError(f"minority lists a class twice: {spec.minority_names}")
+    for c in minority:
+        if spec.keep is not None:
+            if spec.keep > counts[c]:
+                raise ValueError(f"keep={spec.keep} is larger than class {classes[c]!r} ({counts[c]} images)")
+            target[c] = spec.keep
+        else:
+            target[c] = counts[c] - int(round(counts[c] * spec.remove_ratio))
+    return target, minority
+
+
+def apply_imbalance(labels: np.ndarray, classes: list[str], spec: ImbalanceSpec | dict) -> ImbalanceResult:
+    """Deterministically subsample ``labels`` (int64 (N,)) per ``spec``; see the module docstring."""
+    spec = parse_spec(spec)
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(classes))
+    target, minority = _keep_counts(spec, counts, classes)
+    kept, removed = [], []
+    for c in range(len(classes)):
+        members = np.flatnonzero(labels == c)
+        if target[c] >= len(members):
+            kept.append(members)
+            continue
+        order = np.random.default_rng([spec.seed, c]).permutation(len(members))
+        kept.append(members[np.sort(order[: target[c]])])
+        removed.append(members[np.sort(order[target[c] :])])
+    kept_idx = np.sort(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+    removed_idx = np.sort(np.concatenate(removed)) if removed else np.zeros(0, np.int64)
+    return ImbalanceResult(kept_idx=kept_idx, removed_idx=removed_idx, minority_classes=minority)
