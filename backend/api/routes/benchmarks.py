@@ -1,5 +1,172 @@
-"""/api/benchmarks routes (filled in by its issue)."""
+"""/api/benchmarks: finished runs of benchmark jobs, as JSON rows, results.csv, report.html and plotly JSON."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.api.deps import ReadSessionDep, not_found
+from backend.db.models import Benchmark, BenchmarkRun
+from backend.reports.figures import FIGURES, build_figure
+from backend.reports.html import render_report
+from backend.reports.tables import results_csv
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
+
+
+class BenchmarkSummary(BaseModel):
+    id: int
+    dataset_id: int
+    job_id: int | None
+    params: dict[str, Any]
+    classes: list[str]
+    minority: list[str]
+    model: str | None
+    runs_done: int
+    runs_total: int
+    created_at: datetime
+
+
+class RunOut(BaseModel):
+    variant: str
+    seed: int
+    overall_acc: float
+    per_class: dict[str, float | None]  # percent
+    val_acc: float | None
+    epochs: int
+    best_epoch: int | None
+    n_synthetic: int
+    curves: list[dict[str, Any]]  # per epoch: epoch, train_loss, train_acc, val_acc, lr, seconds
+    confusion: list[list[int]]  # rows = true class, columns = predicted, in `classes` order
+    created_at: datetime
+
+
+class BenchmarkOut(BenchmarkSummary):
+    rows: list[RunOut]
+
+
+def _summary(row: Benchmark, runs_done: int) -> BenchmarkSummary:
+    info = row.info or {}
+    return BenchmarkSummary(
+        id=row.id,
+        dataset_id=row.dataset_id,
+        job_id=row.job_id,
+        params=row.params or {},
+        classes=info.get("classes", []),
+        minority=info.get("minority", []),
+        model=info.get("model"),
+        runs_done=runs_done,
+        runs_total=len(info.get("variants", [])) * len(info.get("seeds", [])),
+        created_at=row.created_at,
+    )
+
+
+def _load(session: Session, benchmark_id: int) -> tuple[Benchmark, list[BenchmarkRun]]:
+    row = session.get(Benchmark, benchmark_id)
+    if row is None:
+        raise not_found("benchmark", benchmark_id)
+    runs = session.scalars(
+        select(BenchmarkRun).where(BenchmarkRun.benchmark_id == benchmark_id).order_by(BenchmarkRun.id)
+    ).all()
+    # Table order: the variants as the benchmark listed them, then seeds.
+    order = {v: i for i, v in enumerate((row.info or {}).get("variants", []))}
+    return row, sorted(runs, key=lambda r: (order.get(r.variant, len(order)), r.seed))
+
+
+def run_rows(runs: list[BenchmarkRun]) -> list[dict[str, Any]]:
+    """Runs as the plain row dicts ``backend.reports`` consumes."""
+    return [
+        {
+            "variant": r.variant,
+            "seed": r.seed,
+            "overall_acc": r.overall_acc,
+            "per_class": r.per_class or {},
+            "val_acc": r.val_acc,
+            "epochs": r.epochs,
+            "best_epoch": (r.info or {}).get("best_epoch"),
+            "n_synthetic": r.n_synthetic,
+            "history": r.history or [],
+            "confusion": r.confusion or [],
+        }
+        for r in runs
+    ]
+
+
+@router.get("", response_model=list[BenchmarkSummary])
+def list_benchmarks(session: ReadSessionDep) -> list[BenchmarkSummary]:
+    counts = dict(
+        session.execute(select(BenchmarkRun.benchmark_id, func.count()).group_by(BenchmarkRun.benchmark_id)).all()
+    )
+    rows = session.scalars(select(Benchmark).order_by(Benchmark.id.desc())).all()
+    return [_summary(r, counts.get(r.id, 0)) for r in rows]
+
+
+@router.get("/{benchmark_id}", response_model=BenchmarkOut)
+def get_benchmark(benchmark_id: int, session: ReadSessionDep) -> BenchmarkOut:
+    row, runs = _load(session, benchmark_id)
+    out = [
+        RunOut(
+            **{k: v for k, v in r.items() if k != "history"},
+            curves=r["history"],
+            created_at=run.created_at,
+        )
+        for r, run in zip(run_rows(runs), runs, strict=True)
+    ]
+    return BenchmarkOut(**_summary(row, len(runs)).model_dump(), rows=out)
+
+
+@router.get("/{benchmark_id}/results.csv", response_class=PlainTextResponse)
+def results(benchmark_id: int, session: ReadSessionDep) -> Response:
+    """``variant,seed,overall_acc,acc_<class>...`` (percent), one line per finished run."""
+    row, runs = _load(session, benchmark_id)
+    text = results_csv(run_rows(runs), (row.info or {}).get("classes", []))
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="benchmark-{benchmark_id}-results.csv"'},
+    )
+
+
+@router.get("/{benchmark_id}/report.html", response_class=HTMLResponse)
+def report(benchmark_id: int, session: ReadSessionDep) -> HTMLResponse:
+    """A self-contained HTML report (plotly.js inlined): Table 1, per-class bars, curves, confusion matrices."""
+    row, runs = _load(session, benchmark_id)
+    if not runs:
+        raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
+    info = row.info or {}
+    meta = {"benchmark_id": row.id, "dataset_id": row.dataset_id, "model": info.get("model"), "params": row.params}
+    text = render_report(
+        run_rows(runs), info.get("classes", []), info.get("minority", []), title=f"Benchmark {row.id}", meta=meta
+    )
+    return HTMLResponse(text)
+
+
+@router.get("/{benchmark_id}/figures/{name}.json")
+def figure(
+    benchmark_id: int,
+    name: str,
+    session: ReadSessionDep,
+    variant: str | None = Query(None, description="confusion only: which variant (default: the first)"),
+) -> Response:
+    """Plotly figure JSON (``data`` + ``layout``) for the UI: per_class, minority_vs_synthetic, curves, confusion."""
+    if name not in FIGURES:
+        raise HTTPException(status_code=404, detail=f"figure {name!r} not found; choose one of {sorted(FIGURES)}")
+    row, runs = _load(session, benchmark_id)
+    if not runs:
+        raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
+    info = row.info or {}
+    kwargs: dict[str, Any] = {}
+    if name == "confusion":
+        if variant is not None and variant not in {r.variant for r in runs}:
+            raise HTTPException(status_code=404, detail=f"variant {variant!r} not found in benchmark {benchmark_id}")
+        kwargs["variant"] = variant
+    elif variant is not None:
+        raise HTTPException(status_code=422, detail="variant: only the confusion figure takes a variant")
+    fig = build_figure(name, run_rows(runs), info.get("classes", []), info.get("minority", []), **kwargs)
+    return Response(fig.to_json(), media_type="application/json")

@@ -1,0 +1,158 @@
+"""Plotly figures of a benchmark: per-class bars, minority accuracy vs synthetic images, curves, confusion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from backend.reports.tables import column_order, summarize
+
+Rows = Sequence[dict[str, Any]]
+MINORITY_COLOR = "rgba(255, 196, 0, 0.18)"
+
+
+def _nan_to_none(values: Sequence[float]) -> list[float | None]:
+    return [None if v is None or np.isnan(v) else float(v) for v in values]
+
+
+def per_class_bars(rows: Rows, classes: Sequence[str], minority: Sequence[str]) -> go.Figure:
+    """Grouped bars: x = overall + each class (minority first, shaded), one bar per variant, error bar = std."""
+    cols = column_order(classes, minority)
+    fig = go.Figure()
+    for s in summarize(rows, classes):
+        means = [s.overall[0], *[s.per_class[c][0] for c in cols]]
+        stds = [s.overall[1], *[s.per_class[c][1] for c in cols]]
+        fig.add_trace(
+            go.Bar(
+                name=s.variant,
+                x=["overall", *cols],
+                y=_nan_to_none(means),
+                error_y={"type": "data", "array": _nan_to_none(stds), "visible": len(s.seeds) > 1},
+                hovertemplate=f"{s.variant}<br>%{{x}}: %{{y:.2f}} %<extra></extra>",
+            )
+        )
+    for i, c in enumerate(cols, start=1):
+        if c in minority:
+            fig.add_vrect(x0=i - 0.5, x1=i + 0.5, fillcolor=MINORITY_COLOR, line_width=0, layer="below")
+    fig.update_layout(
+        barmode="group",
+        title="Test accuracy per class (shaded: minority)",
+        yaxis={"title": "accuracy (%)", "range": [0, 100]},
+        legend={"title": "variant"},
+    )
+    return fig
+
+
+def _minority_acc(row: dict[str, Any], minority: Sequence[str]) -> float | None:
+    """Mean accuracy over the minority classes of one run (None when none was measured)."""
+    values = [v for c in minority if (v := (row.get("per_class") or {}).get(c)) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def minority_vs_synthetic(rows: Rows, classes: Sequence[str], minority: Sequence[str]) -> go.Figure:
+    """Minority-class accuracy (mean over minority classes) against the synthetic images each variant added."""
+    fig = go.Figure()
+    for s in summarize(rows, classes):
+        runs = [r for r in rows if r["variant"] == s.variant]
+        n_syn = int(np.mean([r.get("n_synthetic", 0) or 0 for r in runs]))
+        accs = [a for a in (_minority_acc(r, minority) for r in runs) if a is not None]
+        mean = float(np.mean(accs)) if accs else float("nan")
+        std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+        fig.add_trace(
+            go.Scatter(
+                name=s.variant,
+                x=[n_syn],
+                y=_nan_to_none([mean]),
+                error_y={"type": "data", "array": [std], "visible": len(accs) > 1},
+                mode="markers+text",
+                text=[s.variant],
+                textposition="top center",
+                marker={"size": 11},
+                hovertemplate=f"{s.variant}<br>%{{x}} synthetic images<br>minority %{{y:.2f}} %<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=f"Minority-class accuracy ({', '.join(minority)}) vs synthetic images added",
+        xaxis={"title": "synthetic images added"},
+        yaxis={"title": "minority accuracy (%)", "range": [0, 100]},
+        showlegend=False,
+    )
+    return fig
+
+
+def training_curves(rows: Rows, classes: Sequence[str], minority: Sequence[str]) -> go.Figure:
+    """Training loss and validation accuracy per epoch; one line per run, coloured by variant."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "validation accuracy (%)"))
+    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff"]
+    variants = [s.variant for s in summarize(rows, classes)]
+    for row in rows:
+        history = row.get("history") or []
+        if not history:
+            continue
+        color = palette[variants.index(row["variant"]) % len(palette)]
+        name = f"{row['variant']} (seed {row['seed']})"
+        epochs = [h["epoch"] for h in history]
+        common = {"legendgroup": row["variant"], "line": {"color": color}, "mode": "lines"}
+        fig.add_trace(go.Scatter(x=epochs, y=[h["train_loss"] for h in history], name=name, **common), 1, 1)
+        fig.add_trace(
+            go.Scatter(
+                x=epochs, y=_nan_to_none([h.get("val_acc") for h in history]), name=name, showlegend=False, **common
+            ),
+            1,
+            2,
+        )
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title="Training curves")
+    return fig
+
+
+def confusion_heatmap(
+    rows: Rows, classes: Sequence[str], minority: Sequence[str], variant: str | None = None
+) -> go.Figure:
+    """Row-normalised test confusion matrix (percent of each true class), summed over the variant's seeds."""
+    runs = [r for r in rows if r.get("confusion") and (variant is None or r["variant"] == variant)]
+    if not runs:
+        raise ValueError(f"no confusion matrix for variant {variant!r}")
+    variant = runs[0]["variant"]
+    cm = np.sum([np.asarray(r["confusion"], dtype=np.float64) for r in runs if r["variant"] == variant], axis=0)
+    support = cm.sum(1, keepdims=True)
+    pct = np.divide(100.0 * cm, support, out=np.zeros_like(cm), where=support > 0)
+    fig = go.Figure(
+        go.Heatmap(
+            z=pct.round(2).tolist(),
+            x=list(classes),
+            y=list(classes),
+            colorscale="Blues",
+            zmin=0,
+            zmax=100,
+            text=cm.astype(int).tolist(),
+            texttemplate="%{z:.0f}",
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.1f} % (%{text} images)<extra></extra>",
+            colorbar={"title": "% of true class"},
+        )
+    )
+    fig.update_layout(
+        title=f"Confusion matrix: {variant}",
+        xaxis={"title": "predicted", "side": "bottom"},
+        yaxis={"title": "true", "autorange": "reversed"},
+    )
+    return fig
+
+
+FIGURES: dict[str, Callable[..., go.Figure]] = {
+    "per_class": per_class_bars,
+    "minority_vs_synthetic": minority_vs_synthetic,
+    "curves": training_curves,
+    "confusion": confusion_heatmap,
+}
+
+
+def build_figure(name: str, rows: Rows, classes: Sequence[str], minority: Sequence[str], **kwargs: Any) -> go.Figure:
+    """Build a figure by name (see FIGURES); unknown names raise ValueError listing the choices."""
+    if name not in FIGURES:
+        raise ValueError(f"unknown figure {name!r}; choose one of {sorted(FIGURES)}")
+    return FIGURES[name](rows, classes, minority, **kwargs)

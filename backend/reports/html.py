@@ -1,0 +1,72 @@
+"""The self-contained report.html: plotly.js inlined once, Table 1 with the minority column highlighted."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.offline
+
+from backend.reports.figures import confusion_heatmap, minority_vs_synthetic, per_class_bars, training_curves
+from backend.reports.tables import summarize, summary_html
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; }
+table.results { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: 1rem 0; }
+table.results th, table.results td { border-bottom: 1px solid #d9e2ec; padding: 0.35rem 0.6rem; text-align: right; }
+table.results th:first-child, table.results td:first-child { text-align: left; }
+table.results .minority { background: #fff3c4; font-weight: 600; }
+.figure { margin: 1.5rem 0; }
+pre.meta { background: #f5f7fa; padding: 0.75rem; overflow-x: auto; font-size: 0.85rem; }
+"""
+
+
+def render_report(
+    rows: Sequence[dict[str, Any]],
+    classes: Sequence[str],
+    minority: Sequence[str],
+    *,
+    title: str = "Rebalance benchmark",
+    meta: dict[str, Any] | None = None,
+) -> str:
+    """A complete HTML document that opens offline: table, figures (one confusion matrix per variant), metadata."""
+    esc = html.escape
+    summary = summarize(rows, classes)
+    figures = [per_class_bars(rows, classes, minority), minority_vs_synthetic(rows, classes, minority)]
+    if any(r.get("history") for r in rows):
+        figures.append(training_curves(rows, classes, minority))
+    for s in summary:
+        if any(r.get("confusion") for r in rows if r["variant"] == s.variant):
+            figures.append(confusion_heatmap(rows, classes, minority, variant=s.variant))
+    divs = [
+        f'<div class="figure">{fig.to_html(full_html=False, include_plotlyjs=False, default_height="460px")}</div>'
+        for fig in figures
+    ]
+    meta_block = ""
+    if meta:
+        meta_block = f'<h2>Configuration</h2>\n<pre class="meta">{esc(json.dumps(meta, indent=2, default=str))}</pre>'
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            f"<title>{esc(title)}</title>",
+            f"<style>{STYLE}</style>",
+            # Inlined once so the file works offline and every figure below shares it.
+            f'<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>',
+            "</head>",
+            "<body>",
+            f"<h1>{esc(title)}</h1>",
+            f"<p>Test accuracy in percent, mean ± std over seeds. Minority class: <b>{esc(', '.join(minority))}</b> "
+            "(highlighted). Checkpoints were chosen on a validation split of the training data, "
+            "never on the test set.</p>",
+            summary_html(summary, classes, minority),
+            *divs,
+            meta_block,
+            "</body>",
+            "</html>",
+        ]
+    )

@@ -1,0 +1,183 @@
+"""Table-1 style summaries and the results.csv / results.json exports."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backend.training.metrics import mean_std
+
+
+def results_columns(classes: Sequence[str]) -> list[str]:
+    """The results.csv header: ``variant,seed,overall_acc,acc_<class>...``."""
+    return ["variant", "seed", "overall_acc", *[f"acc_{c}" for c in classes]]
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def results_csv(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> str:
+    """One line per (variant, seed); accuracies in percent with two decimals; empty for a missing class."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(results_columns(classes))
+    for row in rows:
+        per_class = row.get("per_class") or {}
+        writer.writerow(
+            [row["variant"], row["seed"], _fmt(row["overall_acc"]), *[_fmt(per_class.get(c)) for c in classes]]
+        )
+    return out.getvalue()
+
+
+def read_results_csv(text: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Parse results.csv back into (classes, rows)."""
+    reader = csv.DictReader(io.StringIO(text))
+    fields = reader.fieldnames or []
+    if fields[:3] != ["variant", "seed", "overall_acc"] or not all(f.startswith("acc_") for f in fields[3:]):
+        raise ValueError(f"not a results.csv header: {fields}")
+    classes = [f[len("acc_") :] for f in fields[3:]]
+    rows = []
+    for rec in reader:
+        rows.append(
+            {
+                "variant": rec["variant"],
+                "seed": int(rec["seed"]),
+                "overall_acc": float(rec["overall_acc"]),
+                "per_class": {c: float(rec[f"acc_{c}"]) if rec[f"acc_{c}"] else None for c in classes},
+            }
+        )
+    return classes, rows
+
+
+@dataclass
+class SummaryRow:
+    """One variant across its seeds: (mean, std) per column, percent."""
+
+    variant: str
+    seeds: list[int]
+    overall: tuple[float, float]
+    per_class: dict[str, tuple[float, float]]
+
+    def minority_mean(self, minority: Sequence[str]) -> float:
+        values = [self.per_class[c][0] for c in minority if c in self.per_class]
+        return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> list[SummaryRow]:
+    """Group rows by variant (in order of first appearance) and take mean ± std over seeds."""
+    order: list[str] = []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["variant"] not in groups:
+            order.append(row["variant"])
+            groups[row["variant"]] = []
+        groups[row["variant"]].append(row)
+    summary = []
+    for variant in order:
+        runs = groups[variant]
+        summary.append(
+            SummaryRow(
+                variant=variant,
+                seeds=[r["seed"] for r in runs],
+                overall=mean_std(r["overall_acc"] for r in runs),
+                per_class={c: mean_std((r.get("per_class") or {}).get(c) for r in runs) for c in classes},
+            )
+        )
+    return summary
+
+
+def column_order(classes: Sequence[str], minority: Sequence[str]) -> list[str]:
+    """Minority classes first (the study's Table 1 leads with *cat*), then the rest in dataset order."""
+    return [c for c in classes if c in minority] + [c for c in classes if c not in minority]
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def summary_csv(summary: Sequence[SummaryRow], classes: Sequence[str], minority: Sequence[str]) -> str:
+    """Table 1 as CSV: variant, seeds, overall_mean, overall_std, then <class>_mean/<class>_std."""
+    cols = column_order(classes, minority)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        ["variant", "seeds", "overall_mean", "overall_std", *[f"{c}_{s}" for c in cols for s in ("mean", "std")]]
+    )
+    for row in summary:
+        values = [row.overall, *[row.per_class[c] for c in cols]]
+        writer.writerow([row.variant, len(row.seeds), *[_fmt(v) for pair in values for v in pair]])
+    return out.getvalue()
+
+
+def summary_markdown(summary: Sequence[SummaryRow], classes: Sequence[str], minority: Sequence[str]) -> str:
+    """Table 1 as Markdown; minority columns marked with a star."""
+    cols = column_order(classes, minority)
+    head = ["variant", "overall", *[f"{c} *" if c in minority else c for c in cols]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in summary:
+        n = len(row.seeds)
+        cells = [row.variant, _cell(*row.overall, n), *[_cell(*row.per_class[c], n) for c in cols]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_html(summary: Sequence[SummaryRow], classes: Sequence[str], minority: Sequence[str]) -> str:
+    """Table 1 as an HTML ``<table class="results">``; minority header and cells carry class="minority"."""
+    cols = column_order(classes, minority)
+    esc = html.escape
+
+    def th(text: str, cls: str = "") -> str:
+        return f"<th{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}>{esc(text)}</th>"
+
+    head = (
+        th("variant") + th("seeds") + th("overall") + "".join(th(c, "minority" if c in minority else "") for c in cols)
+    )
+    body = []
+    for row in summary:
+        n = len(row.seeds)
+        cells = [f"<td>{esc(row.variant)}</td>", f"<td>{n}</td>", f"<td>{_cell(*row.overall, n)}</td>"]
+        for c in cols:
+            cls = ' class="minority"' if c in minority else ""
+            cells.append(f"<td{cls}>{_cell(*row.per_class[c], n)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        '<table class="results">\n<thead><tr>'
+        + head
+        + "</tr></thead>\n<tbody>\n"
+        + "\n".join(body)
+        + "\n</tbody>\n</table>"
+    )
+
+
+def results_json(
+    rows: Sequence[dict[str, Any]], classes: Sequence[str], minority: Sequence[str], meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything in one JSON-ready dict: runs, the mean ± std summary and any metadata (config, ids)."""
+    summary = summarize(rows, classes)
+
+    def clean(v: float) -> float | None:
+        return None if math.isnan(v) else v
+
+    return {
+        "classes": list(classes),
+        "minority": list(minority),
+        "meta": meta or {},
+        "rows": [dict(r) for r in rows],
+        "summary": [
+            {
+                "variant": s.variant,
+                "seeds": s.seeds,
+                "overall": {"mean": clean(s.overall[0]), "std": clean(s.overall[1])},
+                "per_class": {c: {"mean": clean(m), "std": clean(sd)} for c, (m, sd) in s.per_class.items()},
+            }
+            for s in summary
+        ],
+    }

@@ -1,0 +1,199 @@
+"""The benchmark job and /api/benchmarks end to end on the digits demo: runs, rows, exports, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+
+from backend.data.imbalance import apply_imbalance
+from backend.db.models import Pool, PoolImage
+from backend.generation.imagefiles import encode_png
+from backend.jobs.context import JobContext
+from backend.jobs.kinds.datasets import load_dataset
+from backend.reports.tables import read_results_csv
+
+SPEC = {"minority": "3", "keep": 5, "seed": 0}
+FAST = {"model": "small", "epochs": 2, "batch_size": 64}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny batches gain nothing from intra-op threads, and they thrash on a busy shared CI host.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _dataset(api) -> int:
+    api.submit("prepare_dataset", {"source": "digits"})
+    (done,) = api.run_jobs()
+    assert done["status"] == "succeeded", done["error"]
+    return done["result"]["dataset_id"]
+
+
+class _Ctx:
+    """What ``load_dataset`` needs (``session()`` and ``store``), built from the test harness."""
+
+    def __init__(self, api) -> None:
+        from backend.store import FileStore
+
+        self.db = api.db
+        self.store = FileStore(api.settings.workspace_dir)
+
+    def session(self):
+        return self.db.session()
+
+
+def _pool_of_removed_minority(api, dataset_id: int, count: int) -> int:
+    """A pool holding real '3's that the imbalance removed: stand-ins for good synthetic images."""
+    ctx = _Ctx(api)
+    ds = load_dataset(ctx, dataset_id)
+    removed = apply_imbalance(ds.train_y, ds.classes, SPEC).removed_idx
+    removed = removed[ds.train_y[removed] == ds.classes.index("3")][:count]
+    with api.db.session() as s:
+        pool = Pool(name="oracle", kind="imported", params={}, count=len(removed), info={})
+        s.add(pool)
+        s.flush()
+        for idx, i in enumerate(removed):
+            rel = f"pools/{pool.id}/{idx}.png"
+            ctx.store.write_bytes(rel, encode_png(np.asarray(ds.train_x[i])))
+            s.add(PoolImage(pool_id=pool.id, idx=idx, file=rel, width=32, height=32, seed=idx, meta={}))
+        return pool.id
+
+
+def test_benchmark_job_rows_and_exports(api) -> None:
+    ds_id = _dataset(api)
+    pool_id = _pool_of_removed_minority(api, ds_id, 40)
+    variants = ["imbalanced", "logit_adjusted", {"name": "oracle", "pool_id": pool_id, "count": 40}]
+    params = {"dataset_id": ds_id, "imbalance": SPEC, "variants": variants, "seeds": [0, 1], **FAST, "epochs": 1}
+    job = api.submit("benchmark", params)
+    (done,) = api.run_jobs()
+    assert done["status"] == "succeeded", done["error"]
+    bid = done["result"]["benchmark_id"]
+    assert done["id"] == job["id"] and done["result"]["runs"] == 6
+
+    assert [b["id"] for b in api.client.get("/api/benchmarks").json()] == [bid]
+    body = api.client.get(f"/api/benchmarks/{bid}").json()
+    assert body["classes"] == [str(i) for i in range(10)] and body["minority"] == ["3"]
+    assert body["runs_done"] == body["runs_total"] == 6 and body["model"] == "small"
+    rows = body["rows"]
+    assert [(r["variant"], r["seed"]) for r in rows] == [
+        (v, s) for v in ("imbalanced", "logit_adjusted", "oracle") for s in (0, 1)
+    ]
+    for r in rows:
+        assert set(r["per_class"]) == set(body["classes"]) and 0 <= r["overall_acc"] <= 100
+        assert len(r["curves"]) == 1 and r["epochs"] == 1 and r["best_epoch"] == 1
+        assert np.asarray(r["confusion"]).shape == (10, 10)
+        assert np.asarray(r["confusion"]).sum() == sum(
+            api.client.get(f"/api/datasets/{ds_id}").json()["test_counts"].values()
+        )
+        assert r["n_synthetic"] == (40 if r["variant"] == "oracle" else 0)
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    assert by[("imbalanced", 0)]["overall_acc"] != by[("imbalanced", 1)]["overall_acc"] or (
+        by[("imbalanced", 0)]["curves"] != by[("imbalanced", 1)]["curves"]
+    )  # seeds really differ
+
+    r = api.client.get(f"/api/benchmarks/{bid}/results.csv")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    classes, csv_rows = read_results_csv(r.text)
+    assert classes == body["classes"] and len(csv_rows) == 6
+    assert csv_rows[0]["overall_acc"] == pytest.approx(rows[0]["overall_acc"], abs=0.01)
+
+    r = api.client.get(f"/api/benchmarks/{bid}/report.html")
+    assert r.status_code == 200 and r.text.startswith("<!DOCTYPE html>")
+    parser = HTMLParser()
+    parser.feed(r.text)
+    assert '<th class="minority">3</th>' in r.text and r.text.count("plotly-graph-div") >= 4
+
+    for name in ("per_class", "minority_vs_synthetic", "curves", "confusion"):
+        fig = api.client.get(f"/api/benchmarks/{bid}/figures/{name}.json")
+        assert fig.status_code == 200, fig.text
+        assert {"data", "layout"} <= set(json.loads(fig.text))
+    heat = api.client.get(f"/api/benchmarks/{bid}/figures/confusion.json", params={"variant": "oracle"}).json()
+    assert "oracle" in heat["layout"]["title"]["text"]
+    assert api.client.get(f"/api/benchmarks/{bid}/figures/pie.json").status_code == 404
+    assert api.client.get(f"/api/benchmarks/{bid}/figures/confusion.json", params={"variant": "x"}).status_code == 404
+    assert api.client.get("/api/benchmarks/999").json() == {"detail": "benchmark 999 not found"}
+    assert api.client.get("/api/benchmarks/999/results.csv").status_code == 404
+
+
+def test_interrupted_benchmark_resumes_without_redoing_runs(api, monkeypatch) -> None:
+    ds_id = _dataset(api)
+    params = {"dataset_id": ds_id, "imbalance": SPEC, "variants": ["imbalanced", "full"], **FAST}
+
+    original = JobContext.progress
+    fired = []
+
+    def progress(self, fraction, message=None):
+        # Stop the worker (as SIGTERM would) once, during run 2 after its first epoch was saved.
+        if message and "run 2 of 2" in message and "epoch 2/2" in message and not fired:
+            fired.append(message)
+            self._stop_event.set()
+        return original(self, fraction, message)
+
+    monkeypatch.setattr(JobContext, "progress", progress)
+    api.submit("benchmark", params)
+    first = api.run_jobs(max_jobs=1)
+    assert first[0]["status"] == "queued" and fired  # released, to resume from its checkpoint
+    (listed,) = api.client.get("/api/benchmarks").json()
+    bid = listed["id"]
+    before = api.client.get(f"/api/benchmarks/{bid}").json()["rows"]
+    assert [r["variant"] for r in before] == ["imbalanced"]
+
+    (resumed,) = api.run_jobs()
+    assert resumed["status"] == "succeeded", resumed["error"]
+    logs = api.client.get(f"/api/jobs/{resumed['id']}/logs").json()
+    assert any("resuming after epoch 1" in (line.get("message") or "") for line in logs)
+    after = api.client.get(f"/api/benchmarks/{bid}").json()["rows"]
+    assert after[0] == before[0]  # the finished run was not trained again
+
+    # The resumed run equals an uninterrupted one, epoch for epoch.
+    monkeypatch.setattr(JobContext, "progress", original)
+    api.submit("benchmark", {**params, "variants": ["full"]})
+    (ref,) = api.run_jobs()
+    (ref_row,) = api.client.get(f"/api/benchmarks/{ref['result']['benchmark_id']}").json()["rows"]
+
+    def strip(row):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in row["curves"]], row["per_class"]
+
+    assert after[1]["variant"] == "full" and strip(after[1]) == strip(ref_row)
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "text"),
+    [
+        ({"variants": ["imbalanced", "smote"]}, "variants", "unknown variant 'smote'"),
+        ({"variants": [{"name": "gan", "pool_id": 1}]}, "variants", "count is required"),
+        ({"variants": [{"name": "gan", "pool_id": 1, "selection_id": 2, "count": 3}]}, "variants", "exactly one"),
+        ({"variants": ["full", "full"]}, "variants", "repeated"),
+        ({"model": "vgg"}, "model", "unknown model"),
+        ({"seeds": []}, "seeds", ""),
+        ({"epochs": 0}, "epochs", ""),
+        ({"imbalance": None}, "", "imbalance is required"),
+        ({"bogus": 1}, "bogus", ""),
+    ],
+)
+def test_bad_params_answer_422(api, params: dict, field: str, text: str) -> None:
+    base = {"dataset_id": 1, "imbalance": SPEC, "variants": ["imbalanced"]}
+    r = api.client.post("/api/jobs", json={"kind": "benchmark", "params": {**base, **params}})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"].startswith(f"params.{field}" if field else "params:") and text in r.json()["message"]
+
+
+def test_unknown_dataset_or_pool_fails_the_job_clearly(api) -> None:
+    api.submit("benchmark", {"dataset_id": 42, "imbalance": SPEC, "variants": ["imbalanced"]})
+    (done,) = api.run_jobs()
+    assert done["status"] == "failed" and done["error"] == "dataset 42 not found"
+    ds_id = _dataset(api)
+    api.submit(
+        "benchmark",
+        {"dataset_id": ds_id, "imbalance": SPEC, "variants": [{"name": "gan", "pool_id": 77, "count": 5}], **FAST},
+    )
+    (done,) = api.run_jobs()
+    assert done["status"] == "failed" and done["error"] == "pool 77 not found"

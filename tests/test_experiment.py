@@ -1,0 +1,135 @@
+"""Headless experiments: config validation, documented keys, examples, and a small study end to end."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from backend.config import Settings
+from backend.experiment import (
+    ExperimentConfig,
+    ExperimentError,
+    check_plan,
+    config_reference,
+    load_config,
+    parse_config,
+    plan,
+    run_experiment,
+)
+from backend.reports.tables import read_results_csv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny batches gain nothing from intra-op threads, and they thrash on a busy shared CI host.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_unknown_keys_are_named() -> None:
+    with pytest.raises(ExperimentError) as err:
+        parse_config({"nmae": "x", "sd": {"bogus": 2}, "benchmark": {"epochs": 3}})
+    assert "unknown key 'nmae'" in str(err.value) and "unknown key 'sd.bogus'" in str(err.value)
+    with pytest.raises(ExperimentError, match="benchmark.variants: unknown \\['smote'\\]"):
+        parse_config({"benchmark": {"variants": ["full", "smote"]}})
+    with pytest.raises(ExperimentError, match="top level must be a mapping"):
+        parse_config(["a"])
+
+
+def test_job_params_are_checked_before_any_work(tmp_path: Path) -> None:
+    config = parse_config({"sd": {"job_params": {"stepz": 3}}})
+    with pytest.raises(ExperimentError, match="sd \\(generate_sd params\\): unknown key 'stepz'"):
+        check_plan(plan(config, tmp_path, None))
+    config = parse_config({"selection": {"acquisition": "psychic"}})
+    with pytest.raises(ExperimentError, match="selection \\(select params\\): acquisition"):
+        check_plan(plan(config, tmp_path, None))
+
+
+@pytest.mark.parametrize("name", ["cifar10_cat.yaml", "cifar10_cat_cpu.yaml"])
+def test_examples_are_valid(name: str) -> None:
+    path = REPO / "examples" / name
+    config = load_config(path)
+    steps = plan(config, path.parent, "/data/cifar10")
+    check_plan(steps)
+    assert [s.kind for s in steps][-1] == "benchmark"
+    assert config.dataset.path and (path.parent / config.dataset.path).name == "cifar10-jpg.tar.gz"
+    bench = steps[-1].build({s.name: {"dataset_id": 1, "pool_id": 2, "selection_id": 3, "gan_id": 4} for s in steps})
+    assert [v if isinstance(v, str) else v["name"] for v in bench["variants"]][-3:] == ["sd_random", "sd_al", "gan"]
+
+
+def test_reference_doc_lists_every_key_and_is_current() -> None:
+    text = config_reference()
+    assert (REPO / "docs" / "experiment-config.md").read_text("utf-8") == text + "\n"
+    for section, field in ExperimentConfig.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields") and section != "imbalance":
+            for key in annotation.model_fields:
+                assert f"| `{section}.{key}` |" in text
+        else:
+            assert f"| `{section}` |" in text
+
+
+def _folder_archive(tmp_path: Path) -> Path:
+    """A tiny ImageFolder (3 colour classes, 24 train + 10 test each) packed as .tar.gz."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "src" / "colours"
+    colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+    for split, n in (("train", 24), ("test", 10)):
+        for name, rgb in colours.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = np.clip(np.array(rgb) + rng.integers(-40, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / name / f"{i}.png")
+    archive = tmp_path / "colours.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="colours")
+    return archive
+
+
+def test_small_study_end_to_end_and_rerun_reuses_jobs(tmp_path: Path) -> None:
+    archive = _folder_archive(tmp_path)
+    config = {
+        "name": "colours",
+        "device": "cpu",
+        "dataset": {"source": "imagefolder", "path": "colours.tar.gz"},
+        "imbalance": {"minority": "green", "keep": 4, "seed": 0},
+        "sd": {"enabled": False},
+        "gan": {"enabled": False},
+        "benchmark": {"variants": ["imbalanced", "full"], "model": "small", "epochs": 2, "batch_size": 16},
+    }
+    path = archive.parent / "study.yaml"
+    path.write_text(yaml.safe_dump(config), "utf-8")
+    settings = Settings(workspace=tmp_path / "ws", workers=1, device="cpu", start_dir=tmp_path / "ws")
+    out = tmp_path / "out"
+
+    result = run_experiment(path, out, settings, quiet=True, poll_s=0.05)
+    classes, rows = read_results_csv((out / "results.csv").read_text("utf-8"))
+    assert classes == ["blue", "green", "red"]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("imbalanced", 0), ("full", 0)]
+    assert all(0 <= r["overall_acc"] <= 100 for r in rows)
+    assert '<th class="minority">green</th>' in (out / "report.html").read_text("utf-8")
+    ran = parse_config(yaml.safe_load((out / "config.yaml").read_text("utf-8")))
+    assert ran.benchmark.epochs == 2 and ran.selection.budget == 4950  # defaults filled in
+    assert set(result.jobs) == {"dataset", "benchmark"}
+
+    again = run_experiment(path, tmp_path / "out2", settings, quiet=True, poll_s=0.05)
+    assert again.jobs == result.jobs and again.benchmark_id == result.benchmark_id
+    assert (tmp_path / "out2" / "results.csv").read_text("utf-8") == (out / "results.csv").read_text("utf-8")
+
+
+def test_missing_dataset_path_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {"source": "imagefolder", "path": "nope.tar.gz"}}), "utf-8")
+    with pytest.raises(ExperimentError, match="dataset.path: .*nope.tar.gz does not exist"):
+        run_experiment(path, tmp_path / "out", Settings(workspace=tmp_path / "ws", workers=0), quiet=True)
