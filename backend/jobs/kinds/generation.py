@@ -1,1 +1,276 @@
-"""Job kinds for generation (filled in by its issue)."""
+"""Job `generate_sd`: a prompt vocabulary through Stable Diffusion into a candidate pool.
+
+Chunked: each chunk's images are generated batch by batch (files encode on threads while the next
+batch denoises), written with their rows, committed, and only then checkpointed. A resumed attempt
+skips the indices already in the pool, and image `i` is a pure function of (params, i), so the pool
+ends with exactly `count` images, none twice, whatever crashed in between.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from backend.config import PathNotAllowed
+from backend.data.imbalance import ImbalanceSpec
+from backend.db.models import Vocabulary as VocabularyRow
+from backend.generation.imagefiles import SAMPLER_LABELS
+from backend.generation.prompts import Vocabulary, default_vocabulary
+from backend.jobs.context import JobContext
+from backend.jobs.errors import JobError
+from backend.jobs.pool_store import PoolWriter, create_pool, existing_indices, pool_for_job
+from backend.jobs.registry import job_kind
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SCHEDULER_NAMES = tuple(SAMPLER_LABELS)  # validated here without importing torch/diffusers
+
+
+class InlineVocabulary(BaseModel):
+    """A vocabulary given in the job params instead of a saved vocabulary id."""
+
+    model_config = ConfigDict(extra="forbid")
+    template: str
+    slots: dict[str, list[str]]
+    negative_prompt: str = ""
+
+    @model_validator(mode="after")
+    def _valid(self) -> InlineVocabulary:
+        Vocabulary(self.template, self.slots, self.negative_prompt)  # ValueError names the slot
+        return self
+
+
+class GenerateSDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="Hugging Face id, local pipeline directory, or 'tiny'")
+    count: int = Field(100, ge=1, le=1_000_000, description="images in the pool")
+    batch_size: int = Field(8, ge=1, le=512, description="images per UNet call (halved on CUDA OOM)")
+    steps: int = Field(25, ge=1, le=1000)
+    guidance: float = Field(7.5, ge=0.0, le=50.0, description="classifier-free guidance; 0 for few-step models")
+    scheduler: str = Field("dpmpp_2m", description=f"one of {', '.join(SCHEDULER_NAMES)}")
+    resolution: int = Field(512, ge=32, le=2048, multiple_of=8, description="generation side in pixels")
+    seed: int = Field(0, ge=0, description="job seed; image i's seed is a hash of (seed, i)")
+    vocabulary: int | InlineVocabulary | None = Field(
+        None, description="saved vocabulary id or inline {template, slots, negative_prompt}; default: built-in"
+    )
+    output_size: int | None = Field(None, ge=8, le=2048, description="dataset-resolution side; default 32")
+    review_size: int = Field(256, ge=32, le=1024)
+    mode: Literal["txt2img", "img2img"] = "txt2img"
+    strength: float = Field(0.75, gt=0.0, le=1.0, description="img2img: how far from the real image")
+    dataset_id: int | None = None
+    imbalance: ImbalanceSpec | None = None
+    vae: str | None = Field(None, description="optional VAE / TAESD decoder: id, local dir, or 'tiny'")
+    safety_checker: bool = False
+    dtype: Literal["fp16", "bf16", "fp32"] | None = Field(None, description="default fp16 on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the UNet (CUDA)")
+    chunk_size: int = Field(64, ge=1, le=10_000, description="images committed per checkpoint")
+    name: str | None = Field(None, max_length=255, description="pool name")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value not in SCHEDULER_NAMES:
+            raise ValueError(f"unknown scheduler {value!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _img2img_inputs(self) -> GenerateSDParams:
+        if self.mode == "img2img":
+            if self.dataset_id is None or self.imbalance is None:
+                raise ValueError("img2img needs dataset_id and imbalance (it starts from the kept minority images)")
+            if int(self.steps * self.strength) < 1:
+                raise ValueError("steps x strength must give at least one denoising step")
+        return self
+
+
+def _vocabulary(ctx: JobContext, params: GenerateSDParams, minority: str | None) -> Vocabulary:
+    if isinstance(params.vocabulary, InlineVocabulary):
+        return Vocabulary.from_dict(params.vocabulary.model_dump())
+    if params.vocabulary is None:
+        return default_vocabulary(minority or "cat")
+    with ctx.session() as session:
+        row = session.get(VocabularyRow, params.vocabulary)
+        if row is None:
+            raise JobError(f"vocabulary {params.vocabulary} not found")
+        data = {"template": row.template, "slots": row.slots, "negative_prompt": row.negative_prompt or ""}
+    try:
+        return Vocabulary.from_dict(data)
+    except ValueError as exc:
+        raise JobError(f"vocabulary {params.vocabulary}: {exc}") from exc
+
+
+def _dataset(ctx: JobContext, dataset_id: int) -> Any:
+    """The decoded dataset of a Dataset row, opened the way the datasets jobs store it."""
+    from backend.jobs.kinds.datasets import load_dataset
+
+    return load_dataset(ctx, dataset_id)
+
+
+def _init_images(ctx: JobContext, params: GenerateSDParams) -> tuple[np.ndarray, np.ndarray, str | None, int]:
+    """(kept minority images, their dataset indices, minority class name, dataset image side)."""
+    from backend.data.imbalance import apply_imbalance
+
+    ds = _dataset(ctx, params.dataset_id)
+    try:
+        imb = apply_imbalance(ds.train_y, ds.classes, params.imbalance)
+    except ValueError as exc:
+        raise JobError(f"imbalance: {exc}") from exc
+    if not imb.minority_classes:
+        raise JobError("imbalance: no minority class to start img2img from")
+    minority = imb.minority_classes[0]
+    kept = imb.kept_idx[ds.train_y[imb.kept_idx] == minority]
+    if len(kept) == 0:
+        raise JobError(f"imbalance keeps no image of class {ds.classes[minority]!r} to start img2img from")
+    return np.asarray(ds.train_x[kept]), kept, ds.classes[minority], ds.image_size[0]
+
+
+def _check_local(ctx: JobContext, source: str | None, field: str) -> None:
+    """A model or VAE given as a path must lie under the operator's allowed directories."""
+    if source and source != "tiny" and (Path(source).expanduser().exists() or source.startswith((".", "/", "~"))):
+        try:
+            ctx.settings.is_allowed(source)
+        except PathNotAllowed as exc:
+            raise JobError(f"{field}: {exc}") from exc
+
+
+_PIPELINE_CACHE: dict[tuple, Any] = {}  # one loaded pipeline per worker: consecutive jobs reuse it
+
+
+def _pipeline(ctx: JobContext, params: GenerateSDParams) -> Any:
+    from backend.generation.diffusion import load_pipeline
+
+    device = ctx.settings.device
+    workspace = ctx.settings.workspace_dir
+    key = (
+        params.model,
+        params.mode,
+        device,
+        params.dtype,
+        params.vae,
+        params.safety_checker,
+        params.compile,
+        workspace,
+    )
+    if key not in _PIPELINE_CACHE:
+        _PIPELINE_CACHE.clear()  # free the previous model before loading another
+        ctx.progress(0.0, f"loading {params.model}")
+        try:
+            _PIPELINE_CACHE[key] = load_pipeline(
+                params.model,
+                mode=params.mode,
+                device=device,
+                dtype=params.dtype,
+                workspace=workspace,
+                vae=params.vae,
+                safety_checker=params.safety_checker,
+                scheduler=params.scheduler,
+                compile=params.compile,
+            )
+        except ValueError as exc:
+            raise JobError(str(exc)) from exc
+    pipe = _PIPELINE_CACHE[key]
+    from backend.generation.diffusion import make_scheduler
+
+    pipe.scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
+    return pipe
+
+
+@job_kind("generate_sd", GenerateSDParams)
+def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
+    """Generate a pool of candidate images with Stable Diffusion from a prompt vocabulary."""
+    from backend.generation.diffusion import generate
+
+    _check_local(ctx, params.model, "model")
+    _check_local(ctx, params.vae, "vae")
+    init_pixels = init_idx = None
+    minority = params.imbalance.minority_names[0] if params.imbalance and params.imbalance.minority_names else None
+    dataset_side = None
+    if params.mode == "img2img":
+        init_pixels, init_idx, minority, dataset_side = _init_images(ctx, params)
+    elif params.dataset_id is not None and params.output_size is None:
+        dataset_side = _dataset(ctx, params.dataset_id).image_size[0]
+    output_size = params.output_size or dataset_side or 32
+    vocab = _vocabulary(ctx, params, minority)
+
+    with ctx.session() as session:
+        pool = pool_for_job(session, ctx.job_id) or create_pool(
+            session,
+            name=params.name or f"SD {params.model} ({params.mode})",
+            kind="sd",
+            job_id=ctx.job_id,
+            params=params.model_dump(mode="json") | {"output_size": output_size},
+        )
+        pool_id = pool.id
+        done = existing_indices(session, pool_id)
+    todo = [i for i in range(params.count) if i not in done]
+    if done:
+        ctx.log(f"resuming pool {pool_id}: {len(done)} images exist, {len(todo)} to go")
+    if not todo:
+        return {"pool_id": pool_id, "count": params.count}
+
+    pipe = _pipeline(ctx, params)
+    batch_size = params.batch_size
+
+    def smaller_batch(size: int, message: str) -> None:
+        nonlocal batch_size
+        batch_size = size
+        ctx.log(message, "warning")
+
+    base = {
+        "model": params.model,
+        "scheduler": params.scheduler,
+        "steps": params.steps,
+        "guidance": params.guidance,
+        "width": params.resolution,
+        "height": params.resolution,
+        "mode": params.mode,
+        "job_id": ctx.job_id,
+        "negative_prompt": vocab.negative_prompt,
+    }
+    if params.mode == "img2img":
+        base |= {"strength": params.strength, "dataset_id": params.dataset_id}
+    t0, made = time.monotonic(), 0
+    with PoolWriter(ctx, pool_id, review_size=params.review_size) as writer:
+        for c in range(0, len(todo), params.chunk_size):
+            chunk = [vocab.item(i, params.seed) for i in todo[c : c + params.chunk_size]]
+            for b in range(0, len(chunk), batch_size):
+                batch = chunk[b : b + batch_size]
+                init = None
+                if init_pixels is not None:
+                    init = [init_pixels[item.index % len(init_pixels)] for item in batch]
+                try:
+                    images = generate(
+                        pipe,
+                        batch,
+                        steps=params.steps,
+                        guidance=params.guidance,
+                        resolution=params.resolution,
+                        output_size=output_size,
+                        negative_prompt=vocab.negative_prompt,
+                        init_images=init,
+                        strength=params.strength if init is not None else None,
+                        batch_size=batch_size,
+                        review_size=params.review_size,
+                        should_stop=ctx.should_stop,
+                        on_batch_size=smaller_batch,
+                    )
+                except ValueError as exc:
+                    raise JobError(str(exc)) from exc
+                for g in images:
+                    meta = base | {"index": g.item.index, "prompt": g.item.prompt, "slots": g.item.slots}
+                    meta |= {"seed": g.item.seed, "output_size": output_size}
+                    if init_idx is not None:
+                        meta["init_image_index"] = int(init_idx[g.item.index % len(init_idx)])
+                    writer.add(g.item.index, g.image, g.review, meta)
+                made += len(images)
+                ctx.raise_if_stopped()  # the writer's exit keeps the finished images
+            writer.flush()
+            ctx.save_checkpoint({"pool_id": pool_id, "done": len(done) + made})
+            rate = made / max(time.monotonic() - t0, 1e-9)
+            total = len(done) + made
+            ctx.progress(total / params.count, f"{total}/{params.count} images, {rate:.2f} images/s")
+    return {"pool_id": pool_id, "count": params.count}

@@ -1,0 +1,1 @@
+"""Synthetic image generation: prompt vocabularies, Stable Diffusion (diffusers) and DCGAN."""

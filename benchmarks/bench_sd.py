@@ -1,0 +1,120 @@
+"""Stable Diffusion throughput: the reference study's settings against generate_sd's defaults.
+
+Study: batch 1, 100 steps, PNDM (diffusers' SD default), guidance 7.5.
+Defaults: batched, DPM-Solver++ (2M) 25 steps, guidance 7.5.
+Same model, same resolution, same dtype, same device; images/s over the full `generate` path
+(denoising, VAE decode, on-device antialiased downscale to 32 px). Optionally a TAESD decoder (--vae).
+
+    python benchmarks/bench_sd.py                       # tiny random pipeline on CPU
+    python benchmarks/bench_sd.py --model sd15-random --device cuda   # SD 1.5-sized, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderTiny
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.generation.diffusion import generate, load_pipeline  # noqa: E402
+from backend.generation.prompts import default_vocabulary  # noqa: E402
+from backend.generation.tiny import build_random_sd15_pipeline  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run(pipe, items, *, steps: int, batch_size: int, resolution: int, device: str) -> tuple[float, float | None]:
+    """(images/s, peak CUDA MiB or None) for generating `items`; one warm-up batch first."""
+    params = dict(steps=steps, guidance=7.5, resolution=resolution, output_size=32, batch_size=batch_size)
+    generate(pipe, items[:batch_size], **params)  # warm-up: kernels, allocator, compile caches
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = generate(pipe, items, **params)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return len(out) / elapsed, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny", help="tiny | sd15-random | HF id | local dir")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--resolution", type=int, default=None, help="default: 128 for tiny, 512 otherwise")
+    ap.add_argument("--batch-size", type=int, default=None, help="defaults' batch; default 8 (16 on CUDA)")
+    ap.add_argument("--study-images", type=int, default=None, help="images timed at study settings")
+    ap.add_argument("--default-images", type=int, default=None, help="images timed at default settings")
+    ap.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"])
+    ap.add_argument("--vae", default=None, help="also time the defaults with this decoder: tiny | taesd-random | id")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet for the defaults run")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
+    ap.add_argument("--quick", action="store_true", help="fewer images")
+    args = ap.parse_args()
+
+    cuda = args.device.startswith("cuda")
+    if args.threads or not cuda:
+        # One thread by default: on a shared small CPU box, spinning OpenMP workers make multi-thread
+        # timings swing by 10x and penalise the batch-1 run most, inflating the ratio.
+        torch.set_num_threads(args.threads or 1)
+    resolution = args.resolution or (128 if args.model == "tiny" else 512)
+    batch = args.batch_size or (16 if cuda else 8)
+    n_study = args.study_images or (2 if args.quick else 4)
+    n_default = args.default_images or (batch if args.quick else 4 * batch)
+
+    with tempfile.TemporaryDirectory(prefix="bench-sd-") as tmp:
+        workspace = Path(tmp)
+        model = args.model
+        if model == "sd15-random":
+            t0 = time.perf_counter()
+            model = str(build_random_sd15_pipeline(workspace / "sd15-random", device=args.device))
+            print(f"built SD 1.5-sized random pipeline in {time.perf_counter() - t0:.1f}s")
+        common = dict(device=args.device, dtype=args.dtype, workspace=workspace)
+        items = default_vocabulary("cat").sample(max(n_study, n_default), seed=0)
+        device_name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+        print(f"model={args.model} device={device_name} resolution={resolution} torch={torch.__version__}")
+
+        pipe = load_pipeline(model, scheduler="pndm", **common)
+        study, study_mem = run(
+            pipe, items[:n_study], steps=100, batch_size=1, resolution=resolution, device=args.device
+        )
+        del pipe
+        pipe = load_pipeline(model, scheduler="dpmpp_2m", compile=args.compile, **common)
+        fast, fast_mem = run(
+            pipe, items[:n_default], steps=25, batch_size=batch, resolution=resolution, device=args.device
+        )
+        del pipe
+
+        def mem(peak: float | None) -> str:
+            return f", peak CUDA {peak:.0f} MiB" if peak is not None else ""
+
+        print(f"study    (batch 1, PNDM 100 steps):        {study:8.3f} images/s{mem(study_mem)}")
+        print(f"defaults (batch {batch}, DPM++ 2M 25 steps): {fast:8.3f} images/s{mem(fast_mem)}")
+        if args.vae:
+            vae = args.vae
+            if vae == "taesd-random":  # the real TAESD architecture (AutoencoderTiny defaults), random weights
+                vae = str(workspace / "taesd-random")
+                AutoencoderTiny().save_pretrained(vae)
+            pipe = load_pipeline(model, scheduler="dpmpp_2m", vae=vae, compile=args.compile, **common)
+            taesd, taesd_mem = run(
+                pipe, items[:n_default], steps=25, batch_size=batch, resolution=resolution, device=args.device
+            )
+            print(f"defaults + vae={args.vae}:                 {taesd:8.3f} images/s{mem(taesd_mem)}")
+            print(f"ratio defaults+vae / study: {taesd / study:.1f}x")
+        print(f"ratio defaults / study: {fast / study:.1f}x (target >= 10x)")
+        print(f"peak process RSS: {peak_rss_mb():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
