@@ -101,7 +101,7 @@ def build_variant(ds: DecodedDataset, variant: str, imbalance: dict | None) -> V
         raise JobError(str(exc)) from exc
 
 
-def _extract_upload(ctx: JobContext, upload_id: str) -> tuple[Path, list[tuple[str, str]]]:
+def extract_upload(ctx: JobContext, upload_id: str) -> tuple[Path, list[tuple[str, str]]]:
     """Extract an uploaded zip once into ``uploads/<id>/`` (atomically); returns the dir and skipped entries.
 
     The refused entries are kept beside it in ``uploads/<id>.extract.json`` so a second job on the same
@@ -149,7 +149,7 @@ def prepare_dataset(ctx: JobContext, params: PrepareDatasetParams) -> dict[str, 
         else:
             assert params.path is not None
             path = params.path
-            folder, skipped = _extract_upload(ctx, params.path)
+            folder, skipped = extract_upload(ctx, params.path)
             source = scan_imagefolder(folder, params.test_fraction, params.seed, params.image_size)
         ds = build_cache(source, ctx.store.path("cache"), progress=ctx.progress, should_stop=ctx.should_stop)
     except InterruptedError:

@@ -1,1 +1,368 @@
-"""Job kinds for gan (filled in by its issue)."""
+"""Job kinds `train_gan` (DCGAN from a folder, an uploaded zip or a dataset's minority) and `generate_gan`.
+
+Store layout per GAN: `gans/<gan_id>/epoch_<n>.safetensors` (the latest epoch holds the full training
+state; older epochs are pruned to the generator, which is all sampling needs) and
+`gans/<gan_id>/samples/<n>.png` (the fixed-noise grid of epoch n).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import select
+
+from backend.config import PathNotAllowed
+from backend.data.imbalance import ImbalanceSpec, apply_imbalance
+from backend.db.models import Gan
+from backend.generation.gan import (
+    GanConfig,
+    GanTrainer,
+    TrainingStopped,
+    generator_only,
+    latent_noise,
+    load_generator,
+    render,
+    resize_batch,
+    to_uint8,
+)
+from backend.generation.gan_images import load_image_folder
+from backend.generation.imagefiles import encode_png
+from backend.jobs.context import JobContext
+from backend.jobs.errors import JobError
+from backend.jobs.kinds.datasets import extract_upload, load_dataset
+from backend.jobs.pool_store import PoolWriter, create_pool, existing_indices, pool_for_job
+from backend.jobs.registry import job_kind
+
+UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_SKIPPED_LISTED = 200  # names kept in the GAN's info; the count is always exact
+
+
+def checkpoint_path(gan_id: int, epoch: int) -> str:
+    return f"gans/{gan_id}/epoch_{epoch}.safetensors"
+
+
+def samples_path(gan_id: int, epoch: int) -> str:
+    return f"gans/{gan_id}/samples/{epoch}.png"
+
+
+# ------------------------------------------------------------------------------------------------ params
+
+
+class PathSource(BaseModel):
+    """A directory of images (searched recursively) under the operator's allowed directories."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=4096)
+
+    @field_validator("path")
+    @classmethod
+    def _allowed(cls, value: str, info: ValidationInfo) -> str:
+        settings = (info.context or {}).get("settings")
+        if settings is not None:
+            settings.is_allowed(value)  # PathNotAllowed is a ValueError naming --allow-dir
+        return value
+
+
+class UploadSource(BaseModel):
+    """A zip uploaded with POST /api/datasets/upload."""
+
+    model_config = ConfigDict(extra="forbid")
+    upload_id: str
+
+    @field_validator("upload_id")
+    @classmethod
+    def _shape(cls, value: str) -> str:
+        if not UPLOAD_ID.match(value):
+            raise ValueError("upload_id is the id returned by POST /api/datasets/upload")
+        return value
+
+
+class DatasetSource(BaseModel):
+    """The minority-class images that `imbalance` keeps in a prepared dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset_id: int = Field(ge=1)
+    imbalance: ImbalanceSpec
+
+
+def _source_tag(value: Any) -> str | None:
+    """Which source form `value` is, from its keys, so a 422 names only that form's problems."""
+    if isinstance(value, dict):
+        for key, tag in (
+            ("path", "path"),
+            ("upload_id", "upload"),
+            ("dataset_id", "dataset"),
+            ("imbalance", "dataset"),
+        ):
+            if key in value:
+                return tag
+        return None
+    return {PathSource: "path", UploadSource: "upload", DatasetSource: "dataset"}.get(type(value))
+
+
+SOURCE_FORMS = '{"path": dir}, {"upload_id": id} or {"dataset_id": id, "imbalance": spec}'
+Source = Annotated[
+    Annotated[PathSource, Tag("path")]
+    | Annotated[UploadSource, Tag("upload")]
+    | Annotated[DatasetSource, Tag("dataset")],
+    Discriminator(_source_tag, custom_error_type="source", custom_error_message=f"source must be {SOURCE_FORMS}"),
+]
+
+
+class TrainGanParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: Source = Field(description=SOURCE_FORMS)
+    image_size: Literal[64, 32] = Field(64, description="output side; 64 as in the study, 32 is cheaper")
+    epochs: int = Field(25, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=4096)
+    lr: float = Field(5e-5, gt=0.0, le=1.0, description="Adam lr for both nets; 5e-5 was the most stable")
+    betas: tuple[float, float] = (0.5, 0.999)
+    seed: int = Field(0, ge=0)
+    augment: bool = Field(True, description="random vertical flip + random sharpness")
+    width: float = Field(1.0, gt=0.0, le=4.0, description="channel multiplier (0.125: 128-64-32-16)")
+    name: str | None = Field(None, max_length=255)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("betas must be two numbers in [0, 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _config(self) -> TrainGanParams:
+        self.config()  # e.g. a width so small a layer has no channels -> ValueError naming width
+        return self
+
+    def config(self) -> GanConfig:
+        return GanConfig(
+            image_size=self.image_size,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            betas=self.betas,
+            seed=self.seed,
+            augment=self.augment,
+            width=self.width,
+        )
+
+
+class GenerateGanParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gan_id: int = Field(ge=1)
+    epoch: int | None = Field(None, ge=1, description="default: the last epoch trained")
+    count: int = Field(100, ge=1, le=1_000_000)
+    seed: int = Field(0, ge=0, description="image i's noise is drawn from (seed, i)")
+    output_size: int | None = Field(None, ge=8, le=1024, description="default: the dataset's size, else 32")
+    review_size: int = Field(256, ge=32, le=1024)
+    chunk_size: int = Field(256, ge=1, le=10_000, description="images committed per checkpoint")
+    name: str | None = Field(None, max_length=255)
+
+
+# --------------------------------------------------------------------------------------------- train_gan
+
+
+def _source_images(ctx: JobContext, params: TrainGanParams) -> tuple[np.ndarray, dict[str, Any]]:
+    """uint8 NHWC source images and a JSON summary of where they came from (and what was skipped)."""
+    source = params.source
+    if isinstance(source, DatasetSource):
+        ds = load_dataset(ctx, source.dataset_id)
+        try:
+            imb = apply_imbalance(ds.train_y, ds.classes, source.imbalance)
+        except ValueError as exc:
+            raise JobError(f"source.imbalance: {exc}") from exc
+        if not imb.minority_classes:
+            raise JobError("source.imbalance leaves no minority class to train the GAN on")
+        idx = imb.kept_idx[np.isin(ds.train_y[imb.kept_idx], imb.minority_classes)]
+        info = {
+            "kind": "dataset",
+            "dataset_id": source.dataset_id,
+            "classes": [ds.classes[c] for c in imb.minority_classes],
+            "dataset_image_size": ds.image_size[0],
+        }
+        return np.asarray(ds.train_x[idx]), info
+    skipped: list[tuple[str, str]] = []
+    if isinstance(source, PathSource):
+        try:
+            folder = ctx.settings.is_allowed(source.path)
+        except PathNotAllowed as exc:
+            raise JobError(f"source.path: {exc}") from exc
+        info = {"kind": "path", "path": str(folder)}
+    else:
+        folder, skipped = extract_upload(ctx, source.upload_id)
+        info = {"kind": "upload", "upload_id": source.upload_id}
+    ctx.progress(0.0, "decoding source images")
+    try:
+        loaded = load_image_folder(folder, params.image_size, should_stop=ctx.should_stop)
+    except InterruptedError:
+        ctx.raise_if_stopped()
+        raise
+    except ValueError as exc:
+        raise JobError(f"source.path: {exc}") from exc
+    reasons = [f"{name}: {why}" for name, why in skipped]
+    reasons += [f"{s['path']}: {s['reason']}" for s in loaded.skipped]
+    info |= {"skipped_count": len(reasons), "skipped": reasons[:MAX_SKIPPED_LISTED]}
+    return loaded.images, info
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # JSON (and PostgreSQL) has no NaN
+
+
+def _history(trainer: GanTrainer) -> list[dict[str, Any]]:
+    return [
+        {"epoch": i + 1, "d_loss": _finite(h.d_loss), "g_loss": _finite(h.g_loss)}
+        for i, h in enumerate(trainer.history)
+    ]
+
+
+def _gan_row(ctx: JobContext, params: TrainGanParams) -> int:
+    """The GAN this job trains: created on the first attempt, found again on a resume."""
+    with ctx.session() as s:
+        row = s.scalars(select(Gan).where(Gan.job_id == ctx.job_id).order_by(Gan.id)).first()
+        if row is None:
+            row = Gan(
+                name=params.name or f"DCGAN {params.image_size}px",
+                job_id=ctx.job_id,
+                params=params.model_dump(mode="json"),
+                epochs_done=0,
+                history=[],
+                info={},
+            )
+            s.add(row)
+            s.flush()
+        return row.id
+
+
+@job_kind("train_gan", TrainGanParams)
+def train_gan(ctx: JobContext, params: TrainGanParams) -> dict[str, Any]:
+    """Train a DCGAN, checkpointing and sampling every epoch; resumes from the last finished epoch."""
+    gan_id = _gan_row(ctx, params)
+    images, source_info = _source_images(ctx, params)
+    source_info["images"] = len(images)
+    try:
+        trainer = GanTrainer(params.config(), images, ctx.settings.device)
+    except ValueError as exc:
+        raise JobError(str(exc)) from exc
+    del images  # the trainer holds its own (resized, on-device) copy
+
+    start = int(ctx.checkpoint.get("epoch", 0))
+    if start:
+        rel = checkpoint_path(gan_id, start)
+        if not ctx.store.exists(rel):
+            raise JobError(f"checkpoint {rel} of gan {gan_id} is missing; cannot resume")
+        trainer.load_state(ctx.store.path(rel).read_bytes())
+        ctx.log(f"gan {gan_id}: resuming after epoch {start}")
+    with ctx.session() as s:
+        row = s.get(Gan, gan_id)
+        row.info = {**(row.info or {}), "source": source_info, "device": ctx.settings.device}
+
+    epochs = params.epochs
+    for epoch in range(trainer.epoch + 1, epochs + 1):
+
+        def report(fraction: float, epoch: int = epoch) -> None:
+            ctx.progress((epoch - 1 + fraction) / epochs, f"epoch {epoch}/{epochs}")
+
+        try:
+            losses = trainer.train_epoch(should_stop=ctx.should_stop, progress=report)
+        except TrainingStopped:
+            ctx.raise_if_stopped()  # the epoch in flight is dropped; the last finished one is kept
+            raise
+        # Files first, then the row, then the checkpoint: a crash in between redoes this epoch.
+        ctx.store.write_bytes(checkpoint_path(gan_id, epoch), trainer.state_bytes())
+        ctx.store.write_bytes(samples_path(gan_id, epoch), encode_png(trainer.sample_grid()))
+        with ctx.session() as s:
+            row = s.get(Gan, gan_id)
+            row.epochs_done = epoch
+            row.history = _history(trainer)
+        ctx.save_checkpoint({"epoch": epoch, "gan_id": gan_id})
+        ctx.log(f"epoch {epoch}/{epochs}: D loss {losses.d_loss:.4f}, G loss {losses.g_loss:.4f}")
+        if epoch > 1 and ctx.store.exists(checkpoint_path(gan_id, epoch - 1)):
+            # Only the newest epoch must be resumable; older ones keep just what sampling needs.
+            older = ctx.store.path(checkpoint_path(gan_id, epoch - 1)).read_bytes()
+            ctx.store.write_bytes(checkpoint_path(gan_id, epoch - 1), generator_only(older))
+    return {"gan_id": gan_id, "epochs_done": trainer.epoch}
+
+
+# ------------------------------------------------------------------------------------------ generate_gan
+
+
+def _resolve_epoch(ctx: JobContext, params: GenerateGanParams) -> tuple[Gan, int]:
+    with ctx.session() as s:
+        row = s.get(Gan, params.gan_id)
+        if row is None:
+            raise JobError(f"gan {params.gan_id} not found")
+        s.expunge(row)
+    if row.epochs_done < 1:
+        raise JobError(f"gan {row.id} has no finished epoch yet")
+    epoch = params.epoch or row.epochs_done
+    if epoch > row.epochs_done:
+        raise JobError(f"gan {row.id} has no epoch {epoch}; epochs done: 1..{row.epochs_done}")
+    return row, epoch
+
+
+@job_kind("generate_gan", GenerateGanParams)
+def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
+    """Sample a trained DCGAN into a candidate pool (chunked, resumable, reproducible per index)."""
+    row, epoch = _resolve_epoch(ctx, params)
+    rel = checkpoint_path(row.id, epoch)
+    if not ctx.store.exists(rel):
+        raise JobError(f"checkpoint {rel} of gan {row.id} is missing")
+    loaded = load_generator(ctx.store.path(rel).read_bytes(), ctx.settings.device)
+    source = (row.info or {}).get("source", {})
+    output_size = params.output_size or source.get("dataset_image_size") or 32
+    with ctx.session() as s:
+        pool = pool_for_job(s, ctx.job_id) or create_pool(
+            s,
+            name=params.name or f"{row.name} epoch {epoch}",
+            kind="gan",
+            job_id=ctx.job_id,
+            params=params.model_dump(mode="json") | {"epoch": epoch, "output_size": output_size},
+        )
+        pool_id = pool.id
+        done = existing_indices(s, pool_id)
+    todo = [i for i in range(params.count) if i not in done]
+    base = {"generator": "dcgan", "gan_id": row.id, "epoch": epoch, "seed": params.seed, "job_id": ctx.job_id}
+    base |= {"output_size": output_size}
+    nz = loaded.config.nz
+    with PoolWriter(ctx, pool_id, review_size=params.review_size) as writer:
+        for c in range(0, len(todo), params.chunk_size):
+            chunk = todo[c : c + params.chunk_size]
+            # Contiguous runs share one generator call; noise depends only on (seed, index).
+            for run in _runs(chunk):
+                x = render(loaded.generator, latent_noise(params.seed, run[0], len(run), nz), ctx.settings.device)
+                review, small = to_uint8(x), to_uint8(resize_batch(x, output_size))
+                for j, idx in enumerate(run):
+                    writer.add(idx, small[j], review[j], base | {"index": idx})
+                ctx.raise_if_stopped()  # the writer's exit keeps the finished images
+            writer.flush()
+            made = len(done) + c + len(chunk)
+            ctx.save_checkpoint({"pool_id": pool_id, "done": made})
+            ctx.progress(made / params.count, f"{made}/{params.count} images")
+    return {"pool_id": pool_id, "count": params.count, "gan_id": row.id, "epoch": epoch}
+
+
+def _runs(indices: list[int], max_len: int = 256) -> list[list[int]]:
+    """Split sorted indices into runs of consecutive values (at most `max_len` long)."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][-1] == i - 1 and len(runs[-1]) < max_len:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs

@@ -1,0 +1,600 @@
+"""DCGAN as in the reference study: models, training loop, safetensors state, sampling.
+
+Sections in reading order: config -> networks -> data/augmentation -> trainer -> state files -> sampling.
+Core code: no web/DB imports; callers pass `should_stop` / `progress` callables and a device string.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+MIN_IMAGES = 16  # fewer than this cannot fill a meaningful batch; the job refuses them
+GEN_CHANNELS = (1024, 512, 256, 128)  # generator up-conv blocks (study, section 4.2)
+DISC_CHANNELS = (128, 256, 512, 1024)  # discriminator down-conv blocks
+STATE_FORMAT = "rebalance-dcgan"
+STATE_VERSION = "1"
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """Everything that defines a training run; stored in every checkpoint's header."""
+
+    image_size: int = 64  # output side in px: 64 (study) or 32 (one fewer up-sampling block)
+    epochs: int = 25  # passes over the source images (the job's loop bound; the trainer counts epochs done)
+    batch_size: int = 128  # images per optimiser step (capped at the number of source images)
+    lr: float = 5e-5  # Adam learning rate for both nets; the study found 5e-5 the most stable
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas, DCGAN's beta1 = 0.5
+    seed: int = 0  # initial weights, shuffling, augmentation, noise and the fixed sample-grid noise
+    augment: bool = True  # random vertical flip + random sharpness, each with p = 0.5
+    width: float = 1.0  # channel multiplier: 1.0 = 1024-512-256-128, 0.125 = 128-64-32-16 (CPU runs)
+    nz: int = 100  # latent vector length
+    amp: bool = True  # mixed precision on CUDA (bf16, or fp16 + GradScaler); ignored on CPU
+
+    def __post_init__(self) -> None:
+        if self.image_size not in (32, 64):
+            raise ValueError(f"image_size must be 64 or 32, got {self.image_size}")
+        if not 1 <= self.epochs <= 100_000:
+            raise ValueError(f"epochs must be between 1 and 100000, got {self.epochs}")
+        if not 1 <= self.batch_size <= 65_536:
+            raise ValueError(f"batch_size must be between 1 and 65536, got {self.batch_size}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
+            raise ValueError(f"lr must be in (0, 1], got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not (math.isfinite(self.width) and 0 < self.width <= 4):
+            raise ValueError(f"width must be in (0, 4], got {self.width}")
+        if min(_scaled(GEN_CHANNELS, self.width)) < 1:
+            raise ValueError(f"width {self.width} leaves a layer with no channels")
+        if not 1 <= self.nz <= 4096:
+            raise ValueError(f"nz must be between 1 and 4096, got {self.nz}")
+        # JSON round-trips give a list; keep the frozen value hashable and comparable.
+        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GanConfig:
+        return cls(**json.loads(text))
+
+    def same_architecture(self, other: GanConfig) -> bool:
+        return (self.image_size, self.width, self.nz) == (other.image_size, other.width, other.nz)
+
+
+def _scaled(channels: tuple[int, ...], width: float) -> list[int]:
+    return [int(round(c * width)) for c in channels]
+
+
+def _blocks(image_size: int) -> int:
+    # 64 px: 4x4 -> 8 -> 16 -> 32 -> 64 needs four blocks; 32 px drops the widest one.
+    return 4 if image_size == 64 else 3
+
+
+# --------------------------------------------------------------------------------------------- networks
+
+
+class Generator(nn.Module):
+    """z (N, nz, 1, 1) -> image (N, 3, S, S) in [-1, 1]."""
+
+    def __init__(self, nz: int, width: float, image_size: int) -> None:
+        super().__init__()
+        chans = _scaled(GEN_CHANNELS, width)[-_blocks(image_size) :]
+        # First block projects 1x1 -> 4x4 (k4 s1 p0) as in DCGAN; later blocks double the side.
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, chans[0], 4, 1, 0, bias=False)]
+        layers += [nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)]
+        for cin, cout in zip(chans, chans[1:], strict=False):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout)]
+            layers.append(nn.ReLU(inplace=True))
+        layers += [nn.ConvTranspose2d(chans[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    """image (N, 3, S, S) -> logit (N,); no sigmoid (BCE-with-logits is the stable equivalent)."""
+
+    def __init__(self, width: float, image_size: int) -> None:
+        super().__init__()
+        chans = _scaled(DISC_CHANNELS, width)[: _blocks(image_size)]
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, cout in enumerate(chans):
+            layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=False))
+            if i > 0:  # DCGAN: no BatchNorm on the input block
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            cin = cout
+        layers.append(nn.Conv2d(cin, 1, 4, 1, 0, bias=False))  # 4x4 -> 1x1 logit
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+def init_dcgan_weights(module: nn.Module, generator: torch.Generator) -> None:
+    """DCGAN init: conv weights N(0, 0.02), BatchNorm scale N(1, 0.02) and shift 0 (seeded, no global RNG)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.normal_(m.weight, 0.0, 0.02, generator=generator)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02, generator=generator)
+            nn.init.zeros_(m.bias)
+
+
+# ------------------------------------------------------------------------------ data and augmentation
+
+
+def fit_square(images: np.ndarray, size: int, chunk: int = 1024) -> np.ndarray:
+    """Center-crop uint8 NHWC images to a square and resize to `size` (antialiased), in chunks."""
+    n, h, w, _ = images.shape
+    if h == w == size:
+        return images
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for start in range(0, n, chunk):
+        part = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk, top : top + side]))
+        x = part[:, :, left : left + side].permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + chunk] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def sharpen(x: torch.Tensor, factor: float = 2.0) -> torch.Tensor:
+    """torchvision's adjust_sharpness on a float batch in [0, 1]: blend with PIL's SMOOTH-filtered image.
+
+    The 3x3 kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 is summed from shifted views: on CPU that is
+    ~7x faster than avg_pool2d and ~10x faster than a depthwise conv2d at 64 px. Border pixels keep
+    their value, as in torchvision.
+    """
+    h, w = x.shape[-2:]
+    centre = x[:, :, 1:-1, 1:-1]
+    ring = sum(x[:, :, dy : h - 2 + dy, dx : w - 2 + dx] for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1))
+    blurred = (ring + centre * 5.0) / 13.0
+    out = x.clone()
+    out[:, :, 1:-1, 1:-1] = (centre * factor + blurred * (1.0 - factor)).clamp_(0.0, 1.0)
+    return out
+
+
+def augment_batch(x: torch.Tensor, flip: torch.Tensor, sharp: torch.Tensor, sharpness: float = 2.0) -> torch.Tensor:
+    """Vertical flip where `flip` and sharpness where `sharp` (bool (N,)) on a batch (N, 3, H, W) in [0, 1].
+
+    Same maths as torchvision's RandomVerticalFlip + RandomAdjustSharpness(2) (the masks are the coin
+    flips, p = 0.5 each), but a few tensor ops per batch on the training device instead of per-image
+    PIL calls. On CPU only the selected images are processed; on an accelerator both results are
+    blended with `where`, because selecting indices (`nonzero`) would stall the host on every batch.
+    """
+    if x.device.type == "cpu":
+        rows = torch.nonzero(flip).flatten()
+        if rows.numel():
+            x = x.index_copy(0, rows, x.index_select(0, rows).flip(2))
+        rows = torch.nonzero(sharp).flatten()
+        if rows.numel():
+            x = x.index_copy(0, rows, sharpen(x.index_select(0, rows), sharpness))
+        return x
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
+    return torch.where(sharp.view(-1, 1, 1, 1), sharpen(x, sharpness), x)
+
+
+def latent_noise(seed: int, start: int, count: int, nz: int) -> torch.Tensor:
+    """Noise (count, nz, 1, 1) for sample indices start..start+count-1.
+
+    Each index has its own stream derived from (seed, index), so any chunking of a generation job,
+    or a resume after a crash, yields the same images.
+    """
+    rows = [np.random.default_rng((seed, i)).standard_normal(nz, dtype=np.float32) for i in range(start, start + count)]
+    return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, nz), np.float32)).view(count, nz, 1, 1)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> uint8 NHWC."""
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def make_grid(images: np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
+    """Tile uint8 NHWC images into one uint8 HWC image with `pad` px black gutters."""
+    n, h, w, c = images.shape
+    rows = math.ceil(n / nrow)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y : y + h, x : x + w] = img
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+class TrainingStopped(Exception):
+    """`should_stop()` answered True mid-epoch; the partial epoch is discarded by the caller."""
+
+
+@dataclass
+class EpochLosses:
+    d_loss: float
+    g_loss: float
+
+
+@dataclass
+class _Amp:
+    """Mixed-precision choice for a device: autocast dtype, or None for fp32."""
+
+    dtype: torch.dtype | None
+    scaler_d: torch.amp.GradScaler = field(repr=False)
+    scaler_g: torch.amp.GradScaler = field(repr=False)
+
+    @classmethod
+    def for_device(cls, device: torch.device, enabled: bool) -> _Amp:
+        dtype = None
+        if enabled and device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # fp16 needs loss scaling; bf16 has fp32's exponent range and does not.
+        use_scaler = dtype == torch.float16
+        return cls(
+            dtype,
+            torch.amp.GradScaler("cuda", enabled=use_scaler),
+            torch.amp.GradScaler("cuda", enabled=use_scaler),
+        )
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(
+            device_type=device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        )
+
+
+class GanTrainer:
+    """DCGAN training on uint8 NHWC images held on the training device."""
+
+    def __init__(self, config: GanConfig, images: np.ndarray, device: str) -> None:
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 N x H x W x 3, got {images.dtype} {images.shape}")
+        if len(images) < MIN_IMAGES:
+            raise ValueError(f"source has {len(images)} images; at least {MIN_IMAGES} are needed to train a GAN")
+        self.config = config
+        self.device = torch.device(device)
+        self.epoch = 0  # epochs completed
+        self.history: list[EpochLosses] = []
+        self.rng = torch.Generator().manual_seed(config.seed)  # CPU: shuffles, augmentation, noise
+        # channels_last lets cuDNN pick NHWC tensor-core kernels; on CPU it buys nothing measurable.
+        self._memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        pixels = fit_square(images, config.image_size)
+        if not pixels.flags.writeable:  # e.g. a memory-mapped dataset cache; torch wants its own copy
+            pixels = pixels.copy()
+        self.data = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2)  # uint8 NCHW, resident
+        self.generator = Generator(config.nz, config.width, config.image_size)
+        self.discriminator = Discriminator(config.width, config.image_size)
+        init_dcgan_weights(self.generator, self.rng)
+        init_dcgan_weights(self.discriminator, self.rng)
+        self.generator.to(self.device, memory_format=self._memory_format)
+        self.discriminator.to(self.device, memory_format=self._memory_format)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=config.betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=config.betas)
+        self.amp = _Amp.for_device(self.device, config.amp)
+        self.fixed_noise = latent_noise(config.seed, 0, 64, config.nz)  # the per-epoch sample grid
+
+    @property
+    def batch_size(self) -> int:
+        return min(self.config.batch_size, len(self.data))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        # Drop the ragged last batch (as DCGAN does): a 1-image batch would destabilise BatchNorm.
+        return len(self.data) // self.batch_size
+
+    def train_epoch(
+        self,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> EpochLosses:
+        """One pass over the data; returns mean D and G losses. Raises TrainingStopped if asked to stop."""
+        self.generator.train()
+        self.discriminator.train()
+        b, steps = self.batch_size, self.steps_per_epoch
+        draws = self._epoch_draws(steps * b)
+        ones = torch.ones(b, device=self.device)
+        zeros = torch.zeros(b, device=self.device)
+        d_sum = torch.zeros((), device=self.device)
+        g_sum = torch.zeros((), device=self.device)
+        for step in range(steps):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(f"stopped at step {step} of epoch {self.epoch + 1}")
+            rows = slice(step * b, (step + 1) * b)
+            real = self.data[draws["index"][rows]].float().div_(255.0)
+            if self.config.augment:
+                real = augment_batch(real, draws["flip"][rows], draws["sharp"][rows])
+            real = (real * 2.0 - 1.0).contiguous(memory_format=self._memory_format)
+            z = draws["z"][rows]
+            d_loss, g_loss = self._step(real, z, ones, zeros)
+            d_sum += d_loss
+            g_sum += g_loss
+            if progress is not None:
+                progress((step + 1) / steps)
+        # One host sync per epoch: per-step .item() would stall the GPU queue.
+        losses = EpochLosses(float(d_sum) / steps, float(g_sum) / steps)
+        self.epoch += 1
+        self.history.append(losses)
+        return losses
+
+    def _epoch_draws(self, n: int) -> dict[str, torch.Tensor]:
+        """All of an epoch's random numbers, drawn from the CPU generator and moved to the device at once.
+
+        Drawing up front keeps runs reproducible on any device, and one pinned, non-blocking copy per epoch
+        replaces several small host-to-device copies per step that would serialise the GPU queue.
+        """
+        draws = {
+            "index": torch.randperm(len(self.data), generator=self.rng)[:n],
+            "z": torch.randn(n, self.config.nz, 1, 1, generator=self.rng),
+            "flip": torch.rand(n, generator=self.rng) < 0.5,
+            "sharp": torch.rand(n, generator=self.rng) < 0.5,
+        }
+        if self.device.type == "cuda":
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in draws.items()}
+        return draws
+
+    def _step(
+        self, real: torch.Tensor, z: torch.Tensor, ones: torch.Tensor, zeros: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        amp = self.amp
+        with amp.autocast(self.device):
+            fake = self.generator(z)
+            d_loss = F.binary_cross_entropy_with_logits(self.discriminator(real), ones)
+            d_loss = d_loss + F.binary_cross_entropy_with_logits(self.discriminator(fake.detach()), zeros)
+        self.opt_d.zero_grad(set_to_none=True)
+        amp.scaler_d.scale(d_loss).backward()
+        amp.scaler_d.step(self.opt_d)
+        amp.scaler_d.update()
+        with amp.autocast(self.device):
+            g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
+        self.opt_g.zero_grad(set_to_none=True)
+        amp.scaler_g.scale(g_loss).backward()
+        amp.scaler_g.step(self.opt_g)
+        amp.scaler_g.update()
+        return d_loss.detach().float(), g_loss.detach().float()
+
+    def sample_grid(self, fixed_noise: torch.Tensor | None = None, nrow: int = 8) -> np.ndarray:
+        """Grid image (uint8 HWC) of the generator's output for `fixed_noise` (default: the run's own)."""
+        noise = self.fixed_noise if fixed_noise is None else fixed_noise
+        images = generate(self.generator, noise, self.device, amp_dtype=self.amp.dtype)
+        return make_grid(images, nrow=nrow)
+
+    def sample(self, count: int, seed: int, output_size: int | None = None) -> np.ndarray:
+        """`count` images (uint8 NHWC) from seed; see `sample_images`."""
+        return sample_images(self.generator, count, seed, self.device, output_size, amp_dtype=self.amp.dtype)
+
+    # ------------------------------------------------------------------------------------- state files
+
+    def state_bytes(self) -> bytes:
+        """Full training state as safetensors bytes: both nets, both Adam states, RNG, epoch, history."""
+        tensors: dict[str, torch.Tensor] = {}
+        tensors.update(_prefixed("G.", self.generator.state_dict()))
+        tensors.update(_prefixed("D.", self.discriminator.state_dict()))
+        opt_meta = {}
+        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
+            flat, meta = _flatten_optimizer(name, opt)
+            tensors.update(flat)
+            opt_meta[name] = meta
+        tensors["rng"] = self.rng.get_state()
+        extra = {
+            "optimizers": opt_meta,
+            "scalers": {"d": self.amp.scaler_d.state_dict(), "g": self.amp.scaler_g.state_dict()},
+            "history": [asdict(h) for h in self.history],
+        }
+        return _save(tensors, self.config, self.epoch, extra)
+
+    def load_state(self, data: bytes) -> None:
+        """Restore a `state_bytes()` snapshot (same architecture) so training continues exactly."""
+        tensors, meta = _load(data)
+        config = GanConfig.from_json(meta["config"])
+        if not config.same_architecture(self.config):
+            raise ValueError(f"checkpoint architecture {config} does not match {self.config}")
+        extra = json.loads(meta["extra"])
+        if "optimizers" not in extra:
+            raise ValueError("checkpoint holds only the generator; it cannot resume training")
+        self.generator.load_state_dict(_unprefixed("G.", tensors))
+        self.discriminator.load_state_dict(_unprefixed("D.", tensors))
+        self.opt_g.load_state_dict(_unflatten_optimizer("opt_g", tensors, extra["optimizers"]["opt_g"]))
+        self.opt_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, extra["optimizers"]["opt_d"]))
+        if extra["scalers"]["d"] and self.amp.scaler_d.is_enabled():
+            self.amp.scaler_d.load_state_dict(extra["scalers"]["d"])
+            self.amp.scaler_g.load_state_dict(extra["scalers"]["g"])
+        self.rng.set_state(tensors["rng"])
+        self.epoch = int(meta["epoch"])
+        self.history = [EpochLosses(**h) for h in extra["history"]]
+
+    def save(self, path: str) -> None:
+        with open(path, "wb") as fh:
+            fh.write(self.state_bytes())
+
+    def load(self, path: str) -> None:
+        with open(path, "rb") as fh:
+            self.load_state(fh.read())
+
+
+def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _flatten_optimizer(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state as flat tensors `<name>.<param>.<key>` plus JSON-able param groups (no pickle)."""
+    state = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{name}.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(name + "."):
+            pid, entry = key[len(name) + 1 :].split(".", 1)
+            state.setdefault(int(pid), {})[entry] = value
+    for key, value in meta["scalars"].items():
+        pid, entry = key.split(".", 1)
+        state.setdefault(int(pid), {})[entry] = value
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _save(tensors: dict[str, torch.Tensor], config: GanConfig, epoch: int, extra: dict[str, Any]) -> bytes:
+    metadata = {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "config": config.to_json(),
+        "epoch": str(epoch),
+        "extra": json.dumps(extra),
+    }
+    return st_save(tensors, metadata=metadata)
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The safetensors `__metadata__` header (header = u64 little-endian length + JSON)."""
+    if len(data) < 8:
+        raise ValueError("not a safetensors file: too short")
+    (length,) = struct.unpack("<Q", data[:8])
+    if length > len(data) - 8:
+        raise ValueError("not a safetensors file: header length exceeds the file")
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except ValueError as exc:
+        raise ValueError("not a safetensors file: unreadable header") from exc
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != STATE_FORMAT:
+        raise ValueError(f"not a {STATE_FORMAT} checkpoint")
+    if meta.get("version") != STATE_VERSION:
+        raise ValueError(f"unsupported {STATE_FORMAT} version {meta.get('version')!r}")
+    return meta
+
+
+def _load(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    meta = read_metadata(data)
+    return st_load(data), meta
+
+
+def generator_only(data: bytes) -> bytes:
+    """Shrink a full checkpoint to the generator weights + header (what sampling needs; ~1/5 the size)."""
+    tensors, meta = _load(data)
+    extra = json.loads(meta["extra"])
+    return _save(
+        _unprefixed("", {k: v for k, v in tensors.items() if k.startswith("G.")}),
+        GanConfig.from_json(meta["config"]),
+        int(meta["epoch"]),
+        {"history": extra.get("history", [])},
+    )
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class LoadedGenerator:
+    generator: Generator
+    config: GanConfig
+    epoch: int
+
+
+def load_generator(data: bytes, device: str) -> LoadedGenerator:
+    """Generator (eval mode, on `device`) from a full or generator-only checkpoint."""
+    tensors, meta = _load(data)
+    config = GanConfig.from_json(meta["config"])
+    generator = Generator(config.nz, config.width, config.image_size)
+    generator.load_state_dict(_unprefixed("G.", tensors))
+    dev = torch.device(device)
+    generator.to(dev, memory_format=torch.channels_last if dev.type == "cuda" else torch.contiguous_format)
+    return LoadedGenerator(generator.eval(), config, int(meta["epoch"]))
+
+
+@torch.no_grad()
+def render(
+    generator: Generator, noise: torch.Tensor, device: torch.device | str, amp_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Generator output (N, 3, S, S) float32 in [-1, 1] on `device`, computed in eval mode.
+
+    Eval mode uses BatchNorm's running statistics, so an image depends only on its own noise vector,
+    never on which other images share its batch.
+    """
+    dev = torch.device(device)
+    was_training = generator.training
+    generator.eval()
+    try:
+        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            return generator(noise.to(dev)).float()
+    finally:
+        generator.train(was_training)
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize (N, C, H, W) to size x size on its device; antialias keeps downscaled texture from aliasing."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def generate(
+    generator: Generator,
+    noise: torch.Tensor,
+    device: torch.device | str,
+    output_size: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """uint8 NHWC images for `noise`, resized to `output_size` px when given."""
+    x = render(generator, noise, device, amp_dtype)
+    return to_uint8(x if output_size is None else resize_batch(x, output_size))
+
+
+def sample_images(
+    generator: Generator,
+    count: int,
+    seed: int,
+    device: torch.device | str,
+    output_size: int | None = None,
+    start: int = 0,
+    batch_size: int = 256,
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Images start..start+count-1 of the stream defined by `seed`, uint8 NHWC at `output_size` px."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if output_size is not None and not 8 <= output_size <= 1024:
+        raise ValueError(f"output_size must be between 8 and 1024, got {output_size}")
+    nz = generator.net[0].in_channels
+    side = output_size or _output_side(generator)
+    out = np.empty((count, side, side, 3), dtype=np.uint8)
+    for lo in range(0, count, batch_size):
+        n = min(batch_size, count - lo)
+        out[lo : lo + n] = generate(generator, latent_noise(seed, start + lo, n, nz), device, output_size, amp_dtype)
+    return out
+
+
+def _output_side(generator: Generator) -> int:
+    # Each stride-2 transpose conv doubles the 4x4 produced by the first block.
+    ups = sum(1 for m in generator.net if isinstance(m, nn.ConvTranspose2d) and m.stride == (2, 2))
+    return 4 * 2**ups
