@@ -96,7 +96,11 @@ def training_curves(rows: Rows, classes: Sequence[str], minority: Sequence[str])
         color = palette[variants.index(row["variant"]) % len(palette)]
         name = f"{row['variant']} (seed {row['seed']})"
         epochs = [h["epoch"] for h in history]
-        common = {"legendgroup": row["variant"], "line": {"color": color}, "mode": "lines"}
+        common = {
+            "legendgroup": row["variant"],
+            "line": {"color": color},
+            "mode": "lines+markers",
+        }  # markers: a 1-epoch run still shows
         fig.add_trace(go.Scatter(x=epochs, y=[h["train_loss"] for h in history], name=name, **common), 1, 1)
         fig.add_trace(
             go.Scatter(

@@ -1,24 +1,94 @@
-"""Gradio Blocks shell with the studio's tabs, mounted on the FastAPI app at ``/``."""
+"""The studio: Gradio Blocks with one tab per workflow step, mounted on the FastAPI app at ``/``.
+
+Every tab lives in ``backend/ui/tabs/<name>.py`` and talks to the backend only through
+``backend/ui/client.py`` (HTTP against this server's own ``/api``)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
 
 import gradio as gr
 from fastapi import FastAPI
 
 from backend.config import Settings
+from backend.ui.client import ApiClient
+from backend.ui.common import LIST_POLL_S, POLL_S, Ctx
+from backend.ui.tabs import benchmark, dataset, generate, jobs, prompts, select
 
+ASSETS = Path(__file__).resolve().parents[2] / "frontend_assets"
 TABS = ("Dataset", "Prompts", "Generate", "Select", "Benchmark", "Jobs")
 
+THEME = gr.themes.Soft(
+    primary_hue="indigo",
+    secondary_hue="rose",
+    neutral_hue="slate",
+    font=["Inter", "system-ui", "Segoe UI", "sans-serif"],  # no web-font fetch: the studio works offline
+    font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
+)
 
-def build_ui(settings: Settings) -> gr.Blocks:
-    with gr.Blocks(title="Rebalance") as demo:
-        gr.Markdown("# Rebalance\nRepair class imbalance with synthetic images.")
-        with gr.Tabs():
-            for name in TABS:
-                with gr.Tab(name):
-                    gr.Markdown(f"{name}")
+
+def _header() -> str:
+    logo = (ASSETS / "logo.svg").read_text()
+    return (
+        f'<div id="rb-header">{logo}<div><h1>Rebalance studio</h1>'
+        "<p>Repair class imbalance with synthetic images: dataset → prompts → generate → select → benchmark.</p>"
+        "</div></div>"
+    )
+
+
+def build_ui(settings: Settings, api: ApiClient | None = None) -> gr.Blocks:
+    """The whole studio. ``api`` defaults to a client for the server these settings describe."""
+    api = api or ApiClient.for_settings(settings)
+    builders = {
+        "Dataset": dataset.build,
+        "Prompts": prompts.build,
+        "Generate": lambda c: generate.build(c, vocab_inline),
+        "Select": select.build,
+        "Benchmark": benchmark.build,
+        "Jobs": jobs.build,
+    }
+    vocab_inline: list[gr.components.Component] = []
+    with gr.Blocks(title="Rebalance studio") as demo:
+        gr.HTML(_header())
+        ctx: Ctx | None = None
+        tabs: list[tuple[gr.Tab, list[gr.Timer]]] = []
+        with gr.Tabs(elem_id="rb-tabs"):
+            for i, name in enumerate(TABS):
+                with gr.Tab(name, id=name.lower(), elem_id=f"tab-{name.lower()}") as tab:
+                    # Each tab polls with its own timers, running only while the tab is shown,
+                    # so a hidden tab costs the server nothing.
+                    timers = {
+                        "timer": gr.Timer(POLL_S, active=i == 0),
+                        "list_timer": gr.Timer(LIST_POLL_S, active=i == 0),
+                    }
+                    # The Dataset tab's controls, set on the context by its builder, carry over to later tabs.
+                    ctx = replace(ctx, **timers) if ctx else Ctx(api=api, demo=demo, **timers)
+                    out = builders[name](ctx)
+                    if name == "Prompts":
+                        vocab_inline = out
+                tabs.append((tab, list(timers.values())))
+        for store in ctx.browser_states if ctx else []:
+            store.render()
+        every = [t for _, timers in tabs for t in timers]
+        for tab, mine in tabs:
+            tab.select(
+                lambda mine=mine: [gr.Timer(active=any(t is m for m in mine)) for t in every],
+                outputs=every,
+                show_progress="hidden",
+            )
     return demo
 
 
 def mount_ui(app: FastAPI, settings: Settings) -> FastAPI:
-    return gr.mount_gradio_app(app, build_ui(settings), path="/")
+    """Mount the studio at ``/``; theme, CSS and favicon go here (Gradio 6 moved them off Blocks)."""
+    return gr.mount_gradio_app(
+        app,
+        build_ui(settings),
+        path="/",
+        theme=THEME,
+        css_paths=[ASSETS / "studio.css"],
+        favicon_path=str(ASSETS / "favicon.png"),
+        max_file_size=int(settings.max_upload_mb * 1e6),
+        ssr_mode=False,
+    )

@@ -1,0 +1,186 @@
+"""Helpers every tab shares: the context object, job cards, inline messages, URLs, form persistence."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from backend.ui.client import ApiClient, ApiError, new_key
+
+POLL_S = 2.0  # how often live panels (job cards, galleries) ask the API for news
+LIST_POLL_S = 5.0  # how often dropdowns of datasets, pools, ... look for new entries
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Ctx:
+    """What a tab builder needs: the API client, the shared poll timer, and the Dataset tab's controls
+    (dataset + imbalance) that Generate, Select and Benchmark reuse as inputs."""
+
+    api: ApiClient
+    timer: gr.Timer
+    list_timer: gr.Timer
+    demo: gr.Blocks
+    dataset: gr.Dropdown | None = None
+    imbalance: list[gr.components.Component] = field(default_factory=list)
+    browser_states: list[gr.BrowserState] = field(default_factory=list)  # rendered outside the tabs
+
+
+# -- messages ---------------------------------------------------------------------------------------
+def error_html(message: str) -> str:
+    return f'<div class="rb-msg rb-error" role="alert">{html.escape(message)}</div>'
+
+
+def ok_html(message: str) -> str:
+    return f'<div class="rb-msg rb-ok">{html.escape(message)}</div>'
+
+
+def note_html(message: str) -> str:
+    return f'<div class="rb-msg rb-note">{html.escape(message)}</div>'
+
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s}s"
+
+
+def job_card(job: dict[str, Any] | None) -> str:
+    """One job as a progress card: kind #id, status badge, bar, message (images/s etc.), ETA, error."""
+    if not job:
+        return '<div class="rb-job rb-empty">No job yet.</div>'
+    pct = max(0.0, min(1.0, float(job.get("progress") or 0.0))) * 100
+    status = str(job.get("status", "?"))
+    eta = "" if status in TERMINAL else f" · ETA {fmt_eta(job.get('eta_s'))}"
+    msg = html.escape(str(job.get("message") or ""))
+    err = job.get("error")
+    err_html = f'<div class="rb-job-error">{html.escape(str(err))}</div>' if err else ""
+    return (
+        f'<div class="rb-job rb-{status}" data-job-id="{job.get("id")}" data-status="{status}">'
+        f'<div class="rb-job-head"><b>{html.escape(str(job.get("kind")))} #{job.get("id")}</b>'
+        f'<span class="rb-badge rb-badge-{status}">{status}</span>'
+        f'<span class="rb-job-pct">{pct:.0f}%{eta}</span></div>'
+        f'<div class="rb-bar"><div class="rb-bar-fill" style="width:{pct:.1f}%"></div></div>'
+        f'<div class="rb-job-msg">{msg}</div>{err_html}</div>'
+    )
+
+
+def fetch_job(api: ApiClient, job_id: int | None) -> dict[str, Any] | None:
+    if not job_id:
+        return None
+    try:
+        return api.get(f"/jobs/{int(job_id)}")
+    except ApiError:
+        return None
+
+
+def submit(api: ApiClient, kind: str, params: dict[str, Any], key: str | None) -> tuple[int | None, str]:
+    """Submit a job; returns (job id, inline message html). A 422 shows the API's own message."""
+    try:
+        job = api.submit(kind, params, key)
+    except ApiError as exc:
+        return None, error_html(exc.message)
+    return int(job["id"]), ok_html(f"{kind} job #{job['id']} {job['status']}")
+
+
+# -- URLs -------------------------------------------------------------------------------------------
+def public_base(request: gr.Request | None) -> str:
+    """The origin (plus proxy prefix) the browser used, so image URLs work behind a reverse proxy."""
+    if request is None:
+        return ""
+    headers = {k.lower(): v for k, v in dict(request.headers).items()}
+    host = (headers.get("x-forwarded-host") or headers.get("host") or "").split(",")[0].strip()
+    proto = (headers.get("x-forwarded-proto") or "http").split(",")[0].strip()
+    prefix = (headers.get("x-forwarded-prefix") or "").rstrip("/")
+    return f"{proto}://{host}{prefix}" if host else ""
+
+
+def review_url(base: str, image_id: int) -> str:
+    """Images reach the browser by id through the API only."""
+    return f"{base}/api/images/{int(image_id)}/review"
+
+
+# -- choices ----------------------------------------------------------------------------------------
+def choices(rows: Sequence[dict[str, Any]], label: Callable[[dict[str, Any]], str]) -> list[tuple[str, int]]:
+    return [(label(r), int(r["id"])) for r in rows]
+
+
+def live_choices(ctx: Ctx, dropdown: gr.Dropdown, fetch: Callable[[], list[tuple[str, int]]]) -> None:
+    """Keep ``dropdown``'s choices in step with the API (another tab, browser or worker may add rows);
+    it is only re-rendered when the list really changed, so an open dropdown is not disturbed."""
+    last = gr.State(None)
+
+    def tick(prev: list[tuple[str, int]] | None) -> tuple[Any, Any]:
+        new = fetch()
+        if new == prev:
+            return gr.skip(), gr.skip()
+        return gr.update(choices=new), new
+
+    ctx.list_timer.tick(tick, last, [dropdown, last], show_progress="hidden")
+
+
+def safe_items(api: ApiClient, path: str, **params: Any) -> list[dict[str, Any]]:
+    try:
+        return api.items(path, **params)
+    except ApiError:
+        return []
+
+
+# -- form persistence -------------------------------------------------------------------------------
+def persist(
+    ctx: Ctx,
+    name: str,
+    fields: dict[str, gr.components.Component],
+    key: gr.State,
+    before: Callable[[], Any] | None = None,
+    before_outputs: Sequence[gr.components.Component] = (),
+) -> gr.BrowserState:
+    """Keep a form in the browser's localStorage: restored on load (after ``before`` fills the
+    dropdown choices), saved on every change. Every change also mints a fresh idempotency key."""
+    # A fixed secret (not Gradio's per-process random one) so saved forms survive a server restart; the
+    # values are the user's own form fields, the encryption only keeps them opaque in localStorage.
+    secret = hashlib.sha256(f"rebalance-studio:{name}".encode()).hexdigest()[:32]
+    # Rendered later at the top level (see ``Ctx.browser_states``): a component inside a tab that is not
+    # shown is not mounted, and an unmounted BrowserState would hand the load event its default value.
+    store = gr.BrowserState({}, storage_key=f"rebalance-{name}", secret=secret, render=False)
+    ctx.browser_states.append(store)
+    names = list(fields)
+    comps = [fields[n] for n in names]
+
+    def restore(saved: dict[str, Any] | None) -> list[Any]:
+        saved = saved or {}
+        return [saved[n] if n in saved and saved[n] is not None else gr.skip() for n in names] + [new_key()]
+
+    def save(*values: Any) -> tuple[dict[str, Any], str]:
+        return dict(zip(names, values, strict=True)), new_key()
+
+    if before is not None:
+        loaded = ctx.demo.load(before, outputs=list(before_outputs), show_progress="hidden")
+        loaded.then(restore, inputs=[store], outputs=[*comps, key], show_progress="hidden")
+    else:
+        ctx.demo.load(restore, inputs=[store], outputs=[*comps, key], show_progress="hidden")
+    gr.on(
+        [c.change for c in comps],
+        save,
+        inputs=comps,
+        outputs=[store, key],
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )
+    return store
+
+
+def int_or_none(value: Any) -> int | None:
+    if value in (None, "", []):
+        return None
+    return int(value)

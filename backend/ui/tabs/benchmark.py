@@ -1,0 +1,269 @@
+"""Benchmark tab: choose variants, model, epochs and seeds; launch; per-class accuracy bars, the
+study's Table 1 with the minority column highlighted, training curves, and CSV / report.html downloads."""
+
+from __future__ import annotations
+
+import html
+import json
+import statistics
+from typing import Any
+
+import gradio as gr
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from backend.ui.client import ApiError
+from backend.ui.common import (
+    Ctx,
+    choices,
+    error_html,
+    fetch_job,
+    int_or_none,
+    job_card,
+    live_choices,
+    persist,
+    safe_items,
+    submit,
+)
+from backend.ui.tabs.dataset import imbalance_spec
+
+CLASSICAL = ["imbalanced", "oversample", "oversample_aug", "class_weighted", "logit_adjusted", "full"]
+
+
+def parse_seeds(text: str) -> tuple[list[int] | None, str]:
+    try:
+        seeds = [int(s) for s in str(text or "").replace(" ", "").split(",") if s]
+    except ValueError:
+        return None, "seeds: write whole numbers separated by commas, e.g. 0, 1, 2"
+    if not seeds:
+        return None, "seeds: give at least one seed"
+    return seeds, ""
+
+
+def minority_of(bench: dict[str, Any]) -> list[str]:
+    if bench.get("minority"):
+        return [str(m) for m in bench["minority"]]
+    m = ((bench.get("params") or {}).get("imbalance") or {}).get("minority")
+    return [m] if isinstance(m, str) else list(m or [])
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table_html(rows: list[dict[str, Any]], minority: list[str]) -> str:
+    """Table 1 of the study: one row per variant (mean ± std over seeds), overall then every class."""
+    if not rows:
+        return ""
+    classes = list((rows[0].get("per_class") or {}).keys())
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_variant.setdefault(str(r.get("variant")), []).append(r)
+    head = "".join(
+        f'<th class="{"rb-minority" if c in minority else ""}">{html.escape(c)}</th>' for c in ["overall", *classes]
+    )
+    body = []
+    for variant, runs in by_variant.items():
+        cells = [_mean_std([float(r.get("overall_acc") or 0) for r in runs])]
+        cells += [_mean_std([float((r.get("per_class") or {}).get(c) or 0) for r in runs]) for c in classes]
+        tds = "".join(
+            f'<td class="{"rb-minority" if c in minority else ""}">{v}</td>'
+            for c, v in zip(["overall", *classes], cells, strict=True)
+        )
+        body.append(f"<tr><th>{html.escape(variant)}</th>{tds}</tr>")
+    return (
+        '<table class="rb-table" id="bench-table-1"><thead><tr><th>variant</th>'
+        f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def per_class_figure(rows: list[dict[str, Any]], minority: list[str]) -> go.Figure:
+    """Grouped bars of per-class test accuracy per variant (error bars = std over seeds)."""
+    fig = go.Figure()
+    classes = list((rows[0].get("per_class") or {}).keys()) if rows else []
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_variant.setdefault(str(r.get("variant")), []).append(r)
+    for variant, runs in by_variant.items():
+        vals = [[float((r.get("per_class") or {}).get(c) or 0) for r in runs] for c in classes]
+        err = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+        fig.add_bar(name=variant, x=classes, y=[statistics.mean(v) for v in vals], error_y=dict(array=err))
+    for c in minority:
+        if c in classes:
+            fig.add_vrect(x0=classes.index(c) - 0.5, x1=classes.index(c) + 0.5, fillcolor="#fecdd3", opacity=0.35,
+                          line_width=0, layer="below")  # fmt: skip
+    fig.update_layout(
+        barmode="group",
+        height=340,
+        margin=dict(l=40, r=10, t=40, b=40),
+        title="Per-class test accuracy (%)",
+        yaxis=dict(range=[0, 100]),
+        template="plotly_white",
+        legend=dict(orientation="h", y=1.15, x=1, xanchor="right"),
+    )
+    return fig
+
+
+def api_figure(api: Any, bench_id: int, name: str) -> go.Figure | None:
+    """A plotly figure the reports module stored for this benchmark, if the server has it."""
+    try:
+        body = api.get(f"/benchmarks/{bench_id}/figures/{name}.json")
+    except ApiError:
+        return None
+    if isinstance(body, bytes):
+        body = json.loads(body)
+    return pio.from_json(json.dumps(body)) if body else None
+
+
+def _label(b: dict[str, Any]) -> str:
+    variants = (b.get("params") or {}).get("variants") or []
+    names = [v if isinstance(v, str) else v.get("name", "?") for v in variants]
+    return f"#{b['id']} {', '.join(names)[:60]}"
+
+
+def build(ctx: Ctx) -> None:
+    api = ctx.api
+    key = gr.State("")
+    job_id = gr.State(None)
+    handled = gr.State(None)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, elem_classes="rb-card"):
+            gr.Markdown("### Train classifiers on every variant")
+            variants = gr.CheckboxGroup(
+                CLASSICAL, value=["imbalanced", "oversample", "full"], label="Variants", elem_id="bench-variants"
+            )
+            with gr.Row():
+                sel = gr.Dropdown(
+                    label="+ selection (accepted picks)", choices=[], allow_custom_value=True, elem_id="bench-selection"
+                )
+                sel_name = gr.Textbox("sd_al", label="as variant", elem_id="bench-selection-name")
+            with gr.Row():
+                pool = gr.Dropdown(
+                    label="+ random images from pool", choices=[], allow_custom_value=True, elem_id="bench-pool"
+                )
+                pool_count = gr.Number(50, label="count", precision=0, minimum=1, elem_id="bench-pool-count")
+                pool_name = gr.Textbox("sd_random", label="as variant", elem_id="bench-pool-name")
+            with gr.Row():
+                model = gr.Radio(["small", "resnet18_cifar"], value="small", label="Model", elem_id="bench-model")
+                epochs = gr.Number(30, label="Epochs", precision=0, minimum=1, elem_id="bench-epochs")
+                batch = gr.Number(256, label="Batch", precision=0, minimum=1, elem_id="bench-batch")
+                seeds = gr.Textbox("0", label="Seeds", elem_id="bench-seeds")
+            run = gr.Button("Run benchmark", variant="primary", elem_id="bench-run")
+            msg = gr.HTML(elem_id="bench-msg")
+            card = gr.HTML(job_card(None), elem_id="bench-job")
+        with gr.Column(scale=3, elem_classes="rb-card"):
+            gr.Markdown("### Results")
+            bench = gr.Dropdown(label="Benchmark", choices=[], allow_custom_value=True, elem_id="bench-pick")
+            downloads = gr.HTML(elem_id="bench-downloads")
+            plot = gr.Plot(label="Per-class accuracy", elem_id="bench-plot")
+            table = gr.HTML(elem_id="bench-table")
+            curves = gr.Plot(label="Training curves", elem_id="bench-curves")
+
+    def list_benchmarks() -> list[tuple[str, int]]:
+        return choices(safe_items(api, "/benchmarks"), _label)
+
+    def list_selections() -> list[tuple[str, int]]:
+        return choices(safe_items(api, "/selections"), lambda s: f"#{s['id']} selection")
+
+    def list_pools() -> list[tuple[str, int]]:
+        return choices(safe_items(api, "/pools"), lambda p: f"#{p['id']} {p.get('name')} ({p.get('count')})")
+
+    def refresh() -> tuple[Any, Any, Any]:
+        return (
+            gr.update(choices=list_benchmarks()),
+            gr.update(choices=list_selections()),
+            gr.update(choices=list_pools()),
+        )
+
+    def do_run(*args: Any) -> tuple[Any, str]:
+        vs, sl, sln, pl, plc, pln, mdl, ep, bs, sds, k, ds, *imb = args
+        if not ds:
+            return gr.skip(), error_html("dataset_id: choose a dataset on the Dataset tab")
+        seed_list, err = parse_seeds(sds)
+        if seed_list is None:
+            return gr.skip(), error_html(err)
+        chosen: list[Any] = list(vs or [])
+        if sl:
+            chosen.append({"name": (sln or "sd_al").strip(), "selection_id": int(sl)})
+        if pl:
+            chosen.append({"name": (pln or "sd_random").strip(), "pool_id": int(pl), "count": int_or_none(plc)})
+        if not chosen:
+            return gr.skip(), error_html("variants: choose at least one variant")
+        params = {
+            "dataset_id": int(ds),
+            "imbalance": imbalance_spec(*imb),
+            "variants": chosen,
+            "model": mdl,
+            "epochs": int_or_none(ep),
+            "batch_size": int_or_none(bs),
+            "seeds": seed_list,
+        }
+        jid, out = submit(api, "benchmark", params, k)
+        return (jid if jid is not None else gr.skip()), out
+
+    def show(bid: Any) -> tuple[str, Any, str, Any]:
+        if not bid:
+            return "", None, "", None
+        try:
+            b = api.get(f"/benchmarks/{int(bid)}")
+        except ApiError as exc:
+            return error_html(exc.message), None, "", None
+        rows = b.get("rows") or []
+        minority = minority_of(b)
+        fig = api_figure(api, int(bid), "per_class") or per_class_figure(rows, minority)
+        links = (
+            f'<a class="rb-link" href="api/benchmarks/{int(bid)}/results.csv" download>results.csv</a>'
+            f'<a class="rb-link" href="api/benchmarks/{int(bid)}/report.html" target="_blank">report.html</a>'
+        )
+        return links, fig, table_html(rows, minority), api_figure(api, int(bid), "curves")
+
+    def tick(jid: Any, done: Any, cur: Any) -> tuple[str, Any, Any]:
+        job = fetch_job(api, jid)
+        if not job or job.get("status") != "succeeded" or done == jid:
+            return job_card(job), gr.skip(), gr.skip()
+        new_id = (job.get("result") or {}).get("benchmark_id")
+        value = int(new_id) if new_id else gr.skip()
+        return job_card(job), gr.update(choices=list_benchmarks(), value=value), jid
+
+    fields = {
+        "variants": variants,
+        "selection": sel,
+        "selection_name": sel_name,
+        "pool": pool,
+        "pool_count": pool_count,
+        "pool_name": pool_name,
+        "model": model,
+        "epochs": epochs,
+        "batch": batch,
+        "seeds": seeds,
+        "bench": bench,
+        "job": job_id,
+    }
+    persist(ctx, "benchmark", fields, key, before=refresh, before_outputs=[bench, sel, pool])
+    live_choices(ctx, bench, list_benchmarks)
+    live_choices(ctx, sel, list_selections)
+    live_choices(ctx, pool, list_pools)
+    run.click(
+        do_run,
+        [
+            variants,
+            sel,
+            sel_name,
+            pool,
+            pool_count,
+            pool_name,
+            model,
+            epochs,
+            batch,
+            seeds,
+            key,
+            ctx.dataset,
+            *ctx.imbalance,
+        ],  # fmt: skip
+        [job_id, msg],
+        concurrency_limit=1,
+    )
+    bench.change(show, bench, [downloads, plot, table, curves], show_progress="hidden")
+    ctx.timer.tick(tick, [job_id, handled, bench], [card, bench, handled], show_progress="hidden")

@@ -1,0 +1,324 @@
+"""Select tab: launch active-learning selection, review the picks in a gallery (accept/reject one by
+one or in bulk, near-copies flagged), the PCA feature map, and export of the rebalanced dataset."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from backend.ui.client import ApiError
+from backend.ui.common import (
+    Ctx,
+    choices,
+    error_html,
+    fetch_job,
+    int_or_none,
+    job_card,
+    live_choices,
+    note_html,
+    ok_html,
+    persist,
+    public_base,
+    review_url,
+    safe_items,
+    submit,
+)
+from backend.ui.tabs.dataset import imbalance_spec
+
+ACQUISITIONS = ["validity_then_bald", "bald", "max_entropy", "variation_ratios", "margin", "target_prob", "random"]
+FILTERS = ["all", "pending", "accepted", "rejected", "near-copies"]
+MARK = {"accepted": "✓", "rejected": "✗", "pending": "·"}
+
+
+def _pick_caption(p: dict[str, Any]) -> str:
+    bits = [f"#{p.get('rank', '?')} {MARK.get(p.get('review', 'pending'), '·')} {p.get('review', 'pending')}"]
+    bits.append(f"score {float(p.get('score') or 0):.3f}")
+    if p.get("minority_prob") is not None:
+        bits.append(f"p(minority) {float(p['minority_prob']):.2f}")
+    if p.get("near_copy"):
+        bits.append("⚠ near-copy")
+    if p.get("prompt"):
+        bits.append(str(p["prompt"]))
+    return " · ".join(bits)
+
+
+def filter_picks(picks: list[dict[str, Any]], which: str) -> list[dict[str, Any]]:
+    ordered = sorted(picks, key=lambda p: (-(float(p.get("score") or 0.0)), p.get("rank", 0)))
+    if which == "near-copies":
+        return [p for p in ordered if p.get("near_copy")]
+    if which in ("pending", "accepted", "rejected"):
+        return [p for p in ordered if p.get("review", "pending") == which]
+    return ordered
+
+
+def feature_figure(fmap: dict[str, Any]) -> go.Figure | None:
+    """The study's Figure 2: real training set (minority highlighted), the whole pool and the picks in
+    one 2-D PCA plane (``points``: ``{x, y, group, label}``)."""
+    points = (fmap or {}).get("points") or []
+    if not points:
+        return None
+    minority = set((fmap or {}).get("minority") or [])
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        name = p.get("group", "?")
+        if name == "real" and minority and p.get("label") in minority:
+            name = "real minority"
+        groups.setdefault(name, []).append(p)
+    styles = {
+        "real": ("#cbd5e1", 5),
+        "real minority": ("#0f766e", 7),
+        "pool": ("#a5b4fc", 5),
+        "picks": ("#e11d48", 8),
+    }
+    fig = go.Figure()
+    for name, (color, size) in styles.items():
+        pts = groups.get(name) or []
+        if pts:
+            fig.add_scatter(
+                x=[p["x"] for p in pts],
+                y=[p["y"] for p in pts],
+                mode="markers",
+                name=f"{name} ({len(pts)})",
+                marker=dict(color=color, size=size, opacity=0.75),
+            )
+    ratio = (fmap or {}).get("explained_variance_ratio") or [0, 0]
+    fig.update_layout(
+        height=320,
+        margin=dict(l=30, r=10, t=30, b=30),
+        title="Feature map (PCA of classifier features)",
+        xaxis_title=f"PC1 ({100 * float(ratio[0]):.0f}%)",
+        yaxis_title=f"PC2 ({100 * float(ratio[1]):.0f}%)",
+        template="plotly_white",
+        legend=dict(orientation="h", y=1.15, x=1, xanchor="right"),
+    )
+    return fig
+
+
+def summary_html(sel: dict[str, Any]) -> str:
+    picks = sel.get("picks") or []
+    counts = {k: sum(1 for p in picks if p.get("review", "pending") == k) for k in ("pending", "accepted", "rejected")}
+    near = sum(1 for p in picks if p.get("near_copy"))
+    rounds = len(sel.get("rounds") or [])
+    return (
+        f'<div class="rb-stats"><span><b>{len(picks)}</b> picks</span><span><b>{rounds}</b> rounds</span>'
+        f"<span>✓ <b>{counts['accepted']}</b> accepted</span><span>✗ <b>{counts['rejected']}</b> rejected</span>"
+        f"<span>· <b>{counts['pending']}</b> pending</span><span>⚠ <b>{near}</b> near-copies</span></div>"
+    )
+
+
+def export_links(sel: dict[str, Any]) -> str:
+    """Download links for the dataset behind this selection, imbalanced as the selection saw it."""
+    ds, spec = sel.get("dataset_id"), (sel.get("params") or {}).get("imbalance")
+    if not ds or not spec:
+        return ""
+    q = quote(json.dumps(spec, separators=(",", ":")))
+    links = [
+        f'<a class="rb-link" href="api/datasets/{int(ds)}/export?variant={v}&imbalance={q}" download>{v}.zip</a>'
+        for v in ("imbalanced", "oversample_aug")
+    ]
+    return "<div>Export: " + "".join(links) + "</div>"
+
+
+def _sel_label(s: dict[str, Any]) -> str:
+    return f"#{s['id']} {(s.get('params') or {}).get('acquisition', 'selection')} ({s.get('picks')} picks)"
+
+
+def build(ctx: Ctx) -> None:
+    api = ctx.api
+    key = gr.State("")
+    job_id = gr.State(None)
+    handled = gr.State(None)
+    shown = gr.State([])  # image ids in gallery order, so a click maps back to a pick
+    chosen = gr.State(None)  # image id of the clicked pick
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, elem_classes="rb-card"):
+            gr.Markdown("### Active learning")
+            pools = gr.Dropdown(
+                label="Candidate pools", choices=[], multiselect=True, allow_custom_value=True, elem_id="sel-pools"
+            )
+            acquisition = gr.Dropdown(ACQUISITIONS, value="validity_then_bald", label="Acquisition", elem_id="sel-acq")
+            with gr.Row():
+                budget = gr.Number(4950, label="Budget", precision=0, minimum=1, elem_id="sel-budget")
+                per_round = gr.Number(50, label="Per round", precision=0, minimum=1, elem_id="sel-per-round")
+                mc = gr.Number(20, label="MC passes (T)", precision=0, minimum=1, elem_id="sel-mc")
+            with gr.Row():
+                model = gr.Radio(["small", "resnet18_cifar"], value="small", label="Classifier", elem_id="sel-model")
+                epochs = gr.Number(5, label="Epochs per round", precision=0, minimum=1, elem_id="sel-epochs")
+            run = gr.Button("Run selection", variant="primary", elem_id="sel-run")
+            msg = gr.HTML(elem_id="sel-msg")
+            card = gr.HTML(job_card(None), elem_id="sel-job")
+            fmap = gr.Plot(label="Feature map", elem_id="sel-fmap")
+        with gr.Column(scale=3, elem_classes="rb-card"):
+            gr.Markdown("### Review the picks")
+            with gr.Row():
+                selection = gr.Dropdown(
+                    label="Selection", choices=[], scale=3, allow_custom_value=True, elem_id="sel-pick"
+                )
+                which = gr.Radio(FILTERS, value="all", label="Show", scale=4, elem_id="sel-filter")
+            stats = gr.HTML(elem_id="sel-stats")
+            gallery = gr.Gallery(
+                label="Picks, best score first (click one to review it)",
+                columns=8,
+                height=360,
+                object_fit="contain",
+                allow_preview=False,
+                elem_id="sel-gallery",
+            )
+            chosen_info = gr.HTML(note_html("Click a pick to accept or reject it."), elem_id="sel-chosen")
+            with gr.Row():
+                accept = gr.Button("Accept", variant="primary", elem_id="sel-accept")
+                reject = gr.Button("Reject", variant="stop", elem_id="sel-reject")
+                accept_all = gr.Button("Accept all pending", elem_id="sel-accept-all")
+                reject_near = gr.Button("Reject near-copies", elem_id="sel-reject-near")
+            replace_box = gr.Checkbox(
+                False, label="Replace rejected picks from the ranked remainder", elem_id="sel-replace"
+            )
+            review_msg = gr.HTML(elem_id="sel-review-msg")
+            export = gr.HTML(elem_id="sel-export")
+
+    def list_pools() -> list[tuple[str, int]]:
+        return choices(safe_items(api, "/pools"), lambda p: f"#{p['id']} {p.get('name')} ({p.get('count')})")
+
+    def list_selections() -> list[tuple[str, int]]:
+        return choices(safe_items(api, "/selections"), _sel_label)
+
+    def refresh() -> tuple[Any, Any]:
+        return gr.update(choices=list_pools()), gr.update(choices=list_selections())
+
+    def do_run(*args: Any) -> tuple[Any, str]:
+        pls, acq, bud, pr, t, mdl, ep, k, ds, *imb = args
+        if not ds:
+            return gr.skip(), error_html("dataset_id: choose a dataset on the Dataset tab")
+        if not pls:
+            return gr.skip(), error_html("pool_ids: choose at least one candidate pool")
+        params = {
+            "dataset_id": int(ds),
+            "imbalance": imbalance_spec(*imb),
+            "pool_ids": [int(p) for p in pls],
+            "acquisition": acq,
+            "budget": int_or_none(bud),
+            "per_round": int_or_none(pr),
+            "mc_samples": int_or_none(t),
+            "model": mdl,
+            "epochs": int_or_none(ep),
+        }
+        jid, out = submit(api, "select", params, k)
+        return (jid if jid is not None else gr.skip()), out
+
+    def show(sel_id: Any, flt: str, request: gr.Request) -> tuple[Any, list[int], str, Any, str]:
+        if not sel_id:
+            return [], [], "", None, ""
+        try:
+            sel = api.get(f"/selections/{int(sel_id)}")
+        except ApiError as exc:
+            return [], [], error_html(exc.message), None, ""
+        base = public_base(request)
+        picks = filter_picks(sel.get("picks") or [], flt)
+        items = [(review_url(base, p["image_id"]), _pick_caption(p)) for p in picks]
+        links = export_links(sel)
+        ids = [int(p["image_id"]) for p in picks]
+        return (
+            items,
+            ids,
+            summary_html(sel),
+            feature_figure(
+                {**(sel.get("feature_map") or {}), "minority": [(sel.get("info") or {}).get("target_class")]}
+            ),
+            links,
+        )
+
+    def on_click(ids: list[int], evt: gr.SelectData) -> tuple[Any, str]:
+        if evt.index is None or evt.index >= len(ids):
+            return None, note_html("Click a pick to accept or reject it.")
+        return ids[evt.index], note_html(f"Selected image #{ids[evt.index]}: {evt.value.get('caption', '')}")
+
+    def review(sel_id: Any, decisions: dict[int, str], replace: bool) -> str:
+        if not sel_id:
+            return error_html("choose a selection first")
+        if not decisions:
+            return note_html("nothing to change")
+        body = {
+            "accept": [i for i, r in decisions.items() if r == "accepted"],
+            "reject": [i for i, r in decisions.items() if r == "rejected"],
+            "replace_rejected": bool(replace),
+        }
+        try:
+            out = api.post(f"/selections/{int(sel_id)}/review", body)
+        except ApiError as exc:
+            return error_html(exc.message)
+        verbs = sorted(set(decisions.values()))
+        text = f"{len(decisions)} pick(s) {' / '.join(verbs)}"
+        if out.get("replaced"):
+            text += f"; {len(out['replaced'])} replaced from the ranked remainder"
+        if out.get("unreplaced"):
+            text += f"; {len(out['unreplaced'])} left unreplaced (reserve exhausted)"
+        return ok_html(text)
+
+    def one(decision: str) -> Any:
+        def act(sel_id: Any, image_id: Any, replace: bool) -> str:
+            if not image_id:
+                return error_html("click a pick in the gallery first")
+            return review(sel_id, {int(image_id): decision}, replace)
+
+        return act
+
+    def bulk(kind: str) -> Any:
+        def act(sel_id: Any, replace: bool) -> str:
+            if not sel_id:
+                return error_html("choose a selection first")
+            try:
+                picks = api.get(f"/selections/{int(sel_id)}").get("picks") or []
+            except ApiError as exc:
+                return error_html(exc.message)
+            if kind == "accept_pending":
+                decisions = {int(p["image_id"]): "accepted" for p in picks if p.get("review", "pending") == "pending"}
+            else:
+                decisions = {int(p["image_id"]): "rejected" for p in picks if p.get("near_copy")}
+            return review(sel_id, decisions, replace)
+
+        return act
+
+    def tick(jid: Any, done: Any, cur: Any) -> tuple[str, Any, Any]:
+        job = fetch_job(api, jid)
+        if not job or job.get("status") != "succeeded" or done == jid:
+            return job_card(job), gr.skip(), gr.skip()
+        new_id = (job.get("result") or {}).get("selection_id")
+        value = int(new_id) if new_id else gr.skip()
+        return job_card(job), gr.update(choices=list_selections(), value=value), jid
+
+    fields = {
+        "pools": pools,
+        "acquisition": acquisition,
+        "budget": budget,
+        "per_round": per_round,
+        "mc": mc,
+        "model": model,
+        "epochs": epochs,
+        "selection": selection,
+        "which": which,
+        "job": job_id,
+    }
+    persist(ctx, "select", fields, key, before=refresh, before_outputs=[pools, selection])
+    live_choices(ctx, pools, list_pools)
+    live_choices(ctx, selection, list_selections)
+    run.click(
+        do_run,
+        [pools, acquisition, budget, per_round, mc, model, epochs, key, ctx.dataset, *ctx.imbalance],
+        [job_id, msg],
+        concurrency_limit=1,
+    )
+    view_out = [gallery, shown, stats, fmap, export]
+    gr.on([selection.change, which.change], show, [selection, which], view_out, show_progress="hidden")
+    gallery.select(on_click, shown, [chosen, chosen_info], show_progress="hidden")
+    for button, fn, inputs in (
+        (accept, one("accepted"), [selection, chosen, replace_box]),
+        (reject, one("rejected"), [selection, chosen, replace_box]),
+        (accept_all, bulk("accept_pending"), [selection, replace_box]),
+        (reject_near, bulk("reject_near"), [selection, replace_box]),
+    ):
+        button.click(fn, inputs, review_msg).then(show, [selection, which], view_out, show_progress="hidden")
+    ctx.timer.tick(tick, [job_id, handled, selection], [card, selection, handled], show_progress="hidden")

@@ -1,0 +1,102 @@
+"""The studio's REST client and its pure helpers, against the real API in-process (no browser)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.api.app import create_app
+from backend.runtime import prepare
+from backend.ui.client import ApiClient, ApiError
+from backend.ui.tabs.benchmark import parse_seeds, table_html
+from backend.ui.tabs.dataset import imbalance_spec
+from backend.ui.tabs.prompts import format_slots, parse_slots
+from backend.ui.tabs.select import filter_picks
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[TestClient]:
+    """API + studio with ``--auth`` on, as ``python app.py --auth ui:secret`` would serve them."""
+    settings = make_settings(tmp_path, auth="ui:secret")
+    db = prepare(settings)
+    with TestClient(create_app(settings, db)) as client:
+        yield client
+    db.dispose()
+
+
+def _client(served: TestClient, auth: str | None) -> ApiClient:
+    return ApiClient("http://testserver/api", auth, http=served)
+
+
+def test_auth_covers_studio_and_api_and_the_client_sends_it(served: TestClient) -> None:
+    assert served.get("/").status_code == 401
+    page = served.get("/", auth=("ui", "secret"))
+    assert page.status_code == 200 and "Rebalance studio" in page.text
+    with pytest.raises(ApiError) as denied:
+        _client(served, "ui:wrong").get("/jobs")
+    assert denied.value.status == 401 and "authentication" in denied.value.message
+    assert _client(served, "ui:secret").get("/jobs")["total"] == 0
+
+
+def test_submit_shows_422_message_and_idempotency_returns_one_job(served: TestClient) -> None:
+    api = _client(served, "ui:secret")
+    with pytest.raises(ApiError) as bad:
+        api.submit("prepare_dataset", {"source": "mnist"}, "k1")
+    assert bad.value.status == 422 and bad.value.message.startswith("params.source")
+    first = api.submit("prepare_dataset", {"source": "digits"}, "same-key")
+    again = api.submit("prepare_dataset", {"source": "digits"}, "same-key")
+    assert first["id"] == again["id"] and api.get("/jobs")["total"] == 1
+    assert api.items("/datasets") == []
+
+
+def test_for_settings_reaches_a_wildcard_bind_over_loopback(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, host="0.0.0.0", port=8123)
+    assert ApiClient.for_settings(settings).base_url == "http://127.0.0.1:8123/api"
+
+
+def test_imbalance_spec_from_the_dataset_controls() -> None:
+    assert imbalance_spec("keep", ["cat"], 50, 0.99, 100, 3) == {"seed": 3, "minority": "cat", "keep": 50}
+    assert imbalance_spec("remove_ratio", ["cat", "dog"], 50, 0.9, 100, 0) == {
+        "seed": 0,
+        "minority": ["cat", "dog"],
+        "remove_ratio": 0.9,
+    }
+    assert imbalance_spec("longtail", [], 50, 0.9, 100, 1) == {
+        "seed": 1,
+        "profile": "longtail",
+        "imbalance_factor": 100,
+    }
+
+
+def test_slots_text_round_trips_and_names_a_bad_line() -> None:
+    slots, err = parse_slots("breed: persian, siamese\n\nplace: sofa")
+    assert err is None and slots == {"breed": ["persian", "siamese"], "place": ["sofa"]}
+    assert parse_slots(format_slots(slots)) == (slots, None)
+    assert parse_slots("breed persian")[1] == "slots line 1: write it as 'name: value, value, …'"
+
+
+def test_seeds_parse_and_table_highlights_the_minority_column() -> None:
+    assert parse_seeds("0, 1,2") == ([0, 1, 2], "")
+    assert parse_seeds("a")[0] is None
+    rows = [
+        {"variant": "full", "seed": s, "overall_acc": 80.0 + s, "per_class": {"cat": 70.0 + 2 * s, "dog": 90.0}}
+        for s in (0, 1)
+    ]
+    html = table_html(rows, ["cat"])
+    assert '<th class="rb-minority">cat</th>' in html
+    assert '<td class="rb-minority">71.0 ± 1.4</td>' in html and "80.5 ± 0.7" in html
+
+
+def test_picks_are_ordered_by_score_and_filtered_by_review() -> None:
+    picks = [
+        {"image_id": 1, "rank": 2, "score": 0.2, "review": "accepted"},
+        {"image_id": 2, "rank": 1, "score": 0.9, "review": "pending", "near_copy": True},
+        {"image_id": 3, "rank": 3, "score": 0.5, "review": "rejected"},
+    ]
+    assert [p["image_id"] for p in filter_picks(picks, "all")] == [2, 3, 1]
+    assert [p["image_id"] for p in filter_picks(picks, "pending")] == [2]
+    assert [p["image_id"] for p in filter_picks(picks, "near-copies")] == [2]

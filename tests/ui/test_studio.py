@@ -1,0 +1,286 @@
+"""The studio in a real headless Chromium against a real server (``python app.py``) on a free port.
+
+The steps run in order on one page, as a person would: register the digits demo, pick a minority
+class, save a vocabulary, run a ``tiny`` SD job, select and review picks, benchmark, cancel a running
+job; a screenshot of every tab goes to the test's temp dir and to /tmp/team/screenshots/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TEAM_SHOTS = Path("/tmp/team/screenshots")
+JOB_TIMEOUT_MS = 150_000  # one job on 2 shared CPU cores; the whole module stays near 3 minutes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+class Studio:
+    """The running server plus the one browser page the steps share."""
+
+    def __init__(self, base: str, page: Any, shots: Path) -> None:
+        self.base = base
+        self.page = page
+        self.shots = shots
+
+    def api(self, path: str) -> Any:
+        return _get(f"{self.base}/api{path}")
+
+    # -- Gradio widgets, addressed by elem_id --------------------------------------------------------
+    def tab(self, name: str) -> None:
+        self.page.get_by_role("tab", name=name, exact=True).first.click()
+
+    def fill(self, elem_id: str, value: str | int | float) -> None:
+        box = self.page.locator(f"#{elem_id}").locator("input, textarea").first
+        box.fill(str(value))
+        box.press("Tab")  # blur: Gradio commits Number values on change/blur
+
+    def pick(self, elem_id: str, option: str) -> None:
+        """Choose ``option`` in a Gradio dropdown (single or multi)."""
+        self.page.locator(f"#{elem_id} input").first.click()
+        self.page.get_by_role("option", name=option, exact=True).first.click()
+        self.page.keyboard.press("Escape")
+
+    def radio(self, elem_id: str, label: str) -> None:
+        self.page.locator(f"#{elem_id}").get_by_text(label, exact=True).click()
+
+    def click(self, elem_id: str) -> None:
+        self.page.locator(f"#{elem_id}").click()
+
+    def wait_job(self, elem_id: str, status: str = "succeeded") -> int:
+        card = self.page.locator(f"#{elem_id} .rb-job[data-status='{status}']")
+        try:
+            card.wait_for(timeout=JOB_TIMEOUT_MS)
+        except Exception:
+            text = self.page.locator(f"#{elem_id}").inner_text()
+            raise AssertionError(f"{elem_id} never reached {status}: {text}") from None
+        return int(card.get_attribute("data-job-id"))
+
+    def wait_images(self, selector: str, n: int) -> list[str]:
+        """Wait until ``n`` thumbnails under ``selector`` have really loaded; return their URLs."""
+        js = "([sel, n]) => { const im = [...document.querySelectorAll(sel + ' img')];"
+        js += " return im.length >= n && im.every(i => i.complete && i.naturalWidth > 0); }"
+        self.page.wait_for_function(js, arg=[selector, n], timeout=30_000)
+        return self.page.eval_on_selector_all(f"{selector} img", "els => els.map(e => e.src)")
+
+    def shot(self, name: str) -> None:
+        self.page.wait_for_timeout(600)  # let plots and thumbnails paint
+        path = self.shots / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        TEAM_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, TEAM_SHOTS / path.name)
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
+    from playwright.sync_api import sync_playwright
+
+    tmp = tmp_path_factory.mktemp("studio")
+    port = _free_port()
+    log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed in teardown
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "app.py", "--workspace", str(tmp / "ws"), "--port", str(port), "--workers", "1"]
+    server = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"server exited with {server.returncode}: {(tmp / 'server.log').read_text()[-3000:]}")
+            try:
+                if _get(f"{base}/api/health")["live_workers"] >= 1:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("server did not become healthy with a live worker within 120 s")
+            time.sleep(0.5)
+        shots = tmp / "screenshots"
+        shots.mkdir()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(30_000)
+            page.goto(base + "/")
+            page.get_by_role("tab", name="Dataset", exact=True).wait_for()
+            yield Studio(base, page, shots)
+            page.screenshot(path=str(tmp / "last-page.png"), full_page=True)  # for diagnosing a failed step
+            browser.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_register_digits_and_pick_minority(studio: Studio) -> None:
+    studio.tab("Dataset")
+    studio.fill("ds-name", "digits-demo")
+    studio.click("ds-register")
+    studio.wait_job("ds-job")
+    # The finished job's dataset is listed and selected; its classes fill the minority picker.
+    studio.page.locator("#ds-info", has_text="digits-demo").wait_for()
+    studio.pick("ds-minority", "3")
+    studio.fill("ds-keep", 20)
+    studio.page.locator("#ds-spec-msg", has_text="Imbalanced training set").wait_for()
+    (ds,) = studio.api("/datasets")
+    after = sum(ds["train_counts"].values()) - ds["train_counts"]["3"] + 20
+    studio.page.locator("#ds-spec-msg", has_text=f"{after} images").wait_for()
+    studio.page.locator("#ds-plot .js-plotly-plot").wait_for()
+    studio.shot("dataset")
+
+
+def test_save_vocabulary_with_live_preview(studio: Studio) -> None:
+    studio.tab("Prompts")
+    studio.fill("pr-name", "digit-three")
+    studio.fill("pr-template", "a photo of the {style} digit {n}")
+    studio.fill("pr-slots", "style: handwritten, printed, painted\nn: three, 3")
+    studio.page.locator("#pr-count", has_text="6 distinct prompts").wait_for()
+    # An inline validation error from the API: a slot list that the template does not use.
+    studio.fill("pr-slots", "style: handwritten, printed, painted\nn: three, 3\ncolour: red")
+    studio.page.locator("#pr-count .rb-error", has_text="colour").wait_for()
+    studio.fill("pr-slots", "style: handwritten, printed, painted\nn: three, 3")
+    studio.page.locator("#pr-count", has_text="6 distinct prompts").wait_for()
+    studio.click("pr-save")
+    studio.page.locator("#pr-msg", has_text="saved").wait_for()
+    assert [v["name"] for v in studio.api("/vocabularies")] == ["digit-three"]
+    studio.shot("prompts")
+
+
+def test_tiny_sd_job_runs_to_a_gallery(studio: Studio) -> None:
+    studio.tab("Generate")
+    studio.pick("sd-vocab", "#1 digit-three")
+    for elem, value in (("sd-count", 12), ("sd-batch", 4), ("sd-steps", 2), ("sd-resolution", 30)):
+        studio.fill(elem, value)
+    studio.click("sd-submit")  # resolution 30 is not a multiple of 8: the API's 422 shows inline
+    studio.page.locator("#sd-msg .rb-error", has_text="resolution").wait_for()
+    studio.fill("sd-resolution", 32)
+    studio.click("sd-submit")
+    studio.wait_job("sd-job")
+    srcs = studio.wait_images("#sd-gallery", 12)
+    assert all("/api/images/" in src and src.endswith("/review") for src in srcs)
+    studio.shot("generate")
+
+
+def test_gan_trains_shows_losses_and_samples_a_pool(studio: Studio) -> None:
+    studio.page.locator("#gen-gan-button, [role=tab]", has_text="GAN").first.click()
+    for elem, value in (("gan-epochs", 2), ("gan-batch", 16), ("gan-width", 0.0625)):
+        studio.fill(elem, value)
+    studio.radio("gan-size", "32")
+    studio.click("gan-train")  # source: the 20 kept minority images of the Dataset tab's spec
+    studio.wait_job("gan-train-job")
+    studio.page.locator("#gan-losses .js-plotly-plot").wait_for()
+    studio.wait_images("#gan-grid", 1)
+    studio.fill("gan-count", 8)
+    studio.click("gan-sample")
+    studio.wait_job("gan-sample-job")
+    assert sorted(p["kind"] for p in studio.api("/pools")) == ["gan", "sd"]
+    assert studio.wait_images("#gan-grid", 1)[0].endswith("/api/gans/1/samples/2")  # still the last epoch's grid
+    studio.shot("generate-gan")
+    studio.page.locator("[role=tab]", has_text="Stable Diffusion").first.click()
+
+
+def test_selection_and_review_in_the_gallery(studio: Studio) -> None:
+    studio.tab("Select")
+    (sd,) = [p for p in studio.api("/pools") if p["kind"] == "sd"]
+    studio.pick("sel-pools", f"#{sd['id']} {sd['name']} ({sd['count']})")
+    studio.pick("sel-acq", "target_prob")
+    for elem, value in (("sel-budget", 6), ("sel-per-round", 3), ("sel-mc", 3), ("sel-epochs", 1)):
+        studio.fill(elem, value)
+    studio.click("sel-run")
+    studio.wait_job("sel-job")
+    studio.wait_images("#sel-gallery", 6)
+    thumbs = studio.page.locator("#sel-gallery img")
+    thumbs.nth(0).click()
+    studio.click("sel-accept")
+    studio.page.locator("#sel-stats", has_text="✓ 1 accepted").wait_for()
+    thumbs.nth(1).click()
+    studio.click("sel-reject")
+    studio.page.locator("#sel-stats", has_text="✗ 1 rejected").wait_for()
+    studio.click("sel-accept-all")
+    studio.page.locator("#sel-stats", has_text="✓ 5 accepted").wait_for()
+    (sel,) = studio.api("/selections")
+    reviews = sorted(p["review"] for p in studio.api(f"/selections/{sel['id']}")["picks"])
+    assert reviews == ["accepted"] * 5 + ["rejected"]
+    studio.shot("select")
+
+
+def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
+    studio.tab("Benchmark")
+    studio.page.locator("#bench-variants").get_by_text("oversample", exact=True).click()  # keep imbalanced + full
+    studio.fill("bench-epochs", 1)
+    studio.fill("bench-batch", 128)
+    studio.click("bench-run")
+    studio.wait_job("bench-job")
+    studio.page.locator("#bench-plot .js-plotly-plot").wait_for()
+    studio.page.locator("#bench-table th.rb-minority", has_text="3").wait_for()
+    rows = studio.page.locator("#bench-table tbody tr")
+    assert rows.count() == 2
+    studio.shot("benchmark")
+
+
+def test_double_click_makes_one_job_and_cancel_stops_it(studio: Studio) -> None:
+    studio.tab("Generate")
+    studio.fill("sd-count", 5000)
+    studio.fill("sd-batch", 1)
+    before = studio.api("/jobs?kind=generate_sd")["total"]
+    studio.page.locator("#sd-submit").dblclick()
+    job_id = studio.wait_job("sd-job", "running")
+    studio.page.wait_for_timeout(1000)
+    assert studio.api("/jobs?kind=generate_sd")["total"] == before + 1
+    studio.tab("Jobs")
+    studio.fill("jobs-id", job_id)
+    studio.page.locator("#jobs-card .rb-job[data-status='running']").wait_for()
+    studio.page.locator("#jobs-logs textarea").wait_for()
+    studio.click("jobs-cancel")
+    studio.wait_job("jobs-card", "cancelled")
+    assert studio.api(f"/jobs/{job_id}")["status"] == "cancelled"
+    studio.page.locator("#jobs-table", has_text="cancelled").wait_for()
+    studio.shot("jobs")
+
+
+def test_reload_keeps_forms_and_results(studio: Studio) -> None:
+    studio.page.reload()
+    studio.tab("Prompts")
+    name = studio.page.locator("#pr-name").locator("input, textarea").first
+    studio.page.wait_for_function("el => el.value === 'digit-three'", arg=name.element_handle(), timeout=15_000)
+    studio.tab("Dataset")
+    studio.page.locator("#ds-info", has_text="digits-demo").wait_for()
+    keep = studio.page.locator("#ds-keep input").first
+    assert keep.input_value() == "20"
+    studio.tab("Benchmark")
+    studio.page.locator("#bench-plot .js-plotly-plot").wait_for()
