@@ -1,0 +1,165 @@
+"""End to end through the API: digits dataset, an imported pool (folder and zip), select, review."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.data.sources import load_digits
+
+
+def _write_pool_folder(root: Path) -> dict[str, int]:
+    """20 test-split "3"s and 20 other digits as PNGs in sub-folders, plus one corrupt file."""
+    digits = load_digits()
+    threes = digits.test_x[digits.test_y == 3][:20]
+    others = digits.test_x[digits.test_y != 3][:20]
+    for sub, images in (("threes", threes), ("others/mixed", others)):
+        (root / sub).mkdir(parents=True)
+        for i, img in enumerate(images):
+            Image.fromarray(img).save(root / sub / f"{i:02d}.png")
+    (root / "others" / "broken.png").write_bytes(b"not a png")
+    return {"threes": len(threes), "others": len(others)}
+
+
+def _prepare(api) -> int:
+    job = api.submit("prepare_dataset", {"source": "digits"})
+    done = api.run_jobs()
+    assert done[-1]["status"] == "succeeded", done[-1]
+    return api.job(job["id"])["result"]["dataset_id"]
+
+
+@pytest.fixture
+def selected(api, tmp_path: Path) -> dict:
+    dataset_id = _prepare(api)
+    folder = tmp_path / "made_elsewhere"
+    _write_pool_folder(folder)
+    job = api.submit("import_pool", {"path": str(folder), "name": "elsewhere"})
+    (done,) = api.run_jobs()
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    assert result["count"] == 40 and result["skipped_count"] == 1
+    assert result["skipped"][0][0] == "others/broken.png"
+    pool_id = result["pool_id"]
+    params = {
+        "dataset_id": dataset_id,
+        "imbalance": {"minority": "3", "keep": 8, "seed": 0},
+        "pool_ids": [pool_id],
+        "budget": 10,
+        "per_round": 5,
+        "acquisition": "target_prob",
+        "mc_samples": 4,
+        "epochs": 4,
+        "batch_size": 64,
+        "lr": 0.2,
+    }
+    job = api.submit("select", params)
+    (done,) = api.run_jobs()
+    assert done["status"] == "succeeded", done.get("error")
+    return {"selection_id": done["result"]["selection_id"], "pool_id": pool_id, "job": job}
+
+
+def test_import_select_review_end_to_end(api, selected: dict) -> None:
+    """One pipeline run (digits, folder import, select) checked step by step; the run is the slow part."""
+    _check_source_paths(api, selected)
+    _check_selection_detail_and_list(api, selected)
+    _check_review_accept_reject_and_replace(api, selected)
+
+
+def _check_source_paths(api, selected: dict) -> None:
+    r = api.client.get(f"/api/pools/{selected['pool_id']}/images", params={"limit": 100})
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    paths = sorted(i["source_path"] for i in items)
+    assert paths[0] == "others/mixed/00.png" and paths[-1] == "threes/19.png" and len(paths) == 40
+
+
+def _check_selection_detail_and_list(api, selected: dict) -> None:
+    sid = selected["selection_id"]
+    r = api.client.get(f"/api/selections/{sid}")
+    assert r.status_code == 200, r.text
+    sel = r.json()
+    picks = sel["picks"]
+    assert [p["rank"] for p in picks] == list(range(10))
+    assert [p["round"] for p in picks] == [0] * 5 + [1] * 5
+    assert all(p["review"] == "pending" and 0 <= p["minority_prob"] <= 1 for p in picks)
+    assert len(sel["rounds"]) == 2 and sel["rounds"][1]["train_size"] > sel["rounds"][0]["train_size"]
+    assert sel["info"]["target_class"] == "3" and sel["info"]["reserve_left"] == 5
+    groups = {p["group"] for p in sel["feature_map"]["points"]}
+    assert groups == {"real", "pool", "picks"}
+    # The picks are mostly the real "3"s of the pool: the selection looks at the images.
+    images = {i["id"]: i for i in api.client.get(f"/api/pools/{selected['pool_id']}/images?limit=100").json()["items"]}
+    threes = sum(images[p["image_id"]]["source_path"].startswith("threes/") for p in picks)
+    assert threes >= 7, [images[p["image_id"]]["source_path"] for p in picks]
+    listing = api.client.get("/api/selections").json()
+    assert listing[0]["id"] == sid and listing[0]["picks"] == 10
+    assert api.client.get("/api/selections/9999").json() == {"detail": "selection 9999 not found"}
+
+
+def _check_review_accept_reject_and_replace(api, selected: dict) -> None:
+    sid = selected["selection_id"]
+    picks = api.client.get(f"/api/selections/{sid}").json()["picks"]
+    ids = [p["image_id"] for p in picks]
+    r = api.client.post(
+        f"/api/selections/{sid}/review", json={"accept": ids[:3], "reject": ids[3:5], "replace_rejected": True}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [old for old, _ in body["replaced"]] == ids[3:5]
+    after = body["selection"]["picks"]
+    assert len(after) == 12
+    states = {p["image_id"]: p["review"] for p in after}
+    assert all(states[i] == "accepted" for i in ids[:3]) and all(states[i] == "rejected" for i in ids[3:5])
+    new = after[10:]
+    assert [p["replaces"] for p in new] == ids[3:5] and all(p["image_id"] not in ids for p in new)
+    assert body["selection"]["info"]["reserve_left"] == 3  # 5 reserved, 2 used
+    bad = api.client.post(f"/api/selections/{sid}/review", json={"accept": [123456]})
+    assert bad.status_code == 422 and "accept" in bad.text and "123456" in bad.text
+    assert api.client.post("/api/selections/777/review", json={}).status_code == 404
+
+
+def test_import_from_an_uploaded_zip(api) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(3):
+            img = Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8))
+            data = io.BytesIO()
+            img.save(data, "PNG")
+            zf.writestr(f"set/{i}.png", data.getvalue())
+        zf.writestr("readme.txt", "not an image")
+    r = api.client.post("/api/datasets/upload", files={"file": ("pool.zip", buf.getvalue(), "application/zip")})
+    assert r.status_code == 201, r.text
+    api.submit("import_pool", {"upload_id": r.json()["upload_id"], "image_size": 32})
+    (done,) = api.run_jobs()
+    assert done["status"] == "succeeded", done.get("error")
+    assert done["result"]["count"] == 3
+    items = api.client.get(f"/api/pools/{done['result']['pool_id']}/images").json()["items"]
+    assert sorted(i["source_path"] for i in items) == ["set/0.png", "set/1.png", "set/2.png"]
+    assert {(i["width"], i["height"]) for i in items} == {(32, 32)}
+
+
+def test_bad_params_name_the_field(api, tmp_path: Path) -> None:
+    r = api.client.post(
+        "/api/jobs",
+        json={
+            "kind": "select",
+            "params": {
+                "dataset_id": 1,
+                "pool_ids": [1],
+                "imbalance": {"minority": "3", "keep": 5},
+                "acquisition": "most_cat",
+            },
+        },
+    )
+    assert r.status_code == 422 and "acquisition" in r.text
+    r = api.client.post("/api/jobs", json={"kind": "import_pool", "params": {"name": "x"}})
+    assert r.status_code == 422 and "path or upload_id" in r.text
+    r = api.client.post("/api/jobs", json={"kind": "import_pool", "params": {"path": "/etc"}})
+    assert r.status_code == 422 and "path" in r.text and "--allow-dir" in r.text
+    api.submit("select", {"dataset_id": 99, "pool_ids": [1], "imbalance": {"minority": "3", "keep": 5}})
+    (done,) = api.run_jobs()
+    assert done["status"] == "failed" and "dataset 99 not found" in done["error"]
