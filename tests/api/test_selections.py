@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def test_import_select_review_end_to_end(api, selected: dict) -> None:
     _check_source_paths(api, selected)
     _check_selection_detail_and_list(api, selected)
     _check_review_accept_reject_and_replace(api, selected)
+    _check_export_of_the_rebalanced_dataset(api, selected)
 
 
 def _check_source_paths(api, selected: dict) -> None:
@@ -120,6 +122,24 @@ def _check_review_accept_reject_and_replace(api, selected: dict) -> None:
     bad = api.client.post(f"/api/selections/{sid}/review", json={"accept": [123456]})
     assert bad.status_code == 422 and "accept" in bad.text and "123456" in bad.text
     assert api.client.post("/api/selections/777/review", json={}).status_code == 404
+
+
+def _check_export_of_the_rebalanced_dataset(api, selected: dict) -> None:
+    sid = selected["selection_id"]
+    picks = api.client.get(f"/api/selections/{sid}").json()["picks"]
+    used = [
+        p["image_id"] for p in picks if p["review"] == "accepted" or (p["review"] == "pending" and not p["near_copy"])
+    ]
+    r = api.client.get(f"/api/selections/{sid}/export")
+    assert r.status_code == 200, r.text
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        meta = [json.loads(line) for line in zf.read("metadata.jsonl").decode().splitlines()]
+        names = set(zf.namelist())
+    synthetic = [m for m in meta if m["origin"] == "synthetic"]
+    assert sorted(m["provenance"]["image_id"] for m in synthetic) == sorted(used)
+    assert all(m["label"] == "3" for m in synthetic) and all(m["file"] in names for m in meta)
+    assert sum(m["label"] == "3" and m["origin"] == "real" for m in meta) == 8  # keep=8 real minority images
+    assert api.client.get("/api/selections/999/export").status_code == 404
 
 
 def test_import_from_an_uploaded_zip(api) -> None:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.api.deps import ReadSessionDep, SessionDep, not_found
+from backend.api.deps import ReadSessionDep, SessionDep, StoreDep, not_found
 from backend.api.errors import field_error
-from backend.db.models import Selection, SelectionPick
+from backend.data.export import export_zip
+from backend.data.images import decode_image
+from backend.data.variants import with_synthetic
+from backend.db.models import Dataset, PoolImage, Selection, SelectionPick
+from backend.jobs.errors import JobError
+from backend.jobs.kinds.datasets import build_variant, dataset_from_row
+from backend.jobs.kinds.selection import selected_image_ids
 from backend.selection.review import apply_review
 
 router = APIRouter(prefix="/selections", tags=["selections"])
@@ -190,3 +200,45 @@ def review_selection(selection_id: int, body: ReviewIn, session: SessionDep) -> 
         replaced=[[a, b] for a, b in outcome.replaced],
         unreplaced=outcome.unreplaced,
     )
+
+
+@router.get("/{selection_id}/export")
+def export_selection(
+    selection_id: int,
+    session: ReadSessionDep,
+    store: StoreDep,
+    include_test: bool = Query(False, description="also write test/<class>/ images"),
+) -> FileResponse:
+    """The rebalanced dataset: the imbalanced training set plus this selection's accepted picks (and pending
+    ones not flagged as near-copies), as an ImageFolder zip with ``metadata.jsonl`` provenance."""
+    sel = session.get(Selection, selection_id)
+    if sel is None:
+        raise not_found("selection", selection_id)
+    ids = selected_image_ids(session, selection_id)
+    if not ids:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"selection {selection_id} has no accepted or pending picks")
+    dataset = session.get(Dataset, sel.dataset_id)
+    if dataset is None:
+        raise not_found("dataset", sel.dataset_id)
+    target = (sel.info or {}).get("target_class")
+    digest = hashlib.sha256(json.dumps([dataset.cache_key, sel.params, ids, include_test]).encode()).hexdigest()[:16]
+    out = store.path(f"exports/selection{selection_id}-{digest}.zip")
+    if not out.exists():
+        try:
+            ds = dataset_from_row(store, dataset)
+            base = build_variant(ds, "imbalanced", sel.params.get("imbalance"))
+        except JobError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        if target not in ds.classes:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"selection {selection_id} has not finished")
+        rows = {r.id: r for r in session.scalars(select(PoolImage).where(PoolImage.id.in_(ids)))}
+        ordered = [rows[i] for i in ids if i in rows]
+        images = np.stack([decode_image(store.path(r.file), size=ds.image_size) for r in ordered])
+        provenance = [
+            {"image_id": r.id, "pool_id": r.pool_id, "prompt": r.prompt, "seed": r.seed, "source_path": r.source_path}
+            for r in ordered
+        ]
+        variant = with_synthetic(base, images, provenance, ds.classes.index(target), name=f"selection{selection_id}")
+        test = (ds.test_x, ds.test_y) if include_test else None
+        export_zip(variant, ds.classes, out, test=test)
+    return FileResponse(out, media_type="application/zip", filename=f"{dataset.name}-selection{selection_id}.zip")

@@ -19,10 +19,11 @@ from sqlalchemy import select
 from backend.data.images import ImageDecodeError, decode_image
 from backend.data.imbalance import ImbalanceSpec, apply_imbalance
 from backend.data.variants import Variant, with_synthetic
-from backend.db.models import Benchmark, BenchmarkRun, Pool, PoolImage, SelectionPick
+from backend.db.models import Benchmark, BenchmarkRun, Pool, PoolImage, Selection
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError, JobInterrupted
 from backend.jobs.kinds.datasets import build_variant, load_dataset
+from backend.jobs.kinds.selection import selected_image_ids
 from backend.jobs.registry import job_kind
 from backend.training.models import MODELS
 from backend.training.trainer import (
@@ -138,12 +139,9 @@ def _run_dir(benchmark_id: int, variant: str, seed: int) -> str:
 def _selected_images(ctx: JobContext, selection_id: int) -> list[PoolImage]:
     """Picks in rank order that a reviewer accepted, or left pending and not flagged as near-copies."""
     with ctx.session() as s:
-        picks = s.scalars(
-            select(SelectionPick).where(SelectionPick.selection_id == selection_id).order_by(SelectionPick.rank)
-        ).all()
-        if not picks:
-            raise JobError(f"selection {selection_id} not found or it has no picks")
-        keep = [p.image_id for p in picks if p.review == "accepted" or (p.review == "pending" and not p.near_copy)]
+        if s.get(Selection, selection_id) is None:
+            raise JobError(f"selection {selection_id} not found")
+        keep = selected_image_ids(s, selection_id)
         rows = {r.id: r for r in s.scalars(select(PoolImage).where(PoolImage.id.in_(keep)))}
         s.expunge_all()
     return [rows[i] for i in keep if i in rows]

@@ -343,11 +343,11 @@ def select_job(ctx: JobContext, params: SelectParams) -> dict[str, Any]:
 
 
 def selected_image_ids(session: Session, selection_id: int) -> list[int]:
-    """Image ids a dataset variant should use from a selection: every pick not rejected, by rank."""
-    return list(
-        session.scalars(
-            sql_select(SelectionPick.image_id)
-            .where(SelectionPick.selection_id == selection_id, SelectionPick.review != "rejected")
-            .order_by(SelectionPick.rank)
-        )
-    )
+    """Image ids a dataset variant uses from a selection, by rank: picks a reviewer accepted, or left
+    pending without a near-copy flag (flagged pending picks need an explicit accept)."""
+    picks = session.execute(
+        sql_select(SelectionPick.image_id, SelectionPick.review, SelectionPick.near_copy)
+        .where(SelectionPick.selection_id == selection_id)
+        .order_by(SelectionPick.rank)
+    ).all()
+    return [p.image_id for p in picks if p.review == "accepted" or (p.review == "pending" and not p.near_copy)]

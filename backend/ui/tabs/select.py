@@ -111,12 +111,12 @@ def summary_html(sel: dict[str, Any]) -> str:
 
 
 def export_links(sel: dict[str, Any]) -> str:
-    """Download links for the dataset behind this selection, imbalanced as the selection saw it."""
+    """Download links: the rebalanced dataset (real + accepted picks) and classical variants of the same imbalance."""
     ds, spec = sel.get("dataset_id"), (sel.get("params") or {}).get("imbalance")
     if not ds or not spec:
         return ""
     q = quote(json.dumps(spec, separators=(",", ":")))
-    links = [
+    links = [f'<a class="rb-link" href="api/selections/{int(sel["id"])}/export" download>rebalanced.zip</a>'] + [
         f'<a class="rb-link" href="api/datasets/{int(ds)}/export?variant={v}&imbalance={q}" download>{v}.zip</a>'
         for v in ("imbalanced", "oversample_aug")
     ]
