@@ -84,6 +84,28 @@ def fetch_job(api: ApiClient, job_id: int | None) -> dict[str, Any] | None:
         return None
 
 
+def result_tick(
+    api: ApiClient, result_key: str, list_choices: Callable[[], Any], *, keep_current: bool = False
+) -> Callable[[Any, Any, Any], tuple[str, Any, Any]]:
+    """A gr.Timer handler for a tab's job card and result dropdown, wired as
+    ``(job id, handled job id, dropdown) -> (card, dropdown, handled job id)``.
+
+    While the job runs it only refreshes the card. When it succeeds, the dropdown is re-listed once per job
+    (not every tick) and set to the job's ``result[result_key]``; with ``keep_current`` a choice the user
+    already made (e.g. restored after a reload) is kept.
+    """
+
+    def tick(jid: Any, handled: Any, current: Any) -> tuple[str, Any, Any]:
+        job = fetch_job(api, jid)
+        if not job or job.get("status") != "succeeded" or handled == jid:
+            return job_card(job), gr.skip(), gr.skip()
+        new_id = (job.get("result") or {}).get(result_key)
+        value = int(new_id) if new_id and not (keep_current and current) else gr.skip()
+        return job_card(job), gr.update(choices=list_choices(), value=value), jid
+
+    return tick
+
+
 def submit(api: ApiClient, kind: str, params: dict[str, Any], key: str | None) -> tuple[int | None, str]:
     """Submit a job; returns (job id, inline message html). A 422 shows the API's own message."""
     try:

@@ -17,11 +17,11 @@ from backend.ui.common import (
     Ctx,
     choices,
     error_html,
-    fetch_job,
     int_or_none,
     job_card,
     live_choices,
     persist,
+    result_tick,
     safe_items,
     submit,
 )
@@ -219,13 +219,7 @@ def build(ctx: Ctx) -> None:
         )
         return links, fig, table_html(rows, minority), api_figure(api, int(bid), "curves")
 
-    def tick(jid: Any, done: Any, cur: Any) -> tuple[str, Any, Any]:
-        job = fetch_job(api, jid)
-        if not job or job.get("status") != "succeeded" or done == jid:
-            return job_card(job), gr.skip(), gr.skip()
-        new_id = (job.get("result") or {}).get("benchmark_id")
-        value = int(new_id) if new_id else gr.skip()
-        return job_card(job), gr.update(choices=list_benchmarks(), value=value), jid
+    tick = result_tick(api, "benchmark_id", list_benchmarks)
 
     fields = {
         "variants": variants,

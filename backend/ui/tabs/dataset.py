@@ -13,12 +13,12 @@ from backend.ui.common import (
     Ctx,
     choices,
     error_html,
-    fetch_job,
     int_or_none,
     job_card,
     live_choices,
     note_html,
     persist,
+    result_tick,
     safe_items,
     submit,
 )
@@ -196,15 +196,7 @@ def build(ctx: Ctx) -> None:
         text = note_html(f"Imbalanced training set: {total} images") if total is not None else ""
         return text, histogram(before, after, names)
 
-    def tick(jid: Any, handled: Any, current: Any) -> tuple[str, Any, Any]:
-        job = fetch_job(api, jid)
-        if not job or job.get("status") != "succeeded" or handled == jid:
-            return job_card(job), gr.skip(), gr.skip()
-        # The job just finished: list the new dataset (once per job, not every tick) and select it
-        # unless the user already chose one (a reload restores their choice).
-        new_id = (job.get("result") or {}).get("dataset_id")
-        value = int(new_id) if new_id and not current else gr.skip()
-        return job_card(job), gr.update(choices=list_datasets(), value=value), jid
+    tick = result_tick(api, "dataset_id", list_datasets, keep_current=True)
 
     fields = {
         "source": source,

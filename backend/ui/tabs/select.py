@@ -15,7 +15,6 @@ from backend.ui.common import (
     Ctx,
     choices,
     error_html,
-    fetch_job,
     int_or_none,
     job_card,
     live_choices,
@@ -23,6 +22,7 @@ from backend.ui.common import (
     ok_html,
     persist,
     public_base,
+    result_tick,
     review_url,
     safe_items,
     submit,
@@ -282,13 +282,7 @@ def build(ctx: Ctx) -> None:
 
         return act
 
-    def tick(jid: Any, done: Any, cur: Any) -> tuple[str, Any, Any]:
-        job = fetch_job(api, jid)
-        if not job or job.get("status") != "succeeded" or done == jid:
-            return job_card(job), gr.skip(), gr.skip()
-        new_id = (job.get("result") or {}).get("selection_id")
-        value = int(new_id) if new_id else gr.skip()
-        return job_card(job), gr.update(choices=list_selections(), value=value), jid
+    tick = result_tick(api, "selection_id", list_selections)
 
     fields = {
         "pools": pools,
