@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.training.models import build_model  # noqa: E402
-from backend.training.trainer import TrainConfig, train  # noqa: E402
+from backend.training.trainer import TrainConfig, train, uses_bf16  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -87,6 +87,11 @@ def baseline_epoch_seconds(images, labels, model_name: str, device: torch.device
     return seconds[-1]
 
 
+def base_precision(device: torch.device) -> str:
+    """The baseline's arithmetic: textbook fp32 NCHW on CPU; bf16 + channels_last on CUDA, as the trainer."""
+    return "bf16 autocast, channels_last" if device.type == "cuda" else "fp32, NCHW"
+
+
 def pipeline_seconds(images, labels, device: torch.device, batch: int, workers: int) -> tuple[float, float]:
     """Seconds to produce one epoch of augmented, normalised batches without a model: (batched, PIL)."""
     from backend.data.transforms import normalize, random_crop_flip
@@ -110,9 +115,13 @@ def pipeline_seconds(images, labels, device: torch.device, batch: int, workers: 
     return fast, time.perf_counter() - t0
 
 
-def trainer_epoch_seconds(images, labels, model_name: str, device: torch.device, batch: int) -> float:
+def trainer_epoch_seconds(
+    images, labels, model_name: str, device: torch.device, batch: int, precision: str = "auto"
+) -> float:
     """Seconds of the trainer's second epoch (the first warms up kernels and caches)."""
-    config = TrainConfig(model=model_name, epochs=2, batch_size=batch, val_fraction=0.0, device=str(device))
+    config = TrainConfig(
+        model=model_name, epochs=2, batch_size=batch, val_fraction=0.0, device=str(device), precision=precision
+    )
     result = train((images, labels), images[:batch], labels[:batch], config, mean=MEAN, std=STD, num_classes=10)
     return result.history[-1]["seconds"]
 
@@ -137,11 +146,21 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"model {model_name}, {n:,} random uint8 32x32 images, batch {args.batch_size}, {where}")
 
+    bf16 = uses_bf16("auto", device)
     fast = trainer_epoch_seconds(images, labels, model_name, device, args.batch_size)
+    fp32 = trainer_epoch_seconds(images, labels, model_name, device, args.batch_size, "fp32") if bf16 else fast
     base = baseline_epoch_seconds(images, labels, model_name, device, args.batch_size, args.workers)
-    print(f"trainer (uint8 on device, batched aug): epoch {fast:8.2f} s  {trained / fast:9.0f} images/s")
-    print(f"DataLoader + PIL ({args.workers} workers):     epoch {base:8.2f} s  {trained / base:9.0f} images/s")
-    print(f"ratio: trainer is {base / fast:.2f}x the DataLoader baseline's images/s")
+    auto = "bf16 autocast" if bf16 else "fp32 (no native bf16 here)"
+    print(f"trainer, precision auto = {auto}: epoch {fast:8.2f} s  {trained / fast:9.0f} images/s")
+    if bf16:
+        print(f"trainer, precision fp32:               epoch {fp32:8.2f} s  {trained / fp32:9.0f} images/s")
+    print(
+        f"DataLoader + PIL ({args.workers} workers), {base_precision(device)}: epoch {base:8.2f} s"
+        f"  {trained / base:9.0f} images/s"
+    )
+    print(f"ratio: trainer (auto) is {base / fast:.2f}x the DataLoader baseline's images/s")
+    if bf16:
+        print(f"ratio: trainer (fp32) is {base / fp32:.2f}x the DataLoader baseline's images/s")
     p_fast, p_base = pipeline_seconds(images, labels, device, args.batch_size, args.workers)
     print(
         f"input pipeline alone (no model): batched {trained / p_fast:.0f} images/s, PIL {trained / p_base:.0f} images/s"

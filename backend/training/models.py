@@ -15,10 +15,12 @@ Models
     11.17 M parameters, 0.56 G multiply-accumulates (1.11 GFLOPs) per 32x32 image.
 ``small``
     A fast CNN for CPU runs: four conv3x3-BN-ReLU stages of 16, 32, 64 and 128 channels, a 2x2 max-pool
-    after each of the first three, then global average pooling to a 128-d feature vector.
+    in each of the first three (before the ReLU, which gives the same function for less work), then
+    global average pooling to a 128-d feature vector.
     98,970 parameters (with a 10-class head); 3.98 M multiply-accumulates (7.97 MFLOPs) per 32x32 image,
-    about 140x less than ``resnet18_cifar``. Training throughput on two CPU cores: about 3,500 images/s
-    (benchmarks/bench_train.py), so an epoch of CIFAR-10 takes about 15 s.
+    about 140x less than ``resnet18_cifar``. Training throughput on two CPU cores (AMD EPYC with
+    AVX512-BF16): about 11,000 images/s with bf16 autocast, 8,000 in fp32 (benchmarks/bench_train.py),
+    so an epoch of CIFAR-10 takes 5-6 s.
 """
 
 from __future__ import annotations
@@ -59,18 +61,17 @@ def resnet18_cifar(num_classes: int, dropout: float = 0.0) -> Classifier:
     return Classifier(net, num_features, num_classes, dropout)
 
 
-def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-
-
 def small(num_classes: int, dropout: float = 0.0, widths: tuple[int, ...] = (16, 32, 64, 128)) -> Classifier:
     """The fast CPU CNN described in the module docstring."""
     layers: list[nn.Module] = []
     c_in = 3
     for i, width in enumerate(widths):
-        layers += _conv_bn_relu(c_in, width)
+        layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+        # Pool before the ReLU: max and ReLU commute (ReLU is monotonic), so the function is the same as
+        # conv-BN-ReLU-pool, but the ReLU and its backward touch a quarter of the values.
         if i < len(widths) - 1:
             layers.append(nn.MaxPool2d(2))
+        layers.append(nn.ReLU(inplace=True))
         c_in = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return Classifier(nn.Sequential(*layers), c_in, num_classes, dropout)

@@ -34,6 +34,27 @@ from backend.training.models import MODELS, Classifier, build_model
 
 Progress = Callable[..., None]
 LOSSES = ("ce", "class_weighted", "logit_adjusted")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bf16 convolutions in hardware (AVX512-BF16 or AMX), not emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether forward passes run under bf16 autocast.
+
+    "auto": always on CUDA (no loss scaling needed: bf16 has fp32's exponent range) and on CPUs with
+    native bf16, where it is about 1.45x faster for ``small`` on 2 cores; elsewhere bf16 would be
+    emulated, i.e. slower than fp32. "fp32" and "bf16" force one or the other.
+    """
+    if precision == "auto":
+        return device.type == "cuda" or cpu_has_native_bf16()
+    return precision == "bf16"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -57,7 +78,8 @@ class TrainConfig:
     dropout: float = 0.0  # dropout probability in the classifier head (MC-dropout uses > 0)
     val_fraction: float = 0.1  # share of each class's real training images held out to pick the checkpoint
     seed: int = 0  # seeds weights, data order, augmentation, dropout and the validation split
-    device: str = "cpu"  # "cpu" or "cuda" (bf16 autocast + channels_last on CUDA)
+    device: str = "cpu"  # "cpu" or "cuda"; channels_last memory format on both
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # autocast dtype; see ``uses_bf16``
     eval_batch_size: int = 1024  # examples per forward pass during evaluation
 
     def __post_init__(self) -> None:
@@ -82,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"invalid training config value for {', '.join(bad)}: " + str(self.to_dict()))
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def warmup(self) -> int:
@@ -286,29 +310,38 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, images: torch.Tensor, mean, std, device: torch.device, batch_size: int = 1024
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    mean,
+    std,
+    device: torch.device,
+    batch_size: int = 1024,
+    bf16: bool | None = None,
 ) -> torch.Tensor:
-    """Argmax predictions for uint8 NCHW ``images`` (already on ``device``), without augmentation."""
+    """Argmax predictions for uint8 NCHW ``images`` (already on ``device``), without augmentation.
+
+    ``bf16``: autocast to bf16; None follows ``uses_bf16("auto", device)``.
+    """
+    bf16 = uses_bf16("auto", device) if bf16 is None else bf16
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        x = _prepare(images[start : start + batch_size], mean, std, device)
-        with _autocast(device):
+        x = _prepare(images[start : start + batch_size], mean, std)
+        with _autocast(device, bf16):
             out.append(model(x).argmax(1))
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64, device=device)
 
 
-def _prepare(x_u8: torch.Tensor, mean, std, device: torch.device) -> torch.Tensor:
-    x = normalize(x_u8, mean, std)
-    # channels_last lets cuDNN use its fastest (NHWC tensor-core) convolution kernels.
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+def _prepare(x_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    # channels_last picks the fastest convolution kernels: cuDNN's NHWC tensor-core ones on CUDA and
+    # oneDNN's blocked ones on CPU (1.7x for ``small`` on 2 cores, same fp32 arithmetic).
+    return normalize(x_u8, mean, std).contiguous(memory_format=torch.channels_last)
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA: no loss scaling needed (same exponent range as fp32), about 2x faster matmuls.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -365,8 +398,8 @@ def train(
     # -- network, optimiser, loss ------------------------------------------------------------------
     torch.manual_seed(config.seed)  # weights and dropout masks (dropout draws from the global RNG)
     model: Classifier = build_model(config.model, k, dropout=config.dropout).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
+    bf16 = uses_bf16(config.precision, device)
     peak_lr = config.lr * config.batch_size / 256
     optimizer = torch.optim.SGD(
         model.parameters(), lr=peak_lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -406,8 +439,8 @@ def train(
                 mask = strong[idx]
                 if bool(mask.any()):
                     xb[mask] = strong_augment(xb[mask], generator=generator)
-            xb = _prepare(random_crop_flip(xb, pad=4, flip=True, generator=generator), mean, std, device)
-            with _autocast(device):
+            xb = _prepare(random_crop_flip(xb, pad=4, flip=True, generator=generator), mean, std)
+            with _autocast(device, bf16):
                 logits = model(xb)
             loss = loss_fn(logits, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -422,7 +455,7 @@ def train(
 
         val_acc = None
         if len(val_idx):
-            preds = predict(model, x_val, mean, std, device, config.eval_batch_size)
+            preds = predict(model, x_val, mean, std, device, config.eval_batch_size, bf16)
             val_acc = float(100.0 * (preds == y_val).float().mean().item())
         history.append(
             {
@@ -444,7 +477,7 @@ def train(
     if best["model"] is not None:
         model.load_state_dict(best["model"])
     x_test = _to_device_nchw(np.asarray(test_x), device)
-    preds = predict(model, x_test, mean, std, device, config.eval_batch_size).cpu().numpy()
+    preds = predict(model, x_test, mean, std, device, config.eval_batch_size, bf16).cpu().numpy()
     cm = confusion_matrix(test_y, preds, k)
     per_class = [None if math.isnan(a) else float(a) for a in per_class_accuracy(cm)]
     return TrainResult(
@@ -499,7 +532,8 @@ def _snapshot(epoch, config, model, optimizer, generator, history, best) -> dict
 
 def _restore(state, config, model, optimizer, generator, history, best, device) -> int:
     """Load a snapshot into the live objects; returns the number of epochs already done."""
-    saved = {k: v for k, v in state["config"].items() if k != "device"}
+    # Keys added to TrainConfig since the state was saved take their defaults (e.g. ``precision``).
+    saved = {k: v for k, v in {**TrainConfig().to_dict(), **state["config"]}.items() if k != "device"}
     now = {k: v for k, v in config.to_dict().items() if k != "device"}
     if saved != now:
         diff = sorted(k for k in now if saved.get(k) != now[k])

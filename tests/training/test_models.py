@@ -52,6 +52,23 @@ def test_small_documented_cost() -> None:
     assert count_macs(build_model("resnet18_cifar", 10)) == 555_422_720
 
 
+def test_small_pools_before_relu_with_the_same_function() -> None:
+    """Pool-then-ReLU equals the textbook ReLU-then-pool, so the reorder costs nothing in accuracy."""
+    torch.manual_seed(0)
+    model = build_model("small", 10).eval()
+    mods = list(model.backbone)
+    assert [type(m).__name__ for m in mods[:4]] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ref, i = x, 0
+        while i < len(mods):
+            if isinstance(mods[i], nn.MaxPool2d) and isinstance(mods[i + 1], nn.ReLU):
+                ref, i = mods[i](torch.relu(ref)), i + 2  # the textbook order: ReLU, then pool
+            else:
+                ref, i = mods[i](ref), i + 1
+        assert torch.equal(model.backbone(x), ref)
+
+
 def test_build_model_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg", 10)

@@ -19,6 +19,7 @@ from backend.training.trainer import (
     state_to_safetensors,
     stratified_split,
     train,
+    uses_bf16,
 )
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
@@ -175,4 +176,42 @@ def test_config_validation() -> None:
         TrainConfig(loss="focal")
     with pytest.raises(ValueError, match="val_fraction"):
         TrainConfig(val_fraction=1.5)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
     assert TrainConfig.from_dict(TrainConfig(epochs=7).to_dict()).epochs == 7
+
+
+def test_precision_choice() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert uses_bf16("auto", cuda) and uses_bf16("bf16", cpu)
+    assert not uses_bf16("fp32", cpu) and not uses_bf16("fp32", cuda)
+    assert uses_bf16("auto", cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def test_bf16_and_fp32_both_learn_and_differ(toy) -> None:
+    x, y, tx, ty = toy
+    fp32 = train((x, y), tx, ty, _cfg(precision="fp32"), mean=MEAN, std=STD)
+    bf16 = train((x, y), tx, ty, _cfg(precision="bf16"), mean=MEAN, std=STD)
+    assert fp32.test_acc >= 90.0 and bf16.test_acc >= 90.0, (fp32.test_acc, bf16.test_acc)
+    # bf16 autocast really ran: its rounding moves the training loss away from fp32's.
+    assert _history(fp32) != _history(bf16)
+    assert fp32.config["precision"] == "fp32" and bf16.config["precision"] == "bf16"
+
+
+def test_resume_accepts_a_state_saved_before_precision_existed(toy) -> None:
+    x, y, tx, ty = toy
+    states = []
+    with pytest.raises(TrainingInterrupted):
+        train(
+            (x, y),
+            tx,
+            ty,
+            _cfg(),
+            mean=MEAN,
+            std=STD,
+            on_epoch_end=lambda epoch, state: states.append(state),
+            should_stop=lambda: len(states) >= 1,
+        )
+    old = dict(states[-1], config={k: v for k, v in states[-1]["config"].items() if k != "precision"})
+    resumed = train((x, y), tx, ty, _cfg(), mean=MEAN, std=STD, resume_state=old)
+    assert len(resumed.history) == 3
