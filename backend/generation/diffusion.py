@@ -39,6 +39,7 @@ from diffusers import (
 )
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from backend.generation.oom import is_oom, release_cached_memory
 from backend.generation.prompts import PromptItem
 from backend.generation.tiny import build_tiny_pipeline, build_tiny_taesd
 
@@ -260,10 +261,6 @@ def _init_tensor(init_images: Sequence[np.ndarray], resolution: int, device: str
     return _resize(batch, resolution).clamp_(0, 1)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 def generate(
     pipe: DiffusionPipeline,
     items: Sequence[PromptItem],
@@ -334,11 +331,10 @@ def generate(
                 dataset = _to_uint8(_resize(images, output_size))
                 review = _to_uint8(_resize(images, review_px))
         except (torch.OutOfMemoryError, RuntimeError) as exc:
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             del exc
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_cached_memory()
             if batch_size == 1:
                 raise ValueError(
                     f"out of GPU memory at batch size 1 and resolution {resolution};"

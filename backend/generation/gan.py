@@ -20,6 +20,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from backend.generation.oom import halving_batches
+
 MIN_IMAGES = 16  # fewer than this cannot fill a meaningful batch; the job refuses them
 GEN_CHANNELS = (1024, 512, 256, 128)  # generator up-conv blocks (study, section 4.2)
 DISC_CHANNELS = (128, 256, 512, 1024)  # discriminator down-conv blocks
@@ -579,8 +581,13 @@ def sample_images(
     start: int = 0,
     batch_size: int = 256,
     amp_dtype: torch.dtype | None = None,
+    on_batch_size: Callable[[int, str], None] | None = None,
 ) -> np.ndarray:
-    """Images start..start+count-1 of the stream defined by `seed`, uint8 NHWC at `output_size` px."""
+    """Images start..start+count-1 of the stream defined by `seed`, uint8 NHWC at `output_size` px.
+
+    On CUDA out-of-memory the batch is halved (``on_batch_size`` hears of it); images do not depend on
+    the batch size, so the output is the same.
+    """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     if output_size is not None and not 8 <= output_size <= 1024:
@@ -588,9 +595,11 @@ def sample_images(
     nz = generator.net[0].in_channels
     side = output_size or _output_side(generator)
     out = np.empty((count, side, side, 3), dtype=np.uint8)
-    for lo in range(0, count, batch_size):
-        n = min(batch_size, count - lo)
+
+    def batch(lo: int, n: int) -> None:
         out[lo : lo + n] = generate(generator, latent_noise(seed, start + lo, n, nz), device, output_size, amp_dtype)
+
+    halving_batches(count, batch_size, batch, on_batch_size, what="GAN sampling batch")
     return out
 
 

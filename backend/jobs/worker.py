@@ -28,6 +28,20 @@ from backend.store import FileStore
 log = logging.getLogger("rebalance.worker")
 
 
+def _error_message(exc: BaseException) -> str:
+    """The job's error line: the exception, plus what to do about it when that is known."""
+    text = f"{type(exc).__name__}: {exc}"
+    # Matched by name and text so this module stays free of torch; covers torch.OutOfMemoryError and
+    # the RuntimeError older CUDA paths raise.
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (
+            f"out of GPU memory: {first[:300]} -- lower batch_size (or the resolution, image_size or model"
+            " size), or free the GPU from other processes, then submit again"
+        )
+    return text
+
+
 class Heartbeat(threading.Thread):
     """Renews the running job's lease, flushes progress/logs and watches for cancellation."""
 
@@ -173,7 +187,7 @@ class JobWorker:
                 outcome = (
                     "failed",
                     {
-                        "error": f"{type(exc).__name__}: {exc}",
+                        "error": _error_message(exc),
                         "traceback": traceback.format_exc(),
                         "message": "failed",
                     },

@@ -55,6 +55,14 @@ def fail(ctx: JobContext, params: FailParams) -> dict:
     raise ValueError(params.message)
 
 
+@job_kind("test_oom", FailParams)
+def oom(ctx: JobContext, params: FailParams) -> dict:
+    """Raise the error torch raises when CUDA runs out of memory (the message must say what to do)."""
+    import torch
+
+    raise torch.OutOfMemoryError(f"CUDA out of memory. {params.message}")
+
+
 @job_kind("test_crash", FailParams)
 def crash(ctx: JobContext, params: FailParams) -> dict:
     """Kill the worker process outright, as an out-of-memory kill would."""

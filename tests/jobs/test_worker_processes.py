@@ -164,12 +164,17 @@ def test_cancel_stops_running_job_within_5s(workers: Workers) -> None:
 
 def test_failing_handler_is_recorded_and_worker_keeps_serving(workers: Workers) -> None:
     bad = workers.submit("test_fail", {"message": "kaboom"})
+    oom = workers.submit("test_oom", {"message": "Tried to allocate 2.00 GiB"})
     good = workers.submit("test_echo", {"n": 7})
     workers.start(1)
-    workers.wait(lambda: workers.job(good).status == "succeeded", what="second job")
+    workers.wait(lambda: workers.job(good).status == "succeeded", what="third job")
     job = workers.job(bad)
     assert job.status == "failed"
     assert "kaboom" in job.error and "ValueError" in job.traceback
+    # Out of GPU memory: the error says so and what to change, not just the exception's name.
+    job = workers.job(oom)
+    assert job.status == "failed" and job.error.startswith("out of GPU memory: CUDA out of memory. Tried")
+    assert "lower batch_size" in job.error and "OutOfMemoryError" in job.traceback
 
 
 def test_job_that_keeps_killing_its_worker_fails_after_max_attempts(tmp_path: Path, db_url: str) -> None:

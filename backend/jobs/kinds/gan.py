@@ -40,6 +40,7 @@ from backend.generation.gan import (
 )
 from backend.generation.gan_images import load_image_folder
 from backend.generation.imagefiles import encode_png
+from backend.generation.oom import halving_batches
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.kinds.datasets import extract_upload, load_dataset
@@ -340,15 +341,30 @@ def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
     base = {"generator": "dcgan", "gan_id": row.id, "epoch": epoch, "seed": params.seed, "job_id": ctx.job_id}
     base |= {"output_size": output_size}
     nz = loaded.config.nz
+    batch = {"size": 256}  # images per generator call; shrinks for good after a CUDA OOM
+
+    def on_oom(size: int, message: str) -> None:
+        batch["size"] = size
+        ctx.log(message)
+
     with PoolWriter(ctx, pool_id, review_size=params.review_size) as writer:
         for c in range(0, len(todo), params.chunk_size):
             chunk = todo[c : c + params.chunk_size]
             # Contiguous runs share one generator call; noise depends only on (seed, index).
             for run in _runs(chunk):
-                x = render(loaded.generator, latent_noise(params.seed, run[0], len(run), nz), ctx.settings.device)
-                review, small = to_uint8(x), to_uint8(resize_batch(x, output_size))
-                for j, idx in enumerate(run):
-                    writer.add(idx, small[j], review[j], base | {"index": idx})
+
+                def render_part(lo: int, n: int, run: list[int] = run) -> None:
+                    noise = latent_noise(params.seed, run[lo], n, nz)
+                    x = render(loaded.generator, noise, ctx.settings.device)
+                    review, small = to_uint8(x), to_uint8(resize_batch(x, output_size))
+                    for j, idx in enumerate(run[lo : lo + n]):
+                        writer.add(idx, small[j], review[j], base | {"index": idx})
+
+                # Images depend only on their own noise (eval-mode BatchNorm), so halving on OOM is exact.
+                try:
+                    halving_batches(len(run), batch["size"], render_part, on_oom, what="GAN sampling batch")
+                except ValueError as exc:
+                    raise JobError(str(exc)) from exc
                 ctx.raise_if_stopped()  # the writer's exit keeps the finished images
             writer.flush()
             made = len(done) + c + len(chunk)
