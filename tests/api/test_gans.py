@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load as st_load
 
-from backend.db.models import Gan, Job
+from backend.db.models import Gan
 from backend.generation.gan import load_generator
 from backend.generation.imagefiles import read_png_metadata
-from backend.jobs.context import JobContext
 from backend.jobs.errors import JobInterrupted
 from backend.jobs.kinds.gan import TrainGanParams, checkpoint_path, train_gan
 from backend.store import FileStore
+from tests.api.handlers import Killed, context_for
 
 TINY = {"image_size": 32, "width": 0.125, "batch_size": 8, "seed": 1}
 
@@ -116,18 +116,6 @@ def test_train_then_generate_end_to_end(api, tmp_path: Path) -> None:
     assert not np.array_equal(_png(api.client.get(old_items[0]["url"]).content), _png(first))
 
 
-def _context(api, job_id: int, stop: threading.Event | None = None) -> JobContext:
-    with api.db.session() as s:
-        job = s.get(Job, job_id)
-        s.expunge(job)
-    store = FileStore(api.settings.workspace_dir)
-    return JobContext(job=job, db=api.db, settings=api.settings, store=store, stop_event=stop or threading.Event())
-
-
-class Killed(Exception):
-    """Stands in for SIGKILL: the handler stops dead, nothing after the raise runs."""
-
-
 def _gan(api, gan_id: int) -> Gan:
     with api.db.read_session() as s:
         row = s.get(Gan, gan_id)
@@ -144,7 +132,7 @@ def test_killed_training_resumes_to_the_same_result(api, tmp_path: Path) -> None
     job = api.submit("train_gan", params)
     parsed = TrainGanParams.model_validate(job["params"])
     # Attempt 1 dies after epoch 2's files and row are written, before its checkpoint.
-    ctx = _context(api, job["id"])
+    ctx = context_for(api, job["id"])
     saved = ctx.save_checkpoint
     calls = {"n": 0}
 
@@ -158,7 +146,7 @@ def test_killed_training_resumes_to_the_same_result(api, tmp_path: Path) -> None
     with pytest.raises(Killed):
         train_gan(ctx, parsed)
 
-    ctx = _context(api, job["id"])
+    ctx = context_for(api, job["id"])
     assert ctx.checkpoint["epoch"] == 1  # resumes after epoch 1 and redoes epoch 2
     result = train_gan(ctx, parsed)
     resumed = _gan(api, result["gan_id"])
@@ -173,7 +161,7 @@ def test_killed_training_resumes_to_the_same_result(api, tmp_path: Path) -> None
 def test_cancel_keeps_the_last_finished_epoch(api, tmp_path: Path) -> None:
     job = api.submit("train_gan", TINY | {"source": {"path": str(_folder(tmp_path / "x", 16))}, "epochs": 5})
     stop = threading.Event()
-    ctx = _context(api, job["id"], stop)
+    ctx = context_for(api, job["id"], stop)
     saved = ctx.save_checkpoint
 
     def checkpoint_then_cancel(state: dict) -> None:

@@ -12,6 +12,9 @@ import pytest
 from PIL import Image
 
 from backend.data.sources import load_digits
+from backend.db.models import SelectionPick
+from backend.jobs.kinds.selection import SelectParams, select_job
+from tests.api.handlers import Killed, context_for
 
 
 def _write_pool_folder(root: Path) -> dict[str, int]:
@@ -70,6 +73,43 @@ def test_import_select_review_end_to_end(api, selected: dict) -> None:
     _check_selection_detail_and_list(api, selected)
     _check_review_accept_reject_and_replace(api, selected)
     _check_export_of_the_rebalanced_dataset(api, selected)
+
+
+def test_killed_selection_resumes_to_the_same_picks(api, selected: dict) -> None:
+    """Killed after round 2's rows are written but before its checkpoint: the re-run resumes from round 1,
+    redoes round 2 and ends with exactly the picks of the uninterrupted run, each stored once."""
+    straight = api.client.get(f"/api/selections/{selected['selection_id']}").json()
+    job = api.submit("select", selected["job"]["params"])
+    params = SelectParams.model_validate(job["params"], context={"settings": api.settings})
+    ctx = context_for(api, job["id"])
+    saved, calls = ctx.save_checkpoint, []
+
+    def die_on_second(state: dict) -> None:
+        calls.append(state)
+        if len(calls) == 2:
+            raise Killed()
+        saved(state)
+
+    ctx.save_checkpoint = die_on_second
+    with pytest.raises(Killed):
+        select_job(ctx, params)
+
+    ctx = context_for(api, job["id"])
+    assert len(ctx.checkpoint["state"]["picks"]) == 5  # resumes after round 1
+    result = select_job(ctx, params)
+    sid = result["selection_id"]
+    assert sid != selected["selection_id"] and result["picks"] == 10
+    resumed = api.client.get(f"/api/selections/{sid}").json()
+
+    def picks(sel: dict) -> list[tuple]:
+        return [(p["image_id"], p["rank"], p["round"], round(p["score"], 5)) for p in sel["picks"]]
+
+    assert picks(resumed) == picks(straight)
+    assert [r["train_size"] for r in resumed["rounds"]] == [r["train_size"] for r in straight["rounds"]]
+    with api.db.read_session() as s:
+        rows = s.query(SelectionPick).filter(SelectionPick.selection_id == sid).all()
+        assert sorted(r.image_id for r in rows) == sorted({r.image_id for r in rows}) and len(rows) == 10
+    assert not (api.settings.workspace_dir / "selections" / str(sid)).exists()  # decoded pool copy removed
 
 
 def _check_source_paths(api, selected: dict) -> None:
