@@ -20,3 +20,18 @@ def context_for(api, job_id: int, stop: threading.Event | None = None) -> JobCon
 
 class Killed(Exception):
     """Stands in for SIGKILL: the handler stops dead, nothing after the raise runs."""
+
+
+def die_on_checkpoint(ctx: JobContext, n: int) -> JobContext:
+    """Make the ``n``-th ``ctx.save_checkpoint`` call (1-based) raise Killed instead of saving: the job
+    dies after that step's output is written and before its checkpoint records it."""
+    save, calls = ctx.save_checkpoint, [0]
+
+    def save_or_die(state: dict) -> None:
+        calls[0] += 1
+        if calls[0] == n:
+            raise Killed()
+        save(state)
+
+    ctx.save_checkpoint = save_or_die
+    return ctx

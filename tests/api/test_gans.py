@@ -20,7 +20,7 @@ from backend.generation.imagefiles import read_png_metadata
 from backend.jobs.errors import JobInterrupted
 from backend.jobs.kinds.gan import TrainGanParams, checkpoint_path, train_gan
 from backend.store import FileStore
-from tests.api.handlers import Killed, context_for
+from tests.api.handlers import Killed, context_for, die_on_checkpoint
 
 TINY = {"image_size": 32, "width": 0.125, "batch_size": 8, "seed": 1}
 
@@ -132,17 +132,7 @@ def test_killed_training_resumes_to_the_same_result(api, tmp_path: Path) -> None
     job = api.submit("train_gan", params)
     parsed = TrainGanParams.model_validate(job["params"])
     # Attempt 1 dies after epoch 2's files and row are written, before its checkpoint.
-    ctx = context_for(api, job["id"])
-    saved = ctx.save_checkpoint
-    calls = {"n": 0}
-
-    def die_on_second(state: dict) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Killed()
-        saved(state)
-
-    ctx.save_checkpoint = die_on_second
+    ctx = die_on_checkpoint(context_for(api, job["id"]), 2)
     with pytest.raises(Killed):
         train_gan(ctx, parsed)
 

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from sqlalchemy import func, select
 
-from backend.db.models import Dataset, Job, PoolImage
+from backend.db.models import Dataset, PoolImage
 from backend.generation.imagefiles import read_png_metadata
-from backend.jobs.context import JobContext
 from backend.jobs.kinds.generation import GenerateSDParams, generate_sd
 from backend.jobs.pool_store import pool_for_job
 from backend.store import FileStore
+from tests.api.handlers import Killed, context_for, die_on_checkpoint
 
 TINY = {"model": "tiny", "resolution": 64, "steps": 3, "batch_size": 2, "chunk_size": 3, "review_size": 48}
 CAT = {"template": "{color} cat on a {thing}", "slots": {"color": ["red", "black"], "thing": ["bed", "sofa"]}}
@@ -94,18 +94,6 @@ def test_unloadable_model_fails_the_job_with_a_hint(api) -> None:
     assert "nobody-xyz/not-a-model" in done["error"] and "--local-dir" in done["error"]
 
 
-def _context(api, job_id: int, stop: threading.Event | None = None) -> JobContext:
-    with api.db.session() as s:
-        job = s.get(Job, job_id)
-        s.expunge(job)
-    store = FileStore(api.settings.workspace_dir)
-    return JobContext(job=job, db=api.db, settings=api.settings, store=store, stop_event=stop or threading.Event())
-
-
-class Killed(Exception):
-    """Stands in for SIGKILL: the handler stops dead, nothing after the raise runs."""
-
-
 def _pool_rows(api, pool_id: int) -> list[PoolImage]:
     with api.db.read_session() as s:
         return list(s.scalars(select(PoolImage).where(PoolImage.pool_id == pool_id).order_by(PoolImage.idx)))
@@ -122,8 +110,7 @@ def test_crashes_then_resume_give_exactly_count_images(api, monkeypatch) -> None
     parsed = GenerateSDParams.model_validate(job["params"])
 
     # Attempt 1 dies right after chunk 1 (images 0-2) is committed, before its checkpoint.
-    ctx = _context(api, job["id"])
-    monkeypatch.setattr(ctx, "save_checkpoint", lambda state: (_ for _ in ()).throw(Killed()))
+    ctx = die_on_checkpoint(context_for(api, job["id"]), 1)
     with pytest.raises(Killed):
         generate_sd(ctx, parsed)
     with api.db.read_session() as s:
@@ -131,7 +118,7 @@ def test_crashes_then_resume_give_exactly_count_images(api, monkeypatch) -> None
     assert [row.idx for row in _pool_rows(api, pool_id)] == [0, 1, 2]
 
     # Attempt 2 dies mid-chunk, after the first batch of chunk 2: files may exist, rows do not.
-    ctx = _context(api, job["id"])
+    ctx = context_for(api, job["id"])
     calls = {"n": 0}
 
     def die_on_second_batch() -> None:
@@ -145,7 +132,7 @@ def test_crashes_then_resume_give_exactly_count_images(api, monkeypatch) -> None
     assert [row.idx for row in _pool_rows(api, pool_id)] == [0, 1, 2]
 
     # Attempt 3 runs to the end.
-    result = generate_sd(_context(api, job["id"]), parsed)
+    result = generate_sd(context_for(api, job["id"]), parsed)
     assert result["pool_id"] == pool_id
     rows = _pool_rows(api, pool_id)
     assert [row.idx for row in rows] == list(range(8))
@@ -164,7 +151,7 @@ def test_cancel_keeps_the_images_made(api) -> None:
     job = api.submit("generate_sd", TINY | {"count": 9, "vocabulary": CAT})
     parsed = GenerateSDParams.model_validate(job["params"])
     stop = threading.Event()
-    ctx = _context(api, job["id"], stop)
+    ctx = context_for(api, job["id"], stop)
     saved = ctx.save_checkpoint
 
     def checkpoint_then_cancel(state: dict) -> None:

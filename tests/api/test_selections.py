@@ -14,7 +14,7 @@ from PIL import Image
 from backend.data.sources import load_digits
 from backend.db.models import SelectionPick
 from backend.jobs.kinds.selection import SelectParams, select_job
-from tests.api.handlers import Killed, context_for
+from tests.api.handlers import Killed, context_for, die_on_checkpoint
 
 
 def _write_pool_folder(root: Path) -> dict[str, int]:
@@ -81,16 +81,7 @@ def test_killed_selection_resumes_to_the_same_picks(api, selected: dict) -> None
     straight = api.client.get(f"/api/selections/{selected['selection_id']}").json()
     job = api.submit("select", selected["job"]["params"])
     params = SelectParams.model_validate(job["params"], context={"settings": api.settings})
-    ctx = context_for(api, job["id"])
-    saved, calls = ctx.save_checkpoint, []
-
-    def die_on_second(state: dict) -> None:
-        calls.append(state)
-        if len(calls) == 2:
-            raise Killed()
-        saved(state)
-
-    ctx.save_checkpoint = die_on_second
+    ctx = die_on_checkpoint(context_for(api, job["id"]), 2)
     with pytest.raises(Killed):
         select_job(ctx, params)
 
