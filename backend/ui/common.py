@@ -100,8 +100,12 @@ def result_tick(
         if not job or job.get("status") != "succeeded" or handled == jid:
             return job_card(job), gr.skip(), gr.skip()
         new_id = (job.get("result") or {}).get(result_key)
-        value = int(new_id) if new_id and not (keep_current and current) else gr.skip()
-        return job_card(job), gr.update(choices=list_choices(), value=value), jid
+        update: dict[str, Any] = {"choices": list_choices()}
+        if new_id and not (keep_current and current):
+            # Only set a value when there is one: gr.skip() is itself an update dict, and passed as
+            # ``value`` it would become the dropdown's value ("[object Object]").
+            update["value"] = int(new_id)
+        return job_card(job), gr.update(**update), jid
 
     return tick
 

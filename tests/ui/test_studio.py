@@ -50,10 +50,11 @@ def _get(url: str) -> Any:
 class Studio:
     """The running server plus the one browser page the steps share."""
 
-    def __init__(self, base: str, page: Any, shots: Path) -> None:
+    def __init__(self, base: str, page: Any, shots: Path, workspace: Path) -> None:
         self.base = base
         self.page = page
         self.shots = shots
+        self.workspace = workspace  # the server's --workspace (an allowed directory)
 
     def api(self, path: str) -> Any:
         return _get(f"{self.base}/api{path}")
@@ -79,8 +80,15 @@ class Studio:
     def click(self, elem_id: str) -> None:
         self.page.locator(f"#{elem_id}").click()
 
-    def wait_job(self, elem_id: str, status: str = "succeeded") -> int:
-        card = self.page.locator(f"#{elem_id} .rb-job[data-status='{status}']")
+    def job_shown(self, elem_id: str) -> str | None:
+        """The id of the job the card at ``elem_id`` shows now (None when it shows none)."""
+        card = self.page.locator(f"#{elem_id} .rb-job")
+        return card.first.get_attribute("data-job-id") if card.count() else None
+
+    def wait_job(self, elem_id: str, status: str = "succeeded", after: str | None = None) -> int:
+        """Wait until the card shows a job in ``status`` (a job other than ``after``); return its id."""
+        newer = f":not([data-job-id='{after}'])" if after else ""
+        card = self.page.locator(f"#{elem_id} .rb-job[data-status='{status}']{newer}")
         try:
             card.wait_for(timeout=JOB_TIMEOUT_MS)
         except Exception:
@@ -135,7 +143,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
             page.set_default_timeout(30_000)
             page.goto(base + "/")
             page.get_by_role("tab", name="Dataset", exact=True).wait_for()
-            yield Studio(base, page, shots)
+            yield Studio(base, page, shots, tmp / "ws")
             page.screenshot(path=str(tmp / "last-page.png"), full_page=True)  # for diagnosing a failed step
             browser.close()
     finally:
@@ -284,3 +292,63 @@ def test_reload_keeps_forms_and_results(studio: Studio) -> None:
     assert keep.input_value() == "20"
     studio.tab("Benchmark")
     studio.page.locator("#bench-plot .js-plotly-plot").wait_for()
+
+
+def _class_folder(root: Path, per_class: int = 12) -> Path:
+    """<class>/*.png for two classes of flat-colour 16x16 images (a different size from digits' 32)."""
+    from PIL import Image
+
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), tuple(min(255, c + 2 * i) for c in colour)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_zip_upload_and_folder_sources(studio: Studio, tmp_path: Path) -> None:
+    import zipfile
+
+    folder = _class_folder(tmp_path / "shapes")
+    (folder / "red" / "broken.png").write_bytes(b"not an image")
+    archive = tmp_path / "shapes.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(folder.rglob("*.png")):
+            zf.write(f, f.relative_to(folder).as_posix())
+
+    studio.tab("Dataset")
+    studio.radio("ds-source", "Upload a zip")
+    before = studio.job_shown("ds-job")
+    studio.page.locator("#ds-upload input[type=file]").set_input_files(str(archive))
+    studio.page.locator("#ds-upload", has_text="shapes.zip").wait_for()
+    studio.fill("ds-name", "zip-shapes")
+    studio.click("ds-register")
+    zip_job = studio.wait_job("ds-job", after=before)
+    # The dataset already chosen stays chosen; the new one is only added to the list.
+    chosen = studio.page.locator("#ds-dataset input").first
+    assert chosen.input_value().startswith("#1 digits-demo"), chosen.input_value()
+    result = studio.api(f"/jobs/{zip_job}")["result"]
+    assert result["skipped_count"] == 1 and "broken.png" in json.dumps(result["skipped"]), result
+    studio.shot("dataset-zip")
+
+    # A folder outside the allowed directories is refused with a message that names the flag.
+    studio.radio("ds-source", "Folder on the server")
+    studio.fill("ds-path", str(tmp_path / "shapes"))
+    studio.click("ds-register")
+    studio.page.locator("#ds-msg", has_text="--allow-dir").wait_for()
+    # The same images inside the workspace (an allowed directory) register.
+    inside = _class_folder(studio.workspace / "incoming" / "shapes")
+    studio.fill("ds-path", str(inside))
+    studio.fill("ds-name", "folder-shapes")
+    studio.click("ds-register")
+    studio.wait_job("ds-job", after=str(zip_job))
+
+    by_name = {d["name"]: d for d in studio.api("/datasets")}
+    for name in ("zip-shapes", "folder-shapes"):  # 12 images per class; the zip's broken.png was skipped
+        d = by_name[name]
+        assert d["classes"] == ["blue", "red"] and d["image_size"] == [16, 16], d
+        for c in ("red", "blue"):
+            assert d["train_counts"][c] + d["test_counts"][c] == 12 and d["test_counts"][c] >= 2, d
+    # Both are offered in the dataset picker.
+    studio.page.locator("#ds-dataset input").first.click()
+    studio.page.get_by_role("option", name=f"#{by_name['zip-shapes']['id']} zip-shapes (2 classes)").wait_for()
+    studio.page.keyboard.press("Escape")
