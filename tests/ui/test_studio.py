@@ -271,6 +271,9 @@ def test_double_click_makes_one_job_and_cancel_stops_it(studio: Studio) -> None:
     studio.page.wait_for_timeout(1000)
     assert studio.api("/jobs?kind=generate_sd")["total"] == before + 1
     studio.tab("Jobs")
+    # After the reload above, with no job id entered yet, the table and health still fill in.
+    studio.page.locator("#jobs-health", has_text="worker(s)").wait_for(timeout=15_000)
+    studio.page.locator("#jobs-table", has_text="prepare_dataset").wait_for(timeout=15_000)
     studio.fill("jobs-id", job_id)
     studio.page.locator("#jobs-card .rb-job[data-status='running']").wait_for()
     studio.page.locator("#jobs-logs textarea").wait_for()
@@ -352,3 +355,33 @@ def test_zip_upload_and_folder_sources(studio: Studio, tmp_path: Path) -> None:
     studio.page.locator("#ds-dataset input").first.click()
     studio.page.get_by_role("option", name=f"#{by_name['zip-shapes']['id']} zip-shapes (2 classes)").wait_for()
     studio.page.keyboard.press("Escape")
+
+
+def test_failed_job_shows_its_error_and_retry_reruns_it(studio: Studio) -> None:
+    # This machine is offline: the CIFAR-10 download fails fast and the card says what to do instead.
+    studio.tab("Dataset")
+    studio.radio("ds-source", "CIFAR-10")
+    before = studio.job_shown("ds-job")
+    studio.click("ds-register")
+    job_id = studio.wait_job("ds-job", "failed", after=before)
+    studio.page.locator("#ds-job .rb-job-error", has_text="imagefolder").wait_for()
+
+    studio.tab("Jobs")
+    # After the reload above, with no job id entered yet, the table and health still fill in.
+    studio.page.locator("#jobs-health", has_text="worker(s)").wait_for(timeout=15_000)
+    studio.page.locator("#jobs-table", has_text="prepare_dataset").wait_for(timeout=15_000)
+    studio.fill("jobs-id", job_id)
+    studio.page.locator("#jobs-card .rb-job-error", has_text="offline").wait_for()
+    studio.click("jobs-retry")
+    studio.page.locator("#jobs-action-msg", has_text=f"job #{job_id}: retry requested").wait_for()
+
+    # The same job runs again and, still offline, fails again with the same advice: two errors logged.
+    def errors_logged() -> int:
+        return sum(line["level"] == "error" for line in studio.api(f"/jobs/{job_id}/logs"))
+
+    deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+    while not (studio.api(f"/jobs/{job_id}")["status"] == "failed" and errors_logged() == 2):
+        assert time.monotonic() < deadline, studio.api(f"/jobs/{job_id}/logs")
+        time.sleep(0.5)
+    studio.page.locator("#jobs-card .rb-job-error", has_text="imagefolder").wait_for()
+    studio.shot("jobs-retry")

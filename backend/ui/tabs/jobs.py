@@ -48,7 +48,9 @@ def build(ctx: Ctx) -> None:
     )
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, elem_classes="rb-card"):
-            job_id = gr.Number(None, label="Job id", precision=0, minimum=1, elem_id="jobs-id")
+            # No ``minimum``: an empty Number reaches the server as 0, and Gradio would reject it before
+            # any handler runs -- which also broke the tab's timer (the table and health stayed empty).
+            job_id = gr.Number(None, label="Job id", precision=0, elem_id="jobs-id")
             with gr.Row():
                 cancel = gr.Button("Cancel", variant="stop", min_width=80, elem_id="jobs-cancel")
                 retry = gr.Button("Retry", min_width=80, elem_id="jobs-retry")
@@ -104,7 +106,7 @@ def build(ctx: Ctx) -> None:
 
     def act(verb: str) -> Any:
         def run(jid: Any) -> str:
-            if not jid:
+            if not jid or jid < 1:
                 return error_html("job: enter or click a job first")
             try:
                 job = api.post(f"/jobs/{int(jid)}/{verb}")
