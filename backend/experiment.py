@@ -145,6 +145,9 @@ class BenchmarkConfig(_Section):
     lr: float = Field(0.1, description="peak learning rate per batch of 256 (cosine schedule with warm-up)")
     seeds: list[int] = Field(default_factory=lambda: [0], description="one run per variant and seed")
     val_fraction: float = Field(0.1, description="training share held out to pick the best epoch (never the test set)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"
+    )
 
 
 class ExperimentConfig(_Section):
@@ -377,6 +380,7 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
             "lr": bench.lr,
             "seeds": bench.seeds,
             "val_fraction": bench.val_fraction,
+            "precision": bench.precision,
         }
 
     steps.append(Step("benchmark", "benchmark", needs, benchmark_params))

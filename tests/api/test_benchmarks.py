@@ -165,6 +165,20 @@ def test_interrupted_benchmark_resumes_without_redoing_runs(api, monkeypatch) ->
     assert after[1]["variant"] == "full" and strip(after[1]) == strip(ref_row)
 
 
+def test_precision_param_reaches_the_trainer(api) -> None:
+    ds_id = _dataset(api)
+    base = {"dataset_id": ds_id, "imbalance": SPEC, "variants": ["imbalanced"], **FAST, "epochs": 1}
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        api.submit("benchmark", {**base, "precision": precision})
+        (done,) = api.run_jobs()
+        assert done["status"] == "succeeded", done["error"]
+        (row,) = api.client.get(f"/api/benchmarks/{done['result']['benchmark_id']}").json()["rows"]
+        curves[precision] = [h["train_loss"] for h in row["curves"]]
+    # bf16 rounding moves the training loss: the two runs really trained at different precisions.
+    assert curves["fp32"] != curves["bf16"]
+
+
 @pytest.mark.parametrize(
     ("params", "field", "text"),
     [
@@ -173,6 +187,7 @@ def test_interrupted_benchmark_resumes_without_redoing_runs(api, monkeypatch) ->
         ({"variants": [{"name": "gan", "pool_id": 1, "selection_id": 2, "count": 3}]}, "variants", "exactly one"),
         ({"variants": ["full", "full"]}, "variants", "repeated"),
         ({"model": "vgg"}, "model", "unknown model"),
+        ({"precision": "fp16"}, "precision", ""),
         ({"seeds": []}, "seeds", ""),
         ({"epochs": 0}, "epochs", ""),
         ({"imbalance": None}, "", "imbalance is required"),

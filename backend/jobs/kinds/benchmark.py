@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
@@ -80,6 +80,9 @@ class BenchmarkParams(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
     lr: float = Field(0.1, gt=0.0, le=10.0, description="peak learning rate per batch of 256 examples")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast: auto = bf16 on CUDA and on CPUs with native bf16, else fp32"
+    )
 
     @field_validator("variants")
     @classmethod
@@ -299,6 +302,7 @@ def _run_unit(ctx, benchmark_id, variant, name, seed, i, total, params, model, d
         loss="logit_adjusted" if name == "logit_adjusted" else "ce",
         seed=seed,
         device=ctx.settings.device,
+        precision=params.precision,
     )
     resume = _load_state(ctx, run_dir)
     if resume is not None:
