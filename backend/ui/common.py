@@ -55,8 +55,23 @@ def fmt_eta(seconds: float | None) -> str:
     return f"{s}s"
 
 
+def result_summary(result: Any, limit: int = 6) -> str:
+    """A finished job's result in one line: its scalar fields ("dataset id 2 · skipped count 1").
+
+    Lists and nested objects are left out (the Jobs tab shows the whole result).
+    """
+    if not isinstance(result, dict):
+        return ""
+    parts = []
+    for k, v in result.items():
+        if isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 40):
+            parts.append(f"{str(k).replace('_', ' ')} {v}")
+    return " · ".join(parts[:limit])
+
+
 def job_card(job: dict[str, Any] | None) -> str:
-    """One job as a progress card: kind #id, status badge, bar, message (images/s etc.), ETA, error."""
+    """One job as a progress card: kind #id, status badge, bar, message (images/s etc.), ETA, error,
+    and for a finished job a one-line summary of its result."""
     if not job:
         return '<div class="rb-job rb-empty">No job yet.</div>'
     pct = max(0.0, min(1.0, float(job.get("progress") or 0.0))) * 100
@@ -65,6 +80,10 @@ def job_card(job: dict[str, Any] | None) -> str:
     msg = html.escape(str(job.get("message") or ""))
     err = job.get("error")
     err_html = f'<div class="rb-job-error">{html.escape(str(err))}</div>' if err else ""
+    summary = result_summary(job.get("result")) if status == "succeeded" else ""
+    if summary:
+        err_html += f'<div class="rb-job-result">{html.escape(summary)}</div>'
+
     return (
         f'<div class="rb-job rb-{status}" data-job-id="{job.get("id")}" data-status="{status}">'
         f'<div class="rb-job-head"><b>{html.escape(str(job.get("kind")))} #{job.get("id")}</b>'

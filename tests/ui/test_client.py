@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from backend.api.app import create_app
 from backend.runtime import prepare
 from backend.ui.client import ApiClient, ApiError
+from backend.ui.common import job_card, result_summary
 from backend.ui.tabs.benchmark import parse_seeds, table_html
 from backend.ui.tabs.dataset import imbalance_spec
 from backend.ui.tabs.prompts import format_slots, parse_slots
@@ -100,3 +101,13 @@ def test_picks_are_ordered_by_score_and_filtered_by_review() -> None:
     assert [p["image_id"] for p in filter_picks(picks, "all")] == [2, 3, 1]
     assert [p["image_id"] for p in filter_picks(picks, "pending")] == [2]
     assert [p["image_id"] for p in filter_picks(picks, "near-copies")] == [2]
+
+
+def test_job_card_summarises_a_finished_jobs_result() -> None:
+    result = {"dataset_id": 2, "skipped_count": 1, "skipped": [["red/broken.png", "not an image"]], "ok": True}
+    card = job_card({"id": 8, "kind": "prepare_dataset", "status": "succeeded", "progress": 1, "result": result})
+    assert '<div class="rb-job-result">dataset id 2 · skipped count 1 · ok True</div>' in card
+    running = job_card({"id": 9, "kind": "benchmark", "status": "running", "progress": 0.5, "result": result})
+    assert "rb-job-result" not in running
+    assert result_summary({"name": "<b>x</b>"}) == "name <b>x</b>"  # escaped by job_card, not here
+    assert "&lt;b&gt;" in job_card({"id": 1, "kind": "k", "status": "succeeded", "result": {"name": "<b>x</b>"}})

@@ -331,6 +331,9 @@ def test_zip_upload_and_folder_sources(studio: Studio, tmp_path: Path) -> None:
     assert chosen.input_value().startswith("#1 digits-demo"), chosen.input_value()
     result = studio.api(f"/jobs/{zip_job}")["result"]
     assert result["skipped_count"] == 1 and "broken.png" in json.dumps(result["skipped"]), result
+    # The finished card says what came of it: the new dataset's id and how many files were skipped.
+    studio.page.locator("#ds-job .rb-job-result", has_text=f"dataset id {result['dataset_id']}").wait_for()
+    studio.page.locator("#ds-job .rb-job-result", has_text="skipped count 1").wait_for()
     studio.shot("dataset-zip")
 
     # A folder outside the allowed directories is refused with a message that names the flag.
