@@ -252,8 +252,10 @@ def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
     studio.page.locator("#bench-variants").get_by_text("oversample", exact=True).click()  # keep imbalanced + full
     studio.fill("bench-epochs", 1)
     studio.fill("bench-batch", 128)
+    studio.radio("bench-precision", "fp32")
     studio.click("bench-run")
-    studio.wait_job("bench-job")
+    job_id = studio.wait_job("bench-job")
+    assert studio.api(f"/jobs/{job_id}")["params"]["precision"] == "fp32"
     studio.page.locator("#bench-plot .js-plotly-plot").wait_for()
     studio.page.locator("#bench-table th.rb-minority", has_text="3").wait_for()
     rows = studio.page.locator("#bench-table tbody tr")

@@ -150,6 +150,13 @@ def build(ctx: Ctx) -> None:
                 epochs = gr.Number(30, label="Epochs", precision=0, minimum=1, elem_id="bench-epochs")
                 batch = gr.Number(256, label="Batch", precision=0, minimum=1, elem_id="bench-batch")
                 seeds = gr.Textbox("0", label="Seeds", elem_id="bench-seeds")
+            precision = gr.Radio(
+                ["auto", "fp32", "bf16"],
+                value="auto",
+                label="Precision",
+                info="auto: bf16 on CUDA and on CPUs with native bf16, else fp32",
+                elem_id="bench-precision",
+            )
             run = gr.Button("Run benchmark", variant="primary", elem_id="bench-run")
             msg = gr.HTML(elem_id="bench-msg")
             card = gr.HTML(job_card(None), elem_id="bench-job")
@@ -178,7 +185,7 @@ def build(ctx: Ctx) -> None:
         )
 
     def do_run(*args: Any) -> tuple[Any, str]:
-        vs, sl, sln, pl, plc, pln, mdl, ep, bs, sds, k, ds, *imb = args
+        vs, sl, sln, pl, plc, pln, mdl, ep, bs, sds, prec, k, ds, *imb = args
         if not ds:
             return gr.skip(), error_html("dataset_id: choose a dataset on the Dataset tab")
         seed_list, err = parse_seeds(sds)
@@ -199,6 +206,7 @@ def build(ctx: Ctx) -> None:
             "epochs": int_or_none(ep),
             "batch_size": int_or_none(bs),
             "seeds": seed_list,
+            "precision": prec or "auto",
         }
         jid, out = submit(api, "benchmark", params, k)
         return (jid if jid is not None else gr.skip()), out
@@ -232,6 +240,7 @@ def build(ctx: Ctx) -> None:
         "epochs": epochs,
         "batch": batch,
         "seeds": seeds,
+        "precision": precision,
         "bench": bench,
         "job": job_id,
     }
@@ -252,6 +261,7 @@ def build(ctx: Ctx) -> None:
             epochs,
             batch,
             seeds,
+            precision,
             key,
             ctx.dataset,
             *ctx.imbalance,
