@@ -253,13 +253,21 @@ def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
     studio.fill("bench-epochs", 1)
     studio.fill("bench-batch", 128)
     studio.radio("bench-precision", "fp32")
+    # Plus a synthetic variant: 8 random images of the SD pool made above.
+    pool = next(p for p in studio.api("/pools") if p["kind"] == "sd")
+    studio.pick("bench-pool", f"#{pool['id']} {pool['name']} ({pool['count']})")
+    studio.fill("bench-pool-count", 8)
     studio.click("bench-run")
     job_id = studio.wait_job("bench-job")
-    assert studio.api(f"/jobs/{job_id}")["params"]["precision"] == "fp32"
+    params = studio.api(f"/jobs/{job_id}")["params"]
+    assert params["precision"] == "fp32"
+    synthetic = params["variants"][-1]
+    assert (synthetic["name"], synthetic["pool_id"], synthetic["count"]) == ("sd_random", pool["id"], 8)
     studio.page.locator("#bench-plot .js-plotly-plot").wait_for()
     studio.page.locator("#bench-table th.rb-minority", has_text="3").wait_for()
     rows = studio.page.locator("#bench-table tbody tr")
-    assert rows.count() == 2
+    assert rows.count() == 3
+    assert rows.nth(2).inner_text().startswith("sd_random")
     studio.shot("benchmark")
 
 
