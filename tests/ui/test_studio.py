@@ -398,3 +398,21 @@ def test_failed_job_shows_its_error_and_retry_reruns_it(studio: Studio) -> None:
         time.sleep(0.5)
     studio.page.locator("#jobs-card .rb-job-error", has_text="imagefolder").wait_for()
     studio.shot("jobs-retry")
+
+
+def test_img2img_starts_from_the_kept_minority_images(studio: Studio) -> None:
+    studio.tab("Dataset")
+    studio.page.locator("#ds-info", has_text="digits-demo").wait_for()  # the dataset img2img starts from
+    studio.tab("Generate")
+    studio.tab("Stable Diffusion")
+    before = studio.job_shown("sd-job")
+    studio.radio("sd-mode", "img2img")
+    studio.fill("sd-count", 4)
+    studio.click("sd-submit")
+    job_id = studio.wait_job("sd-job", after=before)
+    params = studio.api(f"/jobs/{job_id}")["params"]
+    assert params["mode"] == "img2img" and params["strength"] == 0.75 and params["dataset_id"] == 1, params
+    assert params["imbalance"]["minority"] in ("3", ["3"]) and params["imbalance"]["keep"] == 20, params
+    srcs = studio.wait_images("#sd-gallery", 4)
+    assert len(srcs) >= 4
+    studio.shot("generate-img2img")
