@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -75,37 +74,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _worker_process(settings_json: str) -> None:
-    from backend.jobs.worker import run_worker
-
-    run_worker(Settings.model_validate_json(settings_json))
-
-
-def start_workers(settings: Settings, n: int) -> list[mp.Process]:
-    """Embedded workers are separate processes so training never blocks the web server."""
-    ctx = mp.get_context("spawn")
-    procs = []
-    for i in range(n):
-        p = ctx.Process(target=_worker_process, args=(settings.model_dump_json(),), name=f"worker-{i}", daemon=True)
-        p.start()
-        procs.append(p)
-    return procs
-
-
-def stop_workers(procs: list[mp.Process], timeout: float = 30.0) -> None:
-    for p in procs:
-        if p.is_alive():
-            p.terminate()  # SIGTERM: the worker checkpoints and releases its job
-    for p in procs:
-        p.join(timeout)
-        if p.is_alive():
-            p.kill()
-
-
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from backend.api.app import create_app
+    from backend.server import create_app, start_workers, stop_workers
 
     db = prepare(settings)
     app = create_app(settings, db)

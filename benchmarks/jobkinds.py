@@ -22,7 +22,7 @@ class ProgressParams(BaseModel):
 def bench_progress(ctx: JobContext, params: ProgressParams) -> dict:
     """Report progress ``updates`` times: buffered (ctx.progress) or as a direct DB write each time."""
     for i in range(params.updates):
-        ctx.raise_if_stopped()
+        ctx.stop_point()
         if params.mode == "buffered":
             ctx.progress((i + 1) / params.updates, f"step {i + 1}")
         else:

@@ -1,4 +1,4 @@
-"""The FastAPI application: REST API under /api (docs at /api/docs) and the Gradio studio at /."""
+"""The FastAPI application: the REST API under /api (docs at /api/docs). The studio is mounted by ``backend.server``."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from backend import __version__
-from backend.api.errors import validation_handler
+from backend.api.errors import domain_error_handler, validation_handler
 from backend.api.middleware import BasicAuthMiddleware, BodyLimitMiddleware
 from backend.api.routes import ROUTERS
 from backend.config import Settings
 from backend.db.session import Database
 from backend.jobs.registry import load_kinds
+from backend.services.errors import DomainError
 from backend.store import FileStore
 
 
 def create_api(settings: Settings, db: Database) -> FastAPI:
-    """The API alone (tests use it without the UI)."""
+    """The REST API alone; ``backend.server.create_app`` adds the studio."""
     load_kinds(settings.plugins)
     app = FastAPI(
         title="Rebalance API",
@@ -30,6 +31,7 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     app.state.db = db
     app.state.store = FileStore(settings.workspace_dir)
     app.add_exception_handler(RequestValidationError, validation_handler)
+    app.add_exception_handler(DomainError, domain_error_handler)
     for router in ROUTERS:
         app.include_router(router, prefix="/api")
     app.add_middleware(
@@ -39,14 +41,4 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     )
     if settings.auth:
         app.add_middleware(BasicAuthMiddleware, credentials=settings.auth)
-    return app
-
-
-def create_app(settings: Settings, db: Database, with_ui: bool = True) -> FastAPI:
-    """API plus the Gradio studio mounted at ``/``."""
-    app = create_api(settings, db)
-    if with_ui:
-        from backend.ui import mount_ui
-
-        app = mount_ui(app, settings)
     return app

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.core.hooks import NO_HOOKS, Hooks
 from backend.data.images import ImageDecodeError, decode_image, probe_size, resize_rgb
 from backend.data.sources import DEFAULT_SIZE, MAX_NATIVE_SIDE, ArraySource, FolderListing
 from backend.data.transforms import channel_stats
@@ -37,7 +38,6 @@ CACHE_VERSION = 1
 DECODE_THREADS = 4  # Pillow releases the GIL while decoding, so threads use every core without pickling
 BATCH = 256  # files per decode task: large enough to amortise scheduling, small enough for smooth progress
 
-Progress = Callable[..., None]
 
 
 @dataclass
@@ -67,10 +67,6 @@ class DecodedDataset:
 def _counts(labels: np.ndarray, classes: list[str]) -> dict[str, int]:
     bins = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
     return {c: int(n) for c, n in zip(classes, bins, strict=True)}
-
-
-def _noop(fraction: float, message: str | None = None) -> None:
-    return None
 
 
 def _hash_file(path: Path) -> bytes:
@@ -167,15 +163,14 @@ def build_cache(
     source: ArraySource | FolderListing,
     cache_root: str | Path,
     *,
-    progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> DecodedDataset:
     """Decode ``source`` into ``cache_root/<content_key>/`` (or reuse it if present) and load it.
 
-    ``progress(fraction, message)`` is called as files decode; ``should_stop()`` is polled between
-    batches and a ``True`` answer abandons the build with ``InterruptedError`` (nothing is left behind).
+    ``hooks.progress`` is called as files decode; a stop request between batches abandons the build
+    with ``Stopped`` (nothing is left behind).
     """
-    progress = progress or _noop
+    progress = hooks.progress
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
     progress(0.0, "hashing source")
@@ -187,7 +182,7 @@ def build_cache(
     tmp = cache_root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        skipped = _fill(source, tmp, progress, should_stop)
+        skipped = _fill(source, tmp, hooks)
         train_y = np.load(tmp / "train_y.npy")
         test_y = np.load(tmp / "test_y.npy")
         mean, std = channel_stats(np.load(tmp / "train_x.npy", mmap_mode="r"))
@@ -221,8 +216,7 @@ def build_cache(
 def _fill(
     source: ArraySource | FolderListing,
     tmp: Path,
-    progress: Progress,
-    should_stop: Callable[[], bool] | None,
+    hooks: Hooks,
 ) -> list[tuple[str, str]]:
     """Write the four arrays into ``tmp``; returns the (file, reason) pairs skipped while decoding."""
     if isinstance(source, ArraySource):
@@ -237,12 +231,12 @@ def _fill(
             f"images are {size[1]}x{size[0]} pixels; pass image_size (e.g. [64, 64]) to store them smaller"
         )
     try:
-        skipped = _decode_folder(source, tmp, size, fixed, progress, should_stop)
+        skipped = _decode_folder(source, tmp, size, fixed, hooks)
         mixed = False
     except _MixedSizes:
         # The images disagree on size: decode again, everything resized to the default size.
         size, mixed = DEFAULT_SIZE, True
-        skipped = _decode_folder(source, tmp, size, True, progress, should_stop)
+        skipped = _decode_folder(source, tmp, size, True, hooks)
     source.info.update({"image_size": list(size), "mixed_sizes": mixed})
     return skipped
 
@@ -252,8 +246,7 @@ def _decode_folder(
     tmp: Path,
     size: tuple[int, int],
     resize: bool,
-    progress: Progress,
-    should_stop: Callable[[], bool] | None,
+    hooks: Hooks,
 ) -> list[tuple[str, str]]:
     skipped = list(source.skipped)
     total = len(source.train_files) + len(source.test_files)
@@ -263,9 +256,8 @@ def _decode_folder(
     def tick(n: int) -> None:
         nonlocal done
         done = min(done + n, total)
-        progress(0.1 + 0.9 * done / max(total, 1), f"decoded {done:,}/{total:,} images")
-        if should_stop is not None and should_stop():
-            raise InterruptedError("dataset preparation stopped")
+        hooks.progress(0.1 + 0.9 * done / max(total, 1), f"decoded {done:,}/{total:,} images")
+        hooks.stop_point("while decoding the dataset")
 
     for part, files, labels in (
         ("train", source.train_files, source.train_y),

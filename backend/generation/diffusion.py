@@ -39,7 +39,8 @@ from diffusers import (
 )
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from backend.generation.oom import is_oom, release_cached_memory
+from backend.core.hooks import NO_HOOKS, Hooks, Stopped
+from backend.generation.oom import halving_batches
 from backend.generation.prompts import PromptItem
 from backend.generation.tiny import build_tiny_pipeline, build_tiny_taesd
 
@@ -274,15 +275,16 @@ def generate(
     strength: float | None = None,
     batch_size: int = 8,
     review_size: int = 256,
-    should_stop: Callable[[], bool] | None = None,
+    hooks: Hooks = NO_HOOKS,
     on_batch_size: Callable[[int, str], None] | None = None,
 ) -> list[GeneratedImage]:
     """Generate one image per item, `batch_size` at a time.
 
     init_images: for img2img, one H x W x 3 uint8 image per item (any size; resized to
-    `resolution`). Stops between denoising steps when `should_stop()` is true and returns the
-    images finished so far. On CUDA out-of-memory the batch is halved and retried; the new size is
-    reported through `on_batch_size(size, message)`, and only batch size 1 fails (ValueError).
+    `resolution`). Stops between denoising steps when ``hooks.should_stop()`` is true and returns the
+    images finished so far. On CUDA out-of-memory the batch is halved and retried
+    (``backend.generation.oom.halving_batches``); the new size is reported through
+    `on_batch_size(size, message)`, and only batch size 1 fails (ValueError).
     """
     img2img = init_images is not None
     if img2img != is_img2img(pipe):
@@ -295,7 +297,7 @@ def generate(
         raise ValueError(f"steps x strength must be at least 1 denoising step, got {steps} x {strength}")
     if resolution % 8:
         raise ValueError(f"resolution must be a multiple of 8, got {resolution}")
-    stop = should_stop or (lambda: False)
+    stop = hooks.should_stop
     device = pipe.device.type if pipe.device.type != "cuda" else str(pipe.device)
     review_px = min(resolution, review_size)
 
@@ -305,9 +307,10 @@ def generate(
         return kwargs
 
     results: list[GeneratedImage] = []
-    start = 0
-    while start < len(items) and not stop():
-        batch = list(items[start : start + batch_size])
+
+    def run(start: int, n: int) -> None:
+        hooks.stop_point("before a denoising batch")
+        batch = list(items[start : start + n])
         call: dict = {
             "prompt": [item.prompt for item in batch],
             "negative_prompt": [negative_prompt] * len(batch) if negative_prompt else None,
@@ -323,27 +326,15 @@ def generate(
             call["strength"] = strength
         else:
             call["height"] = call["width"] = resolution
-        try:
-            with torch.inference_mode():
-                images = pipe(**call).images
-                if stop():  # interrupted mid-denoising: these images are unfinished
-                    break
-                dataset = _to_uint8(_resize(images, output_size))
-                review = _to_uint8(_resize(images, review_px))
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
-            if not is_oom(exc):
-                raise
-            del exc
-            release_cached_memory()
-            if batch_size == 1:
-                raise ValueError(
-                    f"out of GPU memory at batch size 1 and resolution {resolution};"
-                    " lower the resolution or use a smaller model"
-                ) from None
-            batch_size //= 2
-            if on_batch_size:
-                on_batch_size(batch_size, f"CUDA out of memory: batch size halved to {batch_size}")
-            continue
+        with torch.inference_mode():
+            images = pipe(**call).images
+            hooks.stop_point("during denoising")  # interrupted mid-denoising: these images are unfinished
+            dataset = _to_uint8(_resize(images, output_size))
+            review = _to_uint8(_resize(images, review_px))
         results.extend(GeneratedImage(item, dataset[i], review[i]) for i, item in enumerate(batch))
-        start += len(batch)
+
+    try:
+        halving_batches(len(items), batch_size, run, on_batch_size, what="batch")
+    except Stopped:
+        pass  # the caller keeps the finished images and stops at its own stop point
     return results

@@ -1,32 +1,30 @@
 """DCGAN as in the reference study: models, training loop, safetensors state, sampling.
 
 Sections in reading order: config -> networks -> data/augmentation -> trainer -> state files -> sampling.
-Core code: no web/DB imports; callers pass `should_stop` / `progress` callables and a device string.
+Core code: no web/DB imports; callers pass ``Hooks`` (progress, stop) and a device string.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
+from torchvision.utils import make_grid
 
+from backend.core.checkpoint import load_state, save_state
+from backend.core.hooks import NO_HOOKS, Hooks
 from backend.generation.oom import halving_batches
 
 MIN_IMAGES = 16  # fewer than this cannot fill a meaningful batch; the job refuses them
 GEN_CHANNELS = (1024, 512, 256, 128)  # generator up-conv blocks (study, section 4.2)
 DISC_CHANNELS = (128, 256, 512, 1024)  # discriminator down-conv blocks
-STATE_FORMAT = "rebalance-dcgan"
-STATE_VERSION = "1"
+STATE_KIND = "dcgan"  # the checkpoint kind (backend.core.checkpoint)
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -211,23 +209,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def make_grid(images: np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
-    """Tile uint8 NHWC images into one uint8 HWC image with `pad` px black gutters."""
-    n, h, w, c = images.shape
-    rows = math.ceil(n / nrow)
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y : y + h, x : x + w] = img
-    return grid
-
-
 # ---------------------------------------------------------------------------------------------- trainer
-
-
-class TrainingStopped(Exception):
-    """`should_stop()` answered True mid-epoch; the partial epoch is discarded by the caller."""
 
 
 @dataclass
@@ -302,12 +284,9 @@ class GanTrainer:
         # Drop the ragged last batch (as DCGAN does): a 1-image batch would destabilise BatchNorm.
         return len(self.data) // self.batch_size
 
-    def train_epoch(
-        self,
-        should_stop: Callable[[], bool] | None = None,
-        progress: Callable[[float], None] | None = None,
-    ) -> EpochLosses:
-        """One pass over the data; returns mean D and G losses. Raises TrainingStopped if asked to stop."""
+    def train_epoch(self, hooks: Hooks = NO_HOOKS) -> EpochLosses:
+        """One pass over the data; returns mean D and G losses. A stop request raises ``Stopped`` and
+        leaves the trainer as it was after the last finished epoch's checkpoint would restore it."""
         self.generator.train()
         self.discriminator.train()
         b, steps = self.batch_size, self.steps_per_epoch
@@ -317,8 +296,7 @@ class GanTrainer:
         d_sum = torch.zeros((), device=self.device)
         g_sum = torch.zeros((), device=self.device)
         for step in range(steps):
-            if should_stop is not None and should_stop():
-                raise TrainingStopped(f"stopped at step {step} of epoch {self.epoch + 1}")
+            hooks.stop_point(f"at step {step} of epoch {self.epoch + 1}")
             rows = slice(step * b, (step + 1) * b)
             real = self.data[draws["index"][rows]].float().div_(255.0)
             if self.config.augment:
@@ -328,8 +306,7 @@ class GanTrainer:
             d_loss, g_loss = self._step(real, z, ones, zeros)
             d_sum += d_loss
             g_sum += g_loss
-            if progress is not None:
-                progress((step + 1) / steps)
+            hooks.progress((step + 1) / steps)
         # One host sync per epoch: per-step .item() would stall the GPU queue.
         losses = EpochLosses(float(d_sum) / steps, float(g_sum) / steps)
         self.epoch += 1
@@ -376,7 +353,8 @@ class GanTrainer:
         """Grid image (uint8 HWC) of the generator's output for `fixed_noise` (default: the run's own)."""
         noise = self.fixed_noise if fixed_noise is None else fixed_noise
         images = generate(self.generator, noise, self.device, amp_dtype=self.amp.dtype)
-        return make_grid(images, nrow=nrow)
+        grid = make_grid(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=nrow, padding=2)
+        return grid.permute(1, 2, 0).contiguous().numpy()
 
     def sample(self, count: int, seed: int, output_size: int | None = None) -> np.ndarray:
         """`count` images (uint8 NHWC) from seed; see `sample_images`."""
@@ -385,132 +363,47 @@ class GanTrainer:
     # ------------------------------------------------------------------------------------- state files
 
     def state_bytes(self) -> bytes:
-        """Full training state as safetensors bytes: both nets, both Adam states, RNG, epoch, history."""
-        tensors: dict[str, torch.Tensor] = {}
-        tensors.update(_prefixed("G.", self.generator.state_dict()))
-        tensors.update(_prefixed("D.", self.discriminator.state_dict()))
-        opt_meta = {}
-        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
-            flat, meta = _flatten_optimizer(name, opt)
-            tensors.update(flat)
-            opt_meta[name] = meta
-        tensors["rng"] = self.rng.get_state()
-        extra = {
-            "optimizers": opt_meta,
-            "scalers": {"d": self.amp.scaler_d.state_dict(), "g": self.amp.scaler_g.state_dict()},
-            "history": [asdict(h) for h in self.history],
-        }
-        return _save(tensors, self.config, self.epoch, extra)
+        """Full training state (``backend.core.checkpoint``): both nets, both Adam states, RNG, epoch, history."""
+        return save_state(
+            {
+                "config": asdict(self.config),
+                "epoch": self.epoch,
+                "generator": self.generator.state_dict(),
+                "discriminator": self.discriminator.state_dict(),
+                "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(),
+                "scalers": {"d": self.amp.scaler_d.state_dict(), "g": self.amp.scaler_g.state_dict()},
+                "rng": self.rng.get_state(),
+                "history": [asdict(h) for h in self.history],
+            },
+            STATE_KIND,
+        )
 
     def load_state(self, data: bytes) -> None:
         """Restore a `state_bytes()` snapshot (same architecture) so training continues exactly."""
-        tensors, meta = _load(data)
-        config = GanConfig.from_json(meta["config"])
+        state = load_state(data, STATE_KIND)
+        config = GanConfig(**state["config"])
         if not config.same_architecture(self.config):
             raise ValueError(f"checkpoint architecture {config} does not match {self.config}")
-        extra = json.loads(meta["extra"])
-        if "optimizers" not in extra:
+        if "opt_g" not in state:
             raise ValueError("checkpoint holds only the generator; it cannot resume training")
-        self.generator.load_state_dict(_unprefixed("G.", tensors))
-        self.discriminator.load_state_dict(_unprefixed("D.", tensors))
-        self.opt_g.load_state_dict(_unflatten_optimizer("opt_g", tensors, extra["optimizers"]["opt_g"]))
-        self.opt_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, extra["optimizers"]["opt_d"]))
-        if extra["scalers"]["d"] and self.amp.scaler_d.is_enabled():
-            self.amp.scaler_d.load_state_dict(extra["scalers"]["d"])
-            self.amp.scaler_g.load_state_dict(extra["scalers"]["g"])
-        self.rng.set_state(tensors["rng"])
-        self.epoch = int(meta["epoch"])
-        self.history = [EpochLosses(**h) for h in extra["history"]]
-
-    def save(self, path: str) -> None:
-        with open(path, "wb") as fh:
-            fh.write(self.state_bytes())
-
-    def load(self, path: str) -> None:
-        with open(path, "rb") as fh:
-            self.load_state(fh.read())
-
-
-def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {prefix + k: v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _flatten_optimizer(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Optimizer state as flat tensors `<name>.<param>.<key>` plus JSON-able param groups (no pickle)."""
-    state = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, entries in state["state"].items():
-        for key, value in entries.items():
-            if torch.is_tensor(value):
-                tensors[f"{name}.{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith(name + "."):
-            pid, entry = key[len(name) + 1 :].split(".", 1)
-            state.setdefault(int(pid), {})[entry] = value
-    for key, value in meta["scalars"].items():
-        pid, entry = key.split(".", 1)
-        state.setdefault(int(pid), {})[entry] = value
-    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def _save(tensors: dict[str, torch.Tensor], config: GanConfig, epoch: int, extra: dict[str, Any]) -> bytes:
-    metadata = {
-        "format": STATE_FORMAT,
-        "version": STATE_VERSION,
-        "config": config.to_json(),
-        "epoch": str(epoch),
-        "extra": json.dumps(extra),
-    }
-    return st_save(tensors, metadata=metadata)
-
-
-def read_metadata(data: bytes) -> dict[str, str]:
-    """The safetensors `__metadata__` header (header = u64 little-endian length + JSON)."""
-    if len(data) < 8:
-        raise ValueError("not a safetensors file: too short")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > len(data) - 8:
-        raise ValueError("not a safetensors file: header length exceeds the file")
-    try:
-        header = json.loads(data[8 : 8 + length])
-    except ValueError as exc:
-        raise ValueError("not a safetensors file: unreadable header") from exc
-    meta = header.get("__metadata__") or {}
-    if meta.get("format") != STATE_FORMAT:
-        raise ValueError(f"not a {STATE_FORMAT} checkpoint")
-    if meta.get("version") != STATE_VERSION:
-        raise ValueError(f"unsupported {STATE_FORMAT} version {meta.get('version')!r}")
-    return meta
-
-
-def _load(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    meta = read_metadata(data)
-    return st_load(data), meta
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        if state["scalers"]["d"] and self.amp.scaler_d.is_enabled():
+            self.amp.scaler_d.load_state_dict(state["scalers"]["d"])
+            self.amp.scaler_g.load_state_dict(state["scalers"]["g"])
+        self.rng.set_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.history = [EpochLosses(**h) for h in state["history"]]
 
 
 def generator_only(data: bytes) -> bytes:
-    """Shrink a full checkpoint to the generator weights + header (what sampling needs; ~1/5 the size)."""
-    tensors, meta = _load(data)
-    extra = json.loads(meta["extra"])
-    return _save(
-        _unprefixed("", {k: v for k, v in tensors.items() if k.startswith("G.")}),
-        GanConfig.from_json(meta["config"]),
-        int(meta["epoch"]),
-        {"history": extra.get("history", [])},
-    )
+    """Shrink a full checkpoint to the generator weights (what sampling needs; ~1/5 the size)."""
+    state = load_state(data, STATE_KIND)
+    keep = ("config", "epoch", "generator", "history")
+    return save_state({k: state[k] for k in keep}, STATE_KIND)
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -525,13 +418,13 @@ class LoadedGenerator:
 
 def load_generator(data: bytes, device: str) -> LoadedGenerator:
     """Generator (eval mode, on `device`) from a full or generator-only checkpoint."""
-    tensors, meta = _load(data)
-    config = GanConfig.from_json(meta["config"])
+    state = load_state(data, STATE_KIND)
+    config = GanConfig(**state["config"])
     generator = Generator(config.nz, config.width, config.image_size)
-    generator.load_state_dict(_unprefixed("G.", tensors))
+    generator.load_state_dict(state["generator"])
     dev = torch.device(device)
     generator.to(dev, memory_format=torch.channels_last if dev.type == "cuda" else torch.contiguous_format)
-    return LoadedGenerator(generator.eval(), config, int(meta["epoch"]))
+    return LoadedGenerator(generator.eval(), config, int(state["epoch"]))
 
 
 @torch.no_grad()

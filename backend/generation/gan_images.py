@@ -8,13 +8,13 @@ TIFFs train as one set at the GAN's size.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from backend.core.hooks import NO_HOOKS, Hooks
 from backend.data.images import ImageDecodeError, decode_image
 
 MAX_FILES = 200_000  # bounds memory: 200k x 64 x 64 x 3 bytes = 2.4 GB
@@ -57,15 +57,14 @@ def _walk(root: Path) -> list[Path]:
 def load_image_folder(
     root: Path,
     size: int,
-    progress: Callable[[float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    hooks: Hooks = NO_HOOKS,
     max_files: int = MAX_FILES,
 ) -> FolderImages:
     """Decode every image under `root` (recursively, in sorted order) to `size` x `size` RGB.
 
     Symbolic links are skipped (they could point outside the directories the operator allowed);
     files that are not images or fail to decode are listed in `skipped` with the reason.
-    Raises InterruptedError when `should_stop()` turns true.
+    A stop request raises ``Stopped``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -77,8 +76,7 @@ def load_image_folder(
     paths: list[str] = []
     skipped: list[dict[str, str]] = []
     for i, path in enumerate(files):
-        if should_stop is not None and should_stop():
-            raise InterruptedError("image loading stopped")
+        hooks.stop_point("while loading source images")
         name = display_name(path, root)
         if path.is_symlink():
             skipped.append({"path": name, "reason": "symbolic link"})
@@ -90,7 +88,7 @@ def load_image_folder(
             # decode_image names the absolute path; the report names the file relative to the source.
             reason = str(exc).replace(str(path), "").lstrip(": ") or type(exc).__name__
             skipped.append({"path": name, "reason": reason[:200]})
-        if progress is not None and (i % 64 == 0 or i == len(files) - 1):
-            progress((i + 1) / len(files))
+        if i % 64 == 0 or i == len(files) - 1:
+            hooks.progress((i + 1) / len(files), f"decoded {i + 1}/{len(files)} source images")
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return FolderImages(stacked, paths, skipped)

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
+from backend.core.hooks import Hooks
 from backend.db.models import Job
 from backend.db.session import Database
-from backend.jobs.errors import JobInterrupted
 from backend.store import FileStore
-
-if TYPE_CHECKING:
-    from backend.jobs.worker import Heartbeat
 
 
 class JobContext:
@@ -46,7 +43,7 @@ class JobContext:
         self._logs: list[tuple[str, str]] = []
         self._t0 = time.monotonic()
         self._p0 = float(job.progress or 0.0)
-        self.heartbeat: Heartbeat | None = None
+        self.flush_progress: Callable[[], None] | None = None  # set by the worker's heartbeat
 
     # -- storage ---------------------------------------------------------------------------------
     @contextmanager
@@ -84,16 +81,21 @@ class JobContext:
         """True when the job was cancelled, its worker is shutting down, or it lost its lease."""
         return self._stop_event.is_set()
 
-    def raise_if_stopped(self) -> None:
-        if self._stop_event.is_set():
-            raise JobInterrupted()
+    @property
+    def hooks(self) -> Hooks:
+        """This job's progress, log and stop callbacks, for core code (which knows nothing of jobs)."""
+        return Hooks(progress=self.progress, should_stop=self.should_stop, log=self.log)
+
+    def stop_point(self, where: str = "") -> None:
+        """Raise ``Stopped`` if the job must stop (the worker then cancels or releases it)."""
+        self.hooks.stop_point(where)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Persist resume state now (call it after the chunk's output is committed)."""
         self.checkpoint = dict(state)
-        if self.heartbeat is not None:
-            self.heartbeat.flush()
+        if self.flush_progress is not None:
+            self.flush_progress()
         with self.db.session() as s:
             job = s.get(Job, self.job_id)
             if job is not None:

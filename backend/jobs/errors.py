@@ -1,9 +1,9 @@
-"""Exceptions a job handler raises to end its job in a specific way."""
+"""The exception a job handler raises to fail its job with a message the user can act on.
+
+To stop (cancel, shutdown) a handler lets ``backend.core.hooks.Stopped`` propagate; domain errors from
+``backend.services`` are shown as-is too.
+"""
 
 
 class JobError(Exception):
     """The job cannot succeed for a reason the user can fix; the message is shown as-is (no traceback)."""
-
-
-class JobInterrupted(Exception):
-    """Raised at a chunk boundary when the job must stop (cancel requested or worker shutting down)."""

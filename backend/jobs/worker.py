@@ -17,12 +17,15 @@ from pydantic import ValidationError
 from sqlalchemy import delete
 
 from backend.config import Settings
+from backend.core.hooks import Stopped
 from backend.db.models import Job, Worker, utcnow
 from backend.db.session import Database
 from backend.jobs import queue
 from backend.jobs.context import JobContext
-from backend.jobs.errors import JobError, JobInterrupted
+from backend.jobs.errors import JobError
+from backend.jobs.heartbeat import Heartbeat
 from backend.jobs.registry import get_kind, load_kinds
+from backend.services.errors import DomainError
 from backend.store import FileStore
 
 log = logging.getLogger("rebalance.worker")
@@ -40,44 +43,6 @@ def _error_message(exc: BaseException) -> str:
             " size), or free the GPU from other processes, then submit again"
         )
     return text
-
-
-class Heartbeat(threading.Thread):
-    """Renews the running job's lease, flushes progress/logs and watches for cancellation."""
-
-    TICK_S = 0.5  # cancel is noticed within a tick plus the handler's chunk time
-
-    def __init__(self, worker: JobWorker, ctx: JobContext, stop_event: threading.Event) -> None:
-        super().__init__(daemon=True, name=f"heartbeat-{ctx.job_id}")
-        self.worker = worker
-        self.ctx = ctx
-        self.stop_event = stop_event
-        self.done = threading.Event()
-        self.cancelled = False
-        self.lost = False
-        self._flush_lock = threading.Lock()
-
-    def flush(self) -> None:
-        with self._flush_lock:
-            fields, logs = self.ctx.take_pending()
-            queue.add_logs(self.worker.db, self.ctx.job_id, logs)
-            owned = queue.renew_lease(
-                self.worker.db, self.ctx.job_id, self.worker.id, self.worker.settings.lease_s, fields
-            )
-            if not owned:
-                self.lost = True
-                self.stop_event.set()
-
-    def run(self) -> None:
-        while not self.done.wait(self.TICK_S):
-            try:
-                self.flush()
-                if queue.cancel_requested(self.worker.db, self.ctx.job_id):
-                    self.cancelled = True
-                    self.stop_event.set()
-                self.worker.beat()
-            except Exception:  # a transient DB error must not kill the heartbeat
-                log.exception("heartbeat failed for job %s", self.ctx.job_id)
 
 
 class JobWorker:
@@ -166,17 +131,17 @@ class JobWorker:
         if self.shutdown.is_set():
             stop.set()
         ctx = JobContext(job=job, db=self.db, settings=self.settings, store=self.store, stop_event=stop)
-        hb = Heartbeat(self, ctx, stop)
-        ctx.heartbeat = hb
+        hb = Heartbeat(self.db, self.id, self.settings.lease_s, ctx, stop, on_tick=self.beat)
+        ctx.flush_progress = hb.flush
         hb.start()
         outcome: tuple[str, dict[str, Any]]
         try:
             params = kind.params_model.model_validate(job.params, context={"settings": self.settings})
             result = kind.handler(ctx, params)
             outcome = ("succeeded", {"result": result or {}, "progress": 1.0, "message": "done"})
-        except JobInterrupted:
+        except Stopped:
             outcome = self._interrupted(hb)
-        except JobError as exc:
+        except (JobError, DomainError) as exc:
             outcome = ("failed", {"error": str(exc), "message": "failed"})
         except ValidationError as exc:
             outcome = ("failed", {"error": f"invalid params: {exc}", "message": "failed"})

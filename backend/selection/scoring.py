@@ -27,14 +27,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from backend.core.hooks import Stopped
 from backend.data.transforms import normalize
 from backend.selection.acquisition import SUMMARY_KEYS, summarize
 
 Progress = Callable[[float, str | None], None]
-
-
-class Interrupted(Exception):
-    """``should_stop()`` returned True between two batches."""
 
 
 class ImageSource(Protocol):
@@ -244,7 +241,7 @@ def score_pool(
     """Stream the pool and return per-candidate summaries {key: (N,) float32} (see ``SUMMARY_KEYS``).
 
     Equal to ``acquisition.summarize(mc_probs(...), target)`` for the same seed and batch size, but the
-    memory held is the summaries plus one batch, whatever the pool size. Raises ``Interrupted`` if
+    memory held is the summaries plus one batch, whatever the pool size. Raises ``Stopped`` if
     ``should_stop()`` turns True between batches.
     """
     if mc_samples < 1:
@@ -254,7 +251,7 @@ def score_pool(
     with mc_dropout_mode(model), seeded(seed, device):
         for start, batch in iter_batches(source, batch_size):
             if should_stop is not None and should_stop():
-                raise Interrupted("stopped while scoring the pool")
+                raise Stopped("stopped while scoring the pool")
             feats = _backbone(model, to_input(batch, mean, std, device), device)
             probs = _head_passes(model, feats, mc_samples).cpu().numpy()
             for key, values in summarize(probs, target).items():

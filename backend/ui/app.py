@@ -11,7 +11,6 @@ from pathlib import Path
 import gradio as gr
 from fastapi import FastAPI
 
-from backend.config import Settings
 from backend.ui.client import ApiClient
 from backend.ui.common import LIST_POLL_S, POLL_S, Ctx
 from backend.ui.tabs import benchmark, dataset, generate, jobs, prompts, select
@@ -37,9 +36,8 @@ def _header() -> str:
     )
 
 
-def build_ui(settings: Settings, api: ApiClient | None = None) -> gr.Blocks:
-    """The whole studio. ``api`` defaults to a client for the server these settings describe."""
-    api = api or ApiClient.for_settings(settings)
+def build_ui(api: ApiClient) -> gr.Blocks:
+    """The whole studio, talking to the REST API through ``api``."""
     builders = {
         "Dataset": dataset.build,
         "Prompts": prompts.build,
@@ -80,15 +78,18 @@ def build_ui(settings: Settings, api: ApiClient | None = None) -> gr.Blocks:
     return demo
 
 
-def mount_ui(app: FastAPI, settings: Settings) -> FastAPI:
-    """Mount the studio at ``/``; theme, CSS and favicon go here (Gradio 6 moved them off Blocks)."""
+def mount_ui(app: FastAPI, api: ApiClient, max_file_size: int) -> FastAPI:
+    """Mount the studio at ``/``; theme, CSS and favicon go here (Gradio 6 moved them off Blocks).
+
+    ``api``: a client for the REST API the studio drives; ``max_file_size``: the upload cap in bytes.
+    """
     return gr.mount_gradio_app(
         app,
-        build_ui(settings),
+        build_ui(api),
         path="/",
         theme=THEME,
         css_paths=[ASSETS / "studio.css"],
         favicon_path=str(ASSETS / "favicon.png"),
-        max_file_size=int(settings.max_upload_mb * 1e6),
+        max_file_size=max_file_size,
         ssr_mode=False,
     )

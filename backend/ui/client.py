@@ -8,14 +8,8 @@ from typing import Any
 
 import httpx
 
-from backend.config import Settings
-
 # The studio polls its own API every few seconds; one INFO line per request would drown the server log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
-
-# Hosts that mean "every interface" when binding; the studio reaches its own server over loopback then.
-_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
-
 
 class ApiError(Exception):
     """A non-2xx answer, carrying the API's own one-line explanation (422 ``message`` or ``detail``)."""
@@ -58,13 +52,6 @@ class ApiClient:
         self._auth = (user, password) if auth else None
         # ``http``: anything with httpx.Client's ``request()``; tests pass a FastAPI TestClient (in-process app).
         self._http = http or httpx.Client(timeout=timeout)
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> ApiClient:
-        host = "127.0.0.1" if settings.host in _WILDCARD_HOSTS else settings.host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"  # a bare IPv6 address needs brackets in a URL
-        return cls(f"http://{host}:{settings.port}/api", settings.auth)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

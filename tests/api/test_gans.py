@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load as st_load
 
+from backend.core.hooks import Stopped
 from backend.db.models import Gan
 from backend.generation.gan import load_generator
 from backend.generation.imagefiles import read_png_metadata
-from backend.jobs.errors import JobInterrupted
-from backend.jobs.kinds.gan import TrainGanParams, checkpoint_path, train_gan
+from backend.jobs.kinds.gan import TrainGanParams, train_gan
+from backend.services.gans import checkpoint_path
 from backend.store import FileStore
 from tests.api.handlers import Killed, context_for, die_on_checkpoint
 
@@ -159,7 +160,7 @@ def test_cancel_keeps_the_last_finished_epoch(api, tmp_path: Path) -> None:
         stop.set()  # the cancel arrives during epoch 2
 
     ctx.save_checkpoint = checkpoint_then_cancel
-    with pytest.raises(JobInterrupted):
+    with pytest.raises(Stopped):
         train_gan(ctx, TrainGanParams.model_validate(job["params"]))
     gan_id = ctx.checkpoint["gan_id"]
     assert api.client.post(f"/api/jobs/{job['id']}/cancel").status_code == 200  # the handler ran outside a worker

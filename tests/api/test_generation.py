@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from sqlalchemy import func, select
 
-from backend.db.models import Dataset, PoolImage
+from backend.core.hooks import Stopped
+from backend.db.models import Dataset, Pool, PoolImage
 from backend.generation.imagefiles import read_png_metadata
 from backend.jobs.kinds.generation import GenerateSDParams, generate_sd
-from backend.jobs.pool_store import pool_for_job
 from backend.store import FileStore
 from tests.api.handlers import Killed, context_for, die_on_checkpoint
 
@@ -114,19 +114,19 @@ def test_crashes_then_resume_give_exactly_count_images(api, monkeypatch) -> None
     with pytest.raises(Killed):
         generate_sd(ctx, parsed)
     with api.db.read_session() as s:
-        pool_id = pool_for_job(s, job["id"]).id
+        pool_id = s.scalars(select(Pool.id).where(Pool.job_id == job["id"])).one()
     assert [row.idx for row in _pool_rows(api, pool_id)] == [0, 1, 2]
 
     # Attempt 2 dies mid-chunk, after the first batch of chunk 2: files may exist, rows do not.
     ctx = context_for(api, job["id"])
     calls = {"n": 0}
 
-    def die_on_second_batch() -> None:
+    def die_on_second_batch(where: str = "") -> None:
         calls["n"] += 1
         if calls["n"] == 2:
             raise Killed()
 
-    monkeypatch.setattr(ctx, "raise_if_stopped", die_on_second_batch)
+    monkeypatch.setattr(ctx, "stop_point", die_on_second_batch)
     with pytest.raises(Killed):
         generate_sd(ctx, parsed)
     assert [row.idx for row in _pool_rows(api, pool_id)] == [0, 1, 2]
@@ -159,9 +159,7 @@ def test_cancel_keeps_the_images_made(api) -> None:
         stop.set()  # cancel arrives during chunk 2
 
     ctx.save_checkpoint = checkpoint_then_cancel
-    from backend.jobs.errors import JobInterrupted
-
-    with pytest.raises(JobInterrupted):
+    with pytest.raises(Stopped):
         generate_sd(ctx, parsed)
     pool_id = ctx.checkpoint["pool_id"]
     assert [row.idx for row in _pool_rows(api, pool_id)] == [0, 1, 2]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.core.hooks import Hooks, Stopped
 from backend.data.cache import DecodedDataset, build_cache, content_key, load_cache
 from backend.data.images import decode_image
 from backend.data.sources import load_digits, scan_imagefolder
@@ -19,7 +20,7 @@ def test_build_and_load_round_trip(tmp_path: Path) -> None:
     write_folder(tmp_path / "ds", {"a": 6, "b": 4}, size=(10, 12))
     listing = scan_imagefolder(tmp_path / "ds")
     calls: list[float] = []
-    ds = build_cache(listing, tmp_path / "cache", progress=lambda f, m=None: calls.append(f))
+    ds = build_cache(listing, tmp_path / "cache", hooks=Hooks(progress=lambda f, m=None: calls.append(f)))
     assert ds.image_size == (10, 12)  # all images agree: their own size is kept
     assert isinstance(ds.train_x, np.memmap)
     assert ds.train_counts() == {"a": 5, "b": 3} and ds.test_counts() == {"a": 1, "b": 1}
@@ -37,7 +38,9 @@ def test_same_content_elsewhere_reuses_cache(tmp_path: Path) -> None:
     first = build_cache(scan_imagefolder(tmp_path / "one"), tmp_path / "cache")
     messages: list[str | None] = []
     second = build_cache(
-        scan_imagefolder(tmp_path / "two"), tmp_path / "cache", progress=lambda f, m=None: messages.append(m)
+        scan_imagefolder(tmp_path / "two"),
+        tmp_path / "cache",
+        hooks=Hooks(progress=lambda f, m=None: messages.append(m)),
     )
     assert second.path == first.path and "reused decoded cache" in messages
     (tmp_path / "two" / "a" / "000.png").unlink()
@@ -70,8 +73,8 @@ def test_mixed_sizes_become_32_unless_size_given(tmp_path: Path) -> None:
 
 def test_stop_request_leaves_nothing(tmp_path: Path) -> None:
     write_folder(tmp_path / "ds", {"a": 3, "b": 3})
-    with pytest.raises(InterruptedError):
-        build_cache(scan_imagefolder(tmp_path / "ds"), tmp_path / "cache", should_stop=lambda: True)
+    with pytest.raises(Stopped):
+        build_cache(scan_imagefolder(tmp_path / "ds"), tmp_path / "cache", hooks=Hooks(should_stop=lambda: True))
     assert list((tmp_path / "cache").iterdir()) == []
 
 

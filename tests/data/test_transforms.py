@@ -81,7 +81,8 @@ def test_perspective_matches_torchvision(images: torch.Tensor) -> None:
     )
     mine = T._warp(images.float(), hom.float(), "bilinear")
     ref = TF.perspective(images.float(), start, end, interpolation=TF.InterpolationMode.BILINEAR)
-    torch.testing.assert_close(mine, ref, atol=1e-3, rtol=0)
+    # 0-255 pixel units: 1e-2 is far below one grey level; float sums differ with the thread count.
+    torch.testing.assert_close(mine, ref, atol=1e-2, rtol=0)
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.1, -0.3, 0.3])

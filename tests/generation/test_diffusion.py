@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from backend.core.hooks import Hooks
 from backend.generation.diffusion import generate, is_img2img, load_pipeline
 from backend.generation.prompts import default_vocabulary
 
@@ -130,7 +131,7 @@ def test_should_stop_returns_finished_images_only(pipe, items) -> None:
         # batch 1 uses calls 1-6, so call 9 stops batch 2 at its second step.
         return calls["n"] > 8
 
-    out = run(pipe, items, batch_size=1, should_stop=stop)
+    out = run(pipe, items, batch_size=1, hooks=Hooks(should_stop=stop))
     assert [g.item.index for g in out] == [0]
 
 

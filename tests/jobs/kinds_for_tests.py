@@ -35,7 +35,7 @@ def count(ctx: JobContext, params: CountParams) -> dict:
     """Write one output file per chunk, checkpointing after each; resumes where it stopped."""
     start = int(ctx.checkpoint.get("next", 0))
     for i in range(start, params.chunks):
-        ctx.raise_if_stopped()
+        ctx.stop_point()
         time.sleep(params.chunk_s)
         # Output keyed by chunk index: a chunk redone after a crash overwrites, never duplicates.
         ctx.store.write_text(f"test_out/{ctx.job_id}/{i}.txt", f"attempt {ctx.attempt}\n")

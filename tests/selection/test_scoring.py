@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from backend.core.hooks import Stopped
 from backend.selection import scoring
 from backend.selection.acquisition import SUMMARY_KEYS, summarize
 from backend.training.models import build_model
@@ -101,7 +102,7 @@ def test_streaming_summaries_equal_whole_pool(tmp_path: Path) -> None:
 def test_score_pool_stops_between_batches() -> None:
     model, x = TinyNet(), _images(20)
     calls = iter([False, True])
-    with pytest.raises(scoring.Interrupted):
+    with pytest.raises(Stopped):
         scoring.score_pool(model, x, MEAN, STD, target=0, mc_samples=2, batch_size=5, should_stop=lambda: next(calls))
 
 

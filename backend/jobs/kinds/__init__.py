@@ -1,3 +1,3 @@
 """Built-in job kinds; importing this package registers them all."""
 
-from backend.jobs.kinds import benchmark, datasets, gan, generation, selection  # noqa: F401
+from backend.jobs.kinds import benchmark, datasets, gan, generation, pools, selection  # noqa: F401

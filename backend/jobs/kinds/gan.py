@@ -1,14 +1,11 @@
 """Job kinds `train_gan` (DCGAN from a folder, an uploaded zip or a dataset's minority) and `generate_gan`.
 
-Store layout per GAN: `gans/<gan_id>/epoch_<n>.safetensors` (the latest epoch holds the full training
-state; older epochs are pruned to the generator, which is all sampling needs) and
-`gans/<gan_id>/samples/<n>.png` (the fixed-noise grid of epoch n).
+Where the files go is ``backend.services.gans``; the pool is written through ``backend.services.pools``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -22,15 +19,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import select
 
 from backend.config import PathNotAllowed
-from backend.data.imbalance import ImbalanceSpec, apply_imbalance
+from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Gan
 from backend.generation.gan import (
     GanConfig,
     GanTrainer,
-    TrainingStopped,
     generator_only,
     latent_noise,
     load_generator,
@@ -43,20 +38,13 @@ from backend.generation.imagefiles import encode_png
 from backend.generation.oom import halving_batches
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
-from backend.jobs.kinds.datasets import extract_upload, load_dataset
-from backend.jobs.pool_store import PoolWriter, create_pool, existing_indices, pool_for_job
 from backend.jobs.registry import job_kind
+from backend.services.datasets import UPLOAD_ID, extract_upload, minority_images, open_dataset
+from backend.services.gans import checkpoint_path, get_gan, samples_path, sampling_epoch
+from backend.services.pools import PoolWriter, pool_for_job
+from backend.services.rows import row_for_job
 
-UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_SKIPPED_LISTED = 200  # names kept in the GAN's info; the count is always exact
-
-
-def checkpoint_path(gan_id: int, epoch: int) -> str:
-    return f"gans/{gan_id}/epoch_{epoch}.safetensors"
-
-
-def samples_path(gan_id: int, epoch: int) -> str:
-    return f"gans/{gan_id}/samples/{epoch}.png"
 
 
 # ------------------------------------------------------------------------------------------------ params
@@ -182,21 +170,16 @@ def _source_images(ctx: JobContext, params: TrainGanParams) -> tuple[np.ndarray,
     """uint8 NHWC source images and a JSON summary of where they came from (and what was skipped)."""
     source = params.source
     if isinstance(source, DatasetSource):
-        ds = load_dataset(ctx, source.dataset_id)
-        try:
-            imb = apply_imbalance(ds.train_y, ds.classes, source.imbalance)
-        except ValueError as exc:
-            raise JobError(f"source.imbalance: {exc}") from exc
-        if not imb.minority_classes:
-            raise JobError("source.imbalance leaves no minority class to train the GAN on")
-        idx = imb.kept_idx[np.isin(ds.train_y[imb.kept_idx], imb.minority_classes)]
+        with ctx.session() as s:
+            ds = open_dataset(s, ctx.store, source.dataset_id)
+        real = minority_images(ds, source.imbalance, "source.imbalance")
         info = {
             "kind": "dataset",
             "dataset_id": source.dataset_id,
-            "classes": [ds.classes[c] for c in imb.minority_classes],
+            "classes": [ds.classes[c] for c in real.classes],
             "dataset_image_size": ds.image_size[0],
         }
-        return np.asarray(ds.train_x[idx]), info
+        return real.images, info
     skipped: list[tuple[str, str]] = []
     if isinstance(source, PathSource):
         try:
@@ -205,14 +188,11 @@ def _source_images(ctx: JobContext, params: TrainGanParams) -> tuple[np.ndarray,
             raise JobError(f"source.path: {exc}") from exc
         info = {"kind": "path", "path": str(folder)}
     else:
-        folder, skipped = extract_upload(ctx, source.upload_id)
+        folder, skipped = extract_upload(ctx.store, source.upload_id, ctx.hooks)
         info = {"kind": "upload", "upload_id": source.upload_id}
     ctx.progress(0.0, "decoding source images")
     try:
-        loaded = load_image_folder(folder, params.image_size, should_stop=ctx.should_stop)
-    except InterruptedError:
-        ctx.raise_if_stopped()
-        raise
+        loaded = load_image_folder(folder, params.image_size, hooks=ctx.hooks.scaled(0.0, 0.0))
     except ValueError as exc:
         raise JobError(f"source.path: {exc}") from exc
     reasons = [f"{name}: {why}" for name, why in skipped]
@@ -235,19 +215,19 @@ def _history(trainer: GanTrainer) -> list[dict[str, Any]]:
 def _gan_row(ctx: JobContext, params: TrainGanParams) -> int:
     """The GAN this job trains: created on the first attempt, found again on a resume."""
     with ctx.session() as s:
-        row = s.scalars(select(Gan).where(Gan.job_id == ctx.job_id).order_by(Gan.id)).first()
-        if row is None:
-            row = Gan(
+        return row_for_job(
+            s,
+            Gan,
+            ctx.job_id,
+            lambda: Gan(
                 name=params.name or f"DCGAN {params.image_size}px",
                 job_id=ctx.job_id,
                 params=params.model_dump(mode="json"),
                 epochs_done=0,
                 history=[],
                 info={},
-            )
-            s.add(row)
-            s.flush()
-        return row.id
+            ),
+        ).id
 
 
 @job_kind("train_gan", TrainGanParams)
@@ -275,15 +255,9 @@ def train_gan(ctx: JobContext, params: TrainGanParams) -> dict[str, Any]:
 
     epochs = params.epochs
     for epoch in range(trainer.epoch + 1, epochs + 1):
-
-        def report(fraction: float, epoch: int = epoch) -> None:
-            ctx.progress((epoch - 1 + fraction) / epochs, f"epoch {epoch}/{epochs}")
-
-        try:
-            losses = trainer.train_epoch(should_stop=ctx.should_stop, progress=report)
-        except TrainingStopped:
-            ctx.raise_if_stopped()  # the epoch in flight is dropped; the last finished one is kept
-            raise
+        # A stop drops the epoch in flight; the last finished one is kept and resumed from.
+        hooks = ctx.hooks.scaled((epoch - 1) / epochs, epoch / epochs, f"epoch {epoch}/{epochs}")
+        losses = trainer.train_epoch(hooks)
         # Files first, then the row, then the checkpoint: a crash in between redoes this epoch.
         ctx.store.write_bytes(checkpoint_path(gan_id, epoch), trainer.state_bytes())
         ctx.store.write_bytes(samples_path(gan_id, epoch), encode_png(trainer.sample_grid()))
@@ -305,16 +279,9 @@ def train_gan(ctx: JobContext, params: TrainGanParams) -> dict[str, Any]:
 
 def _resolve_epoch(ctx: JobContext, params: GenerateGanParams) -> tuple[Gan, int]:
     with ctx.session() as s:
-        row = s.get(Gan, params.gan_id)
-        if row is None:
-            raise JobError(f"gan {params.gan_id} not found")
+        row = get_gan(s, params.gan_id)
         s.expunge(row)
-    if row.epochs_done < 1:
-        raise JobError(f"gan {row.id} has no finished epoch yet")
-    epoch = params.epoch or row.epochs_done
-    if epoch > row.epochs_done:
-        raise JobError(f"gan {row.id} has no epoch {epoch}; epochs done: 1..{row.epochs_done}")
-    return row, epoch
+    return row, sampling_epoch(row, params.epoch)
 
 
 @job_kind("generate_gan", GenerateGanParams)
@@ -328,15 +295,13 @@ def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
     source = (row.info or {}).get("source", {})
     output_size = params.output_size or source.get("dataset_image_size") or 32
     with ctx.session() as s:
-        pool = pool_for_job(s, ctx.job_id) or create_pool(
+        pool_id, done = pool_for_job(
             s,
+            ctx.job_id,
             name=params.name or f"{row.name} epoch {epoch}",
             kind="gan",
-            job_id=ctx.job_id,
             params=params.model_dump(mode="json") | {"epoch": epoch, "output_size": output_size},
         )
-        pool_id = pool.id
-        done = existing_indices(s, pool_id)
     todo = [i for i in range(params.count) if i not in done]
     base = {"generator": "dcgan", "gan_id": row.id, "epoch": epoch, "seed": params.seed, "job_id": ctx.job_id}
     base |= {"output_size": output_size}
@@ -347,7 +312,7 @@ def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
         batch["size"] = size
         ctx.log(message)
 
-    with PoolWriter(ctx, pool_id, review_size=params.review_size) as writer:
+    with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
         for c in range(0, len(todo), params.chunk_size):
             chunk = todo[c : c + params.chunk_size]
             # Contiguous runs share one generator call; noise depends only on (seed, index).
@@ -365,7 +330,7 @@ def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
                     halving_batches(len(run), batch["size"], render_part, on_oom, what="GAN sampling batch")
                 except ValueError as exc:
                     raise JobError(str(exc)) from exc
-                ctx.raise_if_stopped()  # the writer's exit keeps the finished images
+                ctx.stop_point()  # the writer's exit keeps the finished images
             writer.flush()
             made = len(done) + c + len(chunk)
             ctx.save_checkpoint({"pool_id": pool_id, "done": made})

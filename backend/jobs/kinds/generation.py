@@ -22,8 +22,9 @@ from backend.generation.imagefiles import SAMPLER_LABELS
 from backend.generation.prompts import Vocabulary, default_vocabulary
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
-from backend.jobs.pool_store import PoolWriter, create_pool, existing_indices, pool_for_job
 from backend.jobs.registry import job_kind
+from backend.services.datasets import minority_images, open_dataset
+from backend.services.pools import PoolWriter, pool_for_job
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SCHEDULER_NAMES = tuple(SAMPLER_LABELS)  # validated here without importing torch/diffusers
@@ -103,29 +104,12 @@ def _vocabulary(ctx: JobContext, params: GenerateSDParams, minority: str | None)
         raise JobError(f"vocabulary {params.vocabulary}: {exc}") from exc
 
 
-def _dataset(ctx: JobContext, dataset_id: int) -> Any:
-    """The decoded dataset of a Dataset row, opened the way the datasets jobs store it."""
-    from backend.jobs.kinds.datasets import load_dataset
-
-    return load_dataset(ctx, dataset_id)
-
-
 def _init_images(ctx: JobContext, params: GenerateSDParams) -> tuple[np.ndarray, np.ndarray, str | None, int]:
     """(kept minority images, their dataset indices, minority class name, dataset image side)."""
-    from backend.data.imbalance import apply_imbalance
-
-    ds = _dataset(ctx, params.dataset_id)
-    try:
-        imb = apply_imbalance(ds.train_y, ds.classes, params.imbalance)
-    except ValueError as exc:
-        raise JobError(f"imbalance: {exc}") from exc
-    if not imb.minority_classes:
-        raise JobError("imbalance: no minority class to start img2img from")
-    minority = imb.minority_classes[0]
-    kept = imb.kept_idx[ds.train_y[imb.kept_idx] == minority]
-    if len(kept) == 0:
-        raise JobError(f"imbalance keeps no image of class {ds.classes[minority]!r} to start img2img from")
-    return np.asarray(ds.train_x[kept]), kept, ds.classes[minority], ds.image_size[0]
+    with ctx.session() as s:
+        ds = open_dataset(s, ctx.store, params.dataset_id)
+    real = minority_images(ds, params.imbalance, first_only=True)
+    return real.images, real.index, ds.classes[real.classes[0]], ds.image_size[0]
 
 
 def _check_local(ctx: JobContext, source: str | None, field: str) -> None:
@@ -192,20 +176,19 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
     if params.mode == "img2img":
         init_pixels, init_idx, minority, dataset_side = _init_images(ctx, params)
     elif params.dataset_id is not None and params.output_size is None:
-        dataset_side = _dataset(ctx, params.dataset_id).image_size[0]
+        with ctx.session() as s:
+            dataset_side = open_dataset(s, ctx.store, params.dataset_id).image_size[0]
     output_size = params.output_size or dataset_side or 32
     vocab = _vocabulary(ctx, params, minority)
 
     with ctx.session() as session:
-        pool = pool_for_job(session, ctx.job_id) or create_pool(
+        pool_id, done = pool_for_job(
             session,
+            ctx.job_id,
             name=params.name or f"SD {params.model} ({params.mode})",
             kind="sd",
-            job_id=ctx.job_id,
             params=params.model_dump(mode="json") | {"output_size": output_size},
         )
-        pool_id = pool.id
-        done = existing_indices(session, pool_id)
     todo = [i for i in range(params.count) if i not in done]
     if done:
         ctx.log(f"resuming pool {pool_id}: {len(done)} images exist, {len(todo)} to go")
@@ -234,7 +217,7 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
     if params.mode == "img2img":
         base |= {"strength": params.strength, "dataset_id": params.dataset_id}
     t0, made = time.monotonic(), 0
-    with PoolWriter(ctx, pool_id, review_size=params.review_size) as writer:
+    with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
         for c in range(0, len(todo), params.chunk_size):
             chunk = [vocab.item(i, params.seed) for i in todo[c : c + params.chunk_size]]
             for b in range(0, len(chunk), batch_size):
@@ -255,7 +238,7 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
                         strength=params.strength if init is not None else None,
                         batch_size=batch_size,
                         review_size=params.review_size,
-                        should_stop=ctx.should_stop,
+                        hooks=ctx.hooks,
                         on_batch_size=smaller_batch,
                     )
                 except ValueError as exc:
@@ -267,7 +250,7 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
                         meta["init_image_index"] = int(init_idx[g.item.index % len(init_idx)])
                     writer.add(g.item.index, g.image, g.review, meta)
                 made += len(images)
-                ctx.raise_if_stopped()  # the writer's exit keeps the finished images
+                ctx.stop_point()  # the writer's exit keeps the finished images
             writer.flush()
             ctx.save_checkpoint({"pool_id": pool_id, "done": len(done) + made})
             rate = made / max(time.monotonic() - t0, 1e-9)

@@ -1,4 +1,4 @@
-"""PoolWriter: files through the store, rows idempotent by (pool_id, idx), flush on interruption."""
+"""Pool store: files through the store, rows idempotent by (pool_id, idx), flush on interruption."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from backend.core.hooks import Stopped
 from backend.db.models import Pool, PoolImage
 from backend.generation.imagefiles import read_png_metadata
 from backend.jobs.context import JobContext
-from backend.jobs.errors import JobInterrupted
-from backend.jobs.pool_store import PoolWriter, create_pool, existing_indices, image_paths, pool_for_job
+from backend.services.pools import PoolWriter, existing_indices, image_paths, pool_for_job
 from backend.store import FileStore
 
 
@@ -33,7 +33,7 @@ def ctx(api) -> JobContext:
 @pytest.fixture
 def pool_id(ctx: JobContext) -> int:
     with ctx.session() as s:
-        return create_pool(s, name="p", kind="gan", job_id=ctx.job_id, params={"a": 1}).id
+        return pool_for_job(s, ctx.job_id, name="p", kind="gan", params={"a": 1})[0]
 
 
 def image(value: int, side: int = 8) -> np.ndarray:
@@ -46,7 +46,7 @@ def rows(ctx: JobContext, pool_id: int) -> list[PoolImage]:
 
 
 def test_writes_files_and_rows_idempotently(ctx: JobContext, pool_id: int) -> None:
-    with PoolWriter(ctx, pool_id, review_size=16) as writer:
+    with PoolWriter(ctx.session, ctx.store, pool_id, review_size=16) as writer:
         writer.add(0, image(10), image(20, 64), {"prompt": "a cat", "seed": 7, "negative_prompt": "dog"})
         writer.add(1, image(30), None, {"source_path": "x/y.png"})
         assert writer.flush() == 2
@@ -73,19 +73,19 @@ def test_writes_files_and_rows_idempotently(ctx: JobContext, pool_id: int) -> No
     with ctx.db.read_session() as s:
         assert s.get(Pool, pool_id).count == 3
         assert existing_indices(s, pool_id) == {0, 1, 2}
-        assert pool_for_job(s, ctx.job_id).id == pool_id
+        assert pool_for_job(s, ctx.job_id, name="other", kind="sd", params={}) == (pool_id, {0, 1, 2})
 
 
 def test_interruption_flushes_but_a_crash_does_not(ctx: JobContext, pool_id: int) -> None:
-    with pytest.raises(JobInterrupted), PoolWriter(ctx, pool_id) as writer:
+    with pytest.raises(Stopped), PoolWriter(ctx.session, ctx.store, pool_id) as writer:
         writer.add(0, image(1), None, {})
-        raise JobInterrupted()
-    with pytest.raises(RuntimeError), PoolWriter(ctx, pool_id) as writer:
+        raise Stopped()
+    with pytest.raises(RuntimeError), PoolWriter(ctx.session, ctx.store, pool_id) as writer:
         writer.add(1, image(2), None, {})
         raise RuntimeError("worker died")
     assert [r.idx for r in rows(ctx, pool_id)] == [0]
 
 
 def test_rejects_bad_images(ctx: JobContext, pool_id: int) -> None:
-    with PoolWriter(ctx, pool_id) as writer, pytest.raises(ValueError, match="uint8"):
+    with PoolWriter(ctx.session, ctx.store, pool_id) as writer, pytest.raises(ValueError, match="uint8"):
         writer.add(0, np.zeros((8, 8, 3), np.float32), None, {})

@@ -1,4 +1,4 @@
-"""Pools on disk and in the database, shared by every job that makes candidate images (SD, GAN, import).
+"""Pools: candidate images on disk and in the database, written by every generator and by imports.
 
 Files: `pools/<pool_id>/<idx>.png` (dataset resolution, with metadata chunks) and
 `pools/<pool_id>/review/<idx>.webp`, written atomically through the store. Rows: one `PoolImage` per
@@ -9,37 +9,63 @@ attempt skips `existing_indices` and re-adding an index overwrites the same file
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from backend.core.hooks import NO_HOOKS, Hooks, Stopped
+from backend.data.images import ImageDecodeError, decode_image
 from backend.db.models import Pool, PoolImage
 from backend.generation.imagefiles import AsyncEncoder, encode_png, encode_webp
-from backend.jobs.errors import JobInterrupted
+from backend.selection.scoring import NpyRows
+from backend.services.errors import NotFound, NotReady
+from backend.services.rows import row_for_job
+from backend.store import FileStore
 
-if TYPE_CHECKING:
-    from backend.jobs.context import JobContext
+SessionFactory = Callable[[], AbstractContextManager[Session]]  # a committing session, e.g. JobContext.session
 
 ROW_FIELDS = ("prompt", "negative_prompt", "seed", "source_path")  # meta keys that get their own column
 
 
-def create_pool(session: Session, *, name: str, kind: str, job_id: int | None, params: dict) -> Pool:
-    """Insert a pool (flushed, so `pool.id` is set; committed with the session)."""
-    pool = Pool(name=name, kind=kind, job_id=job_id, params=params, count=0, info={})
-    session.add(pool)
-    session.flush()
-    return pool
-
-
-def pool_for_job(session: Session, job_id: int) -> Pool | None:
-    """The pool a job created in an earlier attempt, if any (lets a resume reuse it)."""
-    return session.scalars(select(Pool).where(Pool.job_id == job_id).order_by(Pool.id)).first()
+def pool_for_job(session: Session, job_id: int, *, name: str, kind: str, params: dict) -> tuple[int, set[int]]:
+    """The pool job ``job_id`` writes (created on its first attempt) and the indices it already holds."""
+    pool = row_for_job(
+        session, Pool, job_id, lambda: Pool(name=name, kind=kind, job_id=job_id, params=params, count=0, info={})
+    )
+    return pool.id, existing_indices(session, pool.id)
 
 
 def existing_indices(session: Session, pool_id: int) -> set[int]:
     return set(session.scalars(select(PoolImage.idx).where(PoolImage.pool_id == pool_id)))
+
+
+def pool_rows(session: Session, pool_ids: list[int], field: str = "pool_ids") -> list[PoolImage]:
+    """Every image of ``pool_ids``, pool by pool in the order given, each pool by index."""
+    for pid in pool_ids:
+        if session.get(Pool, pid) is None:
+            raise NotFound("pool", pid)
+    rows = session.scalars(
+        select(PoolImage).where(PoolImage.pool_id.in_(pool_ids)).order_by(PoolImage.pool_id, PoolImage.idx)
+    ).all()
+    order = {pid: i for i, pid in enumerate(pool_ids)}
+    return sorted(rows, key=lambda r: (order[r.pool_id], r.idx))
+
+
+def first_images(session: Session, pool_id: int, count: int) -> list[PoolImage]:
+    """The first ``count`` images of a pool by index (a random-from-pool variant)."""
+    if session.get(Pool, pool_id) is None:
+        raise NotFound("pool", pool_id)
+    rows = session.scalars(
+        select(PoolImage).where(PoolImage.pool_id == pool_id).order_by(PoolImage.idx).limit(count)
+    ).all()
+    if len(rows) < count:
+        raise NotReady(f"pool {pool_id} holds {len(rows)} images; the variant asks for count={count}")
+    return list(rows)
 
 
 def image_paths(pool_id: int, idx: int) -> tuple[str, str]:
@@ -57,8 +83,11 @@ class PoolWriter:
     Leaving the `with` block normally (or through a job interruption) flushes what was added.
     """
 
-    def __init__(self, ctx: JobContext, pool_id: int, review_size: int = 256, workers: int = 2) -> None:
-        self.ctx = ctx
+    def __init__(
+        self, session: SessionFactory, store: FileStore, pool_id: int, review_size: int = 256, workers: int = 2
+    ) -> None:
+        self.session = session
+        self.store = store
         self.pool_id = pool_id
         self.review_size = review_size
         self._encoder = AsyncEncoder(workers)
@@ -66,8 +95,8 @@ class PoolWriter:
 
     def _write_files(self, idx: int, image: np.ndarray, review: np.ndarray, meta: dict) -> None:
         png, webp = image_paths(self.pool_id, idx)
-        self.ctx.store.write_bytes(png, encode_png(image, meta))
-        self.ctx.store.write_bytes(webp, encode_webp(review, self.review_size))
+        self.store.write_bytes(png, encode_png(image, meta))
+        self.store.write_bytes(webp, encode_webp(review, self.review_size))
 
     def add(self, idx: int, image: np.ndarray, review: np.ndarray | None, meta: dict[str, Any]) -> None:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -86,7 +115,7 @@ class PoolWriter:
         rows, self._rows = self._rows, {}
         if not rows:
             return 0
-        with self.ctx.session() as session:
+        with self.session() as session:
             present = set(
                 session.scalars(
                     select(PoolImage.idx).where(PoolImage.pool_id == self.pool_id, PoolImage.idx.in_(list(rows)))
@@ -106,7 +135,36 @@ class PoolWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         try:
-            if exc_type is None or issubclass(exc_type, JobInterrupted):
+            if exc_type is None or issubclass(exc_type, Stopped):
                 self.flush()  # cancel keeps what was made
         finally:
             self._encoder.close()
+
+
+def decode_pool(
+    store: FileStore, files: list[str], size: tuple[int, int], rel: str, hooks: Hooks = NO_HOOKS
+) -> NpyRows:
+    """Decode pool images once into ``rel`` (a uint8 .npy) and stream it with ``NpyRows``."""
+    path = store.path(rel)
+    if path.exists():
+        rows = NpyRows(path)
+        if rows.shape == (len(files), *size, 3):
+            return rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    header = {"descr": "|u1", "fortran_order": False, "shape": (len(files), *size, 3)}
+    # Written row by row through a plain file (not a memmap): memory stays at one image whatever the pool.
+    with open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_2_0(fh, header)
+        for i, f in enumerate(files):
+            try:
+                fh.write(np.ascontiguousarray(decode_image(store.path(f), size=size)).tobytes())
+            except (ImageDecodeError, OSError) as exc:
+                raise NotReady(f"pool image file {f} cannot be read: {exc}") from exc
+            if i % 500 == 0:
+                hooks.progress(0.0, f"decoding candidates {i}/{len(files)}")
+                hooks.stop_point("while decoding candidates")
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)  # a half-written decode is never mistaken for a finished one
+    return NpyRows(path)

@@ -1,0 +1,50 @@
+"""Benchmarks: a benchmark's finished runs as the plain rows ``backend.reports`` consumes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.db.models import Benchmark, BenchmarkRun
+from backend.services.errors import NotFound
+
+
+def load(session: Session, benchmark_id: int) -> tuple[Benchmark, list[BenchmarkRun]]:
+    """A benchmark and its finished runs in table order: variants as the benchmark listed them, then seeds."""
+    row = session.get(Benchmark, benchmark_id)
+    if row is None:
+        raise NotFound("benchmark", benchmark_id)
+    runs = session.scalars(
+        select(BenchmarkRun).where(BenchmarkRun.benchmark_id == benchmark_id).order_by(BenchmarkRun.id)
+    ).all()
+    order = {v: i for i, v in enumerate((row.info or {}).get("variants", []))}
+    return row, sorted(runs, key=lambda r: (order.get(r.variant, len(order)), r.seed))
+
+
+def run_rows(runs: list[BenchmarkRun]) -> list[dict[str, Any]]:
+    """Runs as the plain row dicts ``backend.reports`` consumes."""
+    return [
+        {
+            "variant": r.variant,
+            "seed": r.seed,
+            "overall_acc": r.overall_acc,
+            "per_class": r.per_class or {},
+            "val_acc": r.val_acc,
+            "epochs": r.epochs,
+            "best_epoch": (r.info or {}).get("best_epoch"),
+            "select_epoch": (r.info or {}).get("select_epoch"),
+            "validation": (r.info or {}).get("validation"),
+            "n_synthetic": r.n_synthetic,
+            "history": r.history or [],
+            "confusion": r.confusion or [],
+        }
+        for r in runs
+    ]
+
+
+def rows_of(session: Session, benchmark_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the benchmark's info, its run rows in table order)."""
+    row, runs = load(session, benchmark_id)
+    return dict(row.info or {}), run_rows(runs)
