@@ -72,6 +72,16 @@ class Settings(BaseSettings):
         return self.workspace.expanduser().resolve()
 
     @property
+    def tmp_dir(self) -> Path:
+        """Scratch space inside the workspace: spooled uploads, Gradio's uploads (never the system temp)."""
+        return self.workspace_dir / "tmp"
+
+    @property
+    def gradio_temp_dir(self) -> Path:
+        """Where Gradio keeps uploaded and cached files (``GRADIO_TEMP_DIR``)."""
+        return self.tmp_dir / "gradio"
+
+    @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.workspace_dir / 'rebalance.db'}"
 

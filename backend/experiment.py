@@ -144,7 +144,12 @@ class BenchmarkConfig(_Section):
     batch_size: int = Field(256, description="SGD batch size")
     lr: float = Field(0.1, description="peak learning rate per batch of 256 (cosine schedule with warm-up)")
     seeds: list[int] = Field(default_factory=lambda: [0], description="one run per variant and seed")
-    val_fraction: float = Field(0.1, description="training share held out to pick the best epoch (never the test set)")
+    val_fraction: float = Field(
+        0.1, description="share of the real kept images held out as one validation split per seed (never the test set)"
+    )
+    select_epoch: Literal["last", "best_balanced"] = Field(
+        "last", description="weights tested: last epoch, or best mean per-class validation accuracy (best_balanced)"
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"
     )
@@ -380,6 +385,7 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
             "lr": bench.lr,
             "seeds": bench.seeds,
             "val_fraction": bench.val_fraction,
+            "select_epoch": bench.select_epoch,
             "precision": bench.precision,
         }
 
@@ -563,18 +569,12 @@ def run_experiment(
 
 def write_outputs(db, benchmark_id: int, config: ExperimentConfig, out: Path, jobs: dict[str, int]) -> list[dict]:
     """results.csv, results.json, report.html and the config that ran (defaults filled in)."""
-    from backend.api.routes.benchmarks import run_rows
-    from backend.db.models import Benchmark, BenchmarkRun
     from backend.reports.html import render_report
     from backend.reports.tables import results_csv, results_json
+    from backend.services.benchmarks import rows_of
 
     with db.read_session() as s:
-        bench = s.get(Benchmark, benchmark_id)
-        info = dict(bench.info or {})
-        runs = s.query(BenchmarkRun).filter(BenchmarkRun.benchmark_id == benchmark_id).all()
-        order = {v: i for i, v in enumerate(info.get("variants", []))}
-        runs = sorted(runs, key=lambda r: (order.get(r.variant, len(order)), r.seed))
-        rows = run_rows(runs)
+        info, rows = rows_of(s, benchmark_id)
     classes, minority = info.get("classes", []), info.get("minority", [])
     resolved = config.model_dump(mode="json")
     meta = {"benchmark_id": benchmark_id, "model": info.get("model"), "device": info.get("device"), "jobs": jobs}

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from pathlib import Path
 
 from backend.config import Settings
 from backend.db.migrate import upgrade
 from backend.db.session import Database
+from backend.store import sweep_stale_tmp
+
+# Gradio keeps an upload until the studio posts it to /api/datasets/upload, minutes later; one an hour
+# old belongs to a session that is gone (a restart ends them all), so start-up removes it.
+GRADIO_UPLOAD_MAX_AGE_S = 3600.0
 
 
 class StartupError(Exception):
@@ -46,6 +53,45 @@ def open_database(settings: Settings, migrate: bool = True) -> Database:
     return db
 
 
+def use_workspace_temp(settings: Settings) -> None:
+    """Point Gradio's upload and cache folder at ``<workspace>/tmp/gradio`` instead of the system temp
+    directory. Gradio reads ``GRADIO_TEMP_DIR`` when the studio is built, so this runs before that."""
+    settings.gradio_temp_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(settings.gradio_temp_dir)
+
+
+def remove_old_files(directory: Path, max_age_s: float) -> int:
+    """Delete files under ``directory`` last modified over ``max_age_s`` ago, then the folders they
+    leave empty; returns how many files went. Symlinks are removed, never followed."""
+    removed = 0
+    cutoff = time.time() - max_age_s
+    for root, dirs, files in os.walk(directory, topdown=False):
+        for name in files:
+            path = Path(root, name)
+            try:
+                if path.lstat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        for name in dirs:
+            try:
+                Path(root, name).rmdir()  # only succeeds when empty
+            except OSError:
+                continue
+    return removed
+
+
+def clean_workspace(settings: Settings) -> None:
+    """Start-up cleanup: temp files of atomic writes whose process was killed, and old Gradio uploads."""
+    sweep_stale_tmp(settings.workspace_dir)
+    remove_old_files(settings.gradio_temp_dir, GRADIO_UPLOAD_MAX_AGE_S)
+
+
 def prepare(settings: Settings) -> Database:
+    """What every entry point runs first: a writable workspace that holds all temp files, cleaned of
+    what killed processes left, and a reachable, migrated database."""
     check_workspace(settings)
+    use_workspace_temp(settings)
+    clean_workspace(settings)
     return open_database(settings)

@@ -1,15 +1,81 @@
-"""The one way files are written under the workspace: atomically, and never outside it."""
+"""The one way files are written under the workspace: atomically, and never outside it.
+
+An atomic write goes to ``.<name>.<host>-<pid>-<random>.tmp`` beside its destination, then is renamed
+over it. A writer killed between the two leaves that temp file behind; the host and pid in its name
+tell a later process on the same host that its writer is gone, so ``sweep_stale_tmp`` can remove it
+without racing a live writer (another worker may be mid-write in the same workspace). Temp files
+from other hosts, or from writers that do not name themselves, are judged by age alone.
+
+The store sweeps each directory the first time it writes there, so a resumed job cleans up after the
+attempt that was killed; start-up sweeps the whole workspace.
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Temp files older than this are stale whoever wrote them: an atomic write takes seconds, and names
+# without a pid (other writers' ``.<name>.<random>.tmp``) can only be judged by age.
+STALE_TMP_AGE_S = 3600.0
+_TMP_WRITER = re.compile(r"^\..+\.([A-Za-z0-9]*)-(\d+)-[^.-]+\.tmp$")
+# This host in temp-file names: letters and digits only, so the name still parses (containers sharing
+# a workspace have different hostnames, and their pids mean nothing here).
+HOST_TAG = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(entry: os.DirEntry[str], now: float, max_age_s: float) -> bool:
+    if not (entry.name.startswith(".") and entry.name.endswith(".tmp")) or not entry.is_file(follow_symlinks=False):
+        return False
+    match = _TMP_WRITER.match(entry.name)
+    if match is not None and match.group(1) == HOST_TAG and not pid_alive(int(match.group(2))):
+        return True
+    try:
+        return now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
+    except FileNotFoundError:  # renamed into place meanwhile
+        return False
+
+
+def sweep_stale_tmp(directory: Path, *, recursive: bool = True, max_age_s: float = STALE_TMP_AGE_S) -> int:
+    """Remove temp files (``.*.tmp``) under ``directory`` whose writer died or that are older than
+    ``max_age_s``; returns how many were removed. Symlinks are neither followed nor removed."""
+    removed = 0
+    now = time.time()
+    pending = [Path(directory)]
+    while pending:
+        current = pending.pop()
+        try:
+            entries = list(os.scandir(current))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if recursive and entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+            elif _is_stale(entry, now, max_age_s):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 class FileStore:
@@ -17,6 +83,8 @@ class FileStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        self._swept: set[Path] = set()
+        self._lock = threading.Lock()
 
     def path(self, rel: str | Path) -> Path:
         """Absolute path of ``rel`` inside the store; refuses anything that escapes it."""
@@ -25,10 +93,19 @@ class FileStore:
             raise ValueError(f"path {str(rel)!r} escapes the workspace")
         return p
 
+    def _sweep_once(self, directory: Path) -> None:
+        """Sweep a directory the first time this store writes into it (one listing per process)."""
+        with self._lock:
+            if directory in self._swept:
+                return
+            self._swept.add(directory)
+        sweep_stale_tmp(directory, recursive=False)
+
     def write_bytes(self, rel: str | Path, data: bytes) -> Path:
         dest = self.path(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        self._sweep_once(dest.parent)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.{HOST_TAG}-{os.getpid()}-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -56,3 +133,7 @@ class FileStore:
 
     def exists(self, rel: str | Path) -> bool:
         return self.path(rel).exists()
+
+    def sweep_tmp(self) -> int:
+        """Remove stale temp files anywhere in the workspace (start-up); returns how many."""
+        return sweep_stale_tmp(self.root)

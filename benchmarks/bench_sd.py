@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.generation.diffusion import generate, load_pipeline  # noqa: E402
 from backend.generation.prompts import default_vocabulary  # noqa: E402
-from backend.generation.tiny import build_random_sd15_pipeline  # noqa: E402
+from benchmarks.sd15 import build_random_sd15_pipeline  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.training.models import build_model  # noqa: E402
-from backend.training.trainer import TrainConfig, train, uses_bf16  # noqa: E402
+from backend.training.trainer import TrainConfig, fit, uses_bf16  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -119,10 +119,8 @@ def trainer_epoch_seconds(
     images, labels, model_name: str, device: torch.device, batch: int, precision: str = "auto"
 ) -> float:
     """Seconds of the trainer's second epoch (the first warms up kernels and caches)."""
-    config = TrainConfig(
-        model=model_name, epochs=2, batch_size=batch, val_fraction=0.0, device=str(device), precision=precision
-    )
-    result = train((images, labels), images[:batch], labels[:batch], config, mean=MEAN, std=STD, num_classes=10)
+    config = TrainConfig(model=model_name, epochs=2, batch_size=batch, device=str(device), precision=precision)
+    result = fit((images, labels), config, mean=MEAN, std=STD, num_classes=10)
     return result.history[-1]["seconds"]
 
 

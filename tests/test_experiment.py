@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tarfile
 from collections.abc import Iterator
@@ -123,7 +124,13 @@ def test_small_study_end_to_end_and_rerun_reuses_jobs(tmp_path: Path) -> None:
     classes, rows = read_results_csv((out / "results.csv").read_text("utf-8"))
     assert classes == ["blue", "green", "red"]
     assert [(r["variant"], r["seed"]) for r in rows] == [("imbalanced", 0), ("full", 0)]
-    assert all(0 <= r["overall_acc"] <= 100 for r in rows)
+    runs = json.loads((out / "results.json").read_text("utf-8"))["rows"]
+    for run, row in zip(runs, rows, strict=True):
+        cm = np.asarray(run["confusion"])
+        assert row["overall_acc"] == pytest.approx(100 * np.trace(cm) / cm.sum(), abs=0.01)
+        # Both variants were selected on the same validation split, recorded with the row.
+        assert run["select_epoch"] == "last" and run["validation"] == runs[0]["validation"]
+    assert runs[0]["validation"]["size"] == sum(runs[0]["validation"]["counts"].values()) > 0
     assert '<th class="minority">green</th>' in (out / "report.html").read_text("utf-8")
     ran = parse_config(yaml.safe_load((out / "config.yaml").read_text("utf-8")))
     assert ran.benchmark.epochs == 2 and ran.selection.budget == 4950  # defaults filled in

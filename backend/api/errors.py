@@ -35,3 +35,13 @@ def field_error(loc: Sequence[Any], msg: str, type_: str = "value_error") -> Req
 async def validation_handler(_request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = clean_errors(exc.errors())
     return JSONResponse(status_code=422, content={"detail": errors, "message": summarize(errors)})
+
+
+async def domain_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """Domain errors raised by ``backend.services``: 404 not found, 409 not ready, 422 naming the field."""
+    from backend.services.errors import Invalid, NotFound
+
+    if isinstance(exc, Invalid):
+        errors = [{"loc": ["body", *exc.field.split(".")], "msg": exc.message, "type": "value_error"}]
+        return JSONResponse(status_code=422, content={"detail": errors, "message": summarize(errors)})
+    return JSONResponse(status_code=404 if isinstance(exc, NotFound) else 409, content={"detail": str(exc)})

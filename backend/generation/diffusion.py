@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,22 +27,14 @@ from diffusers import (
     AutoencoderTiny,
     AutoPipelineForImage2Image,
     AutoPipelineForText2Image,
-    DDIMScheduler,
     DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    LCMScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
 )
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from backend.core.hooks import NO_HOOKS, Hooks, Stopped
 from backend.generation.oom import halving_batches
 from backend.generation.prompts import PromptItem
+from backend.generation.schedulers import SCHEDULERS
 from backend.generation.tiny import build_tiny_pipeline, build_tiny_taesd
 
 log = logging.getLogger(__name__)
@@ -50,22 +43,6 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY = "tiny"
 HUB_PROBE_TIMEOUT_S = 5.0  # an unreachable hub must fail a job in seconds, not hang it
 
-# name -> (scheduler class, overrides on top of the model's own scheduler config)
-SCHEDULERS: dict[str, tuple[type, dict]] = {
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_2m_karras": (
-        DPMSolverMultistepScheduler,
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    "ddim": (DDIMScheduler, {}),
-    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),  # the reference study's (diffusers' SD default)
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "unipc": (UniPCMultistepScheduler, {}),
-    "lcm": (LCMScheduler, {}),
-}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 MODES = ("txt2img", "img2img")
 
@@ -177,8 +154,8 @@ def make_scheduler(name: str, config: dict) -> object:
     """Scheduler `name` configured with the model's noise schedule (`config`)."""
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler '{name}' is unknown; choose one of {', '.join(SCHEDULERS)}")
-    cls, overrides = SCHEDULERS[name]
-    return cls.from_config(config, **overrides)
+    cls, overrides, _label = SCHEDULERS[name]
+    return getattr(diffusers, cls).from_config(config, **overrides)
 
 
 def load_pipeline(

@@ -6,14 +6,14 @@ Core code: no web/DB imports; callers pass ``Hooks`` (progress, stop) and a devi
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 from torchvision.utils import make_grid
 
@@ -30,47 +30,35 @@ STATE_KIND = "dcgan"  # the checkpoint kind (backend.core.checkpoint)
 # ----------------------------------------------------------------------------------------------- config
 
 
-@dataclass(frozen=True)
-class GanConfig:
-    """Everything that defines a training run; stored in every checkpoint's header."""
+class GanConfig(BaseModel):
+    """Every setting of a training run, with its default and limit: the one home of the GAN's knobs (the
+    ``train_gan`` job params extend it). Stored in every checkpoint."""
 
-    image_size: int = 64  # output side in px: 64 (study) or 32 (one fewer up-sampling block)
-    epochs: int = 25  # passes over the source images (the job's loop bound; the trainer counts epochs done)
-    batch_size: int = 128  # images per optimiser step (capped at the number of source images)
-    lr: float = 5e-5  # Adam learning rate for both nets; the study found 5e-5 the most stable
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas, DCGAN's beta1 = 0.5
-    seed: int = 0  # initial weights, shuffling, augmentation, noise and the fixed sample-grid noise
-    augment: bool = True  # random vertical flip + random sharpness, each with p = 0.5
-    width: float = 1.0  # channel multiplier: 1.0 = 1024-512-256-128, 0.125 = 128-64-32-16 (CPU runs)
-    nz: int = 100  # latent vector length
-    amp: bool = True  # mixed precision on CUDA (bf16, or fp16 + GradScaler); ignored on CPU
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        if self.image_size not in (32, 64):
-            raise ValueError(f"image_size must be 64 or 32, got {self.image_size}")
-        if not 1 <= self.epochs <= 100_000:
-            raise ValueError(f"epochs must be between 1 and 100000, got {self.epochs}")
-        if not 1 <= self.batch_size <= 65_536:
-            raise ValueError(f"batch_size must be between 1 and 65536, got {self.batch_size}")
-        if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
-            raise ValueError(f"lr must be in (0, 1], got {self.lr}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not (math.isfinite(self.width) and 0 < self.width <= 4):
-            raise ValueError(f"width must be in (0, 4], got {self.width}")
+    image_size: Literal[64, 32] = Field(64, description="output side in px: 64 (the study) or 32 (one block fewer)")
+    epochs: int = Field(25, ge=1, le=100_000, description="passes over the source images (the study: 300)")
+    batch_size: int = Field(128, ge=1, le=65_536, description="images per step (capped at the number of images)")
+    lr: float = Field(5e-5, gt=0.0, le=1.0, description="Adam lr of both nets; the study found 5e-5 the most stable")
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas, DCGAN's beta1 = 0.5")
+    seed: int = Field(0, ge=0, description="weights, shuffling, augmentation, noise and the sample grid")
+    augment: bool = Field(True, description="random vertical flip + random sharpness, each with p = 0.5")
+    width: float = Field(1.0, gt=0.0, le=4.0, description="channel multiplier: 1.0 = 1024-512-256-128, 0.125 for CPUs")
+    nz: int = Field(100, ge=1, le=4096, description="latent vector length")
+    amp: bool = Field(True, description="mixed precision on CUDA (bf16, or fp16 + GradScaler); ignored on CPU")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("betas must be two numbers in [0, 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _width(self) -> GanConfig:
         if min(_scaled(GEN_CHANNELS, self.width)) < 1:
             raise ValueError(f"width {self.width} leaves a layer with no channels")
-        if not 1 <= self.nz <= 4096:
-            raise ValueError(f"nz must be between 1 and 4096, got {self.nz}")
-        # JSON round-trips give a list; keep the frozen value hashable and comparable.
-        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> GanConfig:
-        return cls(**json.loads(text))
+        return self
 
     def same_architecture(self, other: GanConfig) -> bool:
         return (self.image_size, self.width, self.nz) == (other.image_size, other.width, other.nz)
@@ -366,7 +354,7 @@ class GanTrainer:
         """Full training state (``backend.core.checkpoint``): both nets, both Adam states, RNG, epoch, history."""
         return save_state(
             {
-                "config": asdict(self.config),
+                "config": self.config.model_dump(),
                 "epoch": self.epoch,
                 "generator": self.generator.state_dict(),
                 "discriminator": self.discriminator.state_dict(),
@@ -475,8 +463,10 @@ def sample_images(
     batch_size: int = 256,
     amp_dtype: torch.dtype | None = None,
     on_batch_size: Callable[[int, str], None] | None = None,
-) -> np.ndarray:
-    """Images start..start+count-1 of the stream defined by `seed`, uint8 NHWC at `output_size` px.
+    with_full: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Images start..start+count-1 of the stream defined by `seed`, uint8 NHWC at `output_size` px
+    (with ``with_full``, also at the generator's own size: the gallery's review copies).
 
     On CUDA out-of-memory the batch is halved (``on_batch_size`` hears of it); images do not depend on
     the batch size, so the output is the same.
@@ -487,13 +477,18 @@ def sample_images(
         raise ValueError(f"output_size must be between 8 and 1024, got {output_size}")
     nz = generator.net[0].in_channels
     side = output_size or _output_side(generator)
+    full_side = _output_side(generator)
     out = np.empty((count, side, side, 3), dtype=np.uint8)
+    full = np.empty((count, full_side, full_side, 3), dtype=np.uint8) if with_full else None
 
     def batch(lo: int, n: int) -> None:
-        out[lo : lo + n] = generate(generator, latent_noise(seed, start + lo, n, nz), device, output_size, amp_dtype)
+        x = render(generator, latent_noise(seed, start + lo, n, nz), device, amp_dtype)
+        out[lo : lo + n] = to_uint8(x if output_size is None else resize_batch(x, output_size))
+        if full is not None:
+            full[lo : lo + n] = to_uint8(x)
 
     halving_batches(count, batch_size, batch, on_batch_size, what="GAN sampling batch")
-    return out
+    return (out, full) if full is not None else out
 
 
 def _output_side(generator: Generator) -> int:

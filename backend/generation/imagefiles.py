@@ -18,22 +18,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from backend.generation.schedulers import sampler_label
+
 JSON_KEY = "rebalance"
 WEBP_QUALITY = 90
-# Our scheduler names (see diffusion.SCHEDULERS) -> the "Sampler:" labels A1111-style tools use. Kept
-# here, free of torch/diffusers imports, so the API can validate scheduler names without loading them.
-SAMPLER_LABELS = {
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "ddim": "DDIM",
-    "pndm": "PLMS",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "heun": "Heun",
-    "lms": "LMS",
-    "unipc": "UniPC",
-    "lcm": "LCM",
-}
 
 
 def a1111_parameters(meta: dict[str, Any]) -> str:
@@ -44,7 +32,7 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
         lines.append(f"Negative prompt: {meta['negative_prompt']}")
     fields = [
         ("Steps", meta.get("steps")),
-        ("Sampler", SAMPLER_LABELS.get(meta.get("scheduler", ""), meta.get("scheduler"))),
+        ("Sampler", sampler_label(meta["scheduler"]) if meta.get("scheduler") else None),
         ("CFG scale", meta.get("guidance")),
         ("Seed", meta.get("seed")),
         ("Size", f"{meta['width']}x{meta['height']}" if "width" in meta and "height" in meta else None),

@@ -6,7 +6,7 @@ on SQLite through BEGIN IMMEDIATE, on PostgreSQL through ``FOR UPDATE SKIP LOCKE
 
 from __future__ import annotations
 
-import os
+import json
 import socket
 from datetime import timedelta
 from typing import Any
@@ -16,8 +16,36 @@ from sqlalchemy.exc import IntegrityError
 
 from backend.db.models import Job, JobLog, Worker, utcnow
 from backend.db.session import Database
+from backend.store import pid_alive
 
 FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key already names a job with another kind or other params."""
+
+    def __init__(self, key: str, job: Job, fields: list[str]) -> None:
+        self.key, self.job, self.fields = key, job, fields
+        super().__init__(
+            f"idempotency key {key!r} was already used for job {job.id} with a different "
+            f"{', '.join(fields)}; send the same request to get that job again, or use a new key"
+        )
+
+
+def _differences(job: Job, kind: str, params: dict[str, Any]) -> list[str]:
+    """What differs between a stored job and a new submit: ``kind`` and/or ``params.<name>`` entries."""
+    if job.kind != kind:
+        return ["kind"]
+    stored = job.params or {}
+    params = json.loads(json.dumps(params))  # as the JSON column gives it back: tuples become lists
+    return [f"params.{name}" for name in sorted(set(stored) | set(params)) if stored.get(name) != params.get(name)]
+
+
+def _same_or_conflict(job: Job, key: str, kind: str, params: dict[str, Any]) -> Job:
+    fields = _differences(job, kind, params)
+    if fields:
+        raise IdempotencyConflict(key, job, fields)
+    return job
 
 
 def submit(
@@ -28,12 +56,18 @@ def submit(
     idempotency_key: str | None = None,
     max_attempts: int = 3,
 ) -> tuple[Job, bool]:
-    """Queue a job. Returns (job, created); a known idempotency key returns the existing job."""
+    """Queue a job. Returns (job, created).
+
+    A known idempotency key with the same kind and params returns the existing job (a retried click);
+    with anything else it raises IdempotencyConflict, since silently returning the first job would
+    hide that the second request was never run. ``params`` are compared after validation, so both
+    sides carry the same defaults.
+    """
     if idempotency_key:
         with db.read_session() as s:
             existing = s.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
             if existing is not None:
-                return existing, False
+                return _same_or_conflict(existing, idempotency_key, kind, params), False
     try:
         with db.session() as s:
             job = Job(kind=kind, params=params, idempotency_key=idempotency_key, max_attempts=max_attempts)
@@ -41,9 +75,12 @@ def submit(
             s.flush()
             return job, True
     except IntegrityError:
-        # Two identical submits raced; the other one won.
+        if not idempotency_key:
+            raise
+        # Two submits with this key raced; the other one won.
         with db.read_session() as s:
-            return s.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one(), False
+            existing = s.scalars(select(Job).where(Job.idempotency_key == idempotency_key)).one()
+            return _same_or_conflict(existing, idempotency_key, kind, params), False
 
 
 def claim(db: Database, worker_id: str, lease_s: float, kinds: list[str] | None = None) -> Job | None:
@@ -189,7 +226,7 @@ def recover_dead_local_workers(db: Database) -> int:
     """On start: release jobs held by workers on this host whose process no longer exists."""
     host = socket.gethostname()
     with db.session() as s:
-        dead = [w.id for w in s.scalars(select(Worker).where(Worker.hostname == host)) if not _pid_alive(w.pid)]
+        dead = [w.id for w in s.scalars(select(Worker).where(Worker.hostname == host)) if not pid_alive(w.pid)]
         if not dead:
             return 0
         now = utcnow()
@@ -206,16 +243,6 @@ def recover_dead_local_workers(db: Database) -> int:
         ).rowcount
         s.execute(delete(Worker).where(Worker.id.in_(dead)))
         return n
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def add_logs(db: Database, job_id: int, lines: list[tuple[str, str]]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import plotly.offline
 
 from backend.reports.figures import confusion_heatmap, minority_vs_synthetic, per_class_bars, training_curves
-from backend.reports.tables import summarize, summary_html
+from backend.reports.tables import selection_note, summarize, summary_html
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; }
@@ -61,8 +61,7 @@ def render_report(
             "<body>",
             f"<h1>{esc(title)}</h1>",
             f"<p>Test accuracy in percent, mean ± std over seeds. Minority class: <b>{esc(', '.join(minority))}</b> "
-            "(highlighted). Checkpoints were chosen on a validation split of the training data, "
-            "never on the test set.</p>",
+            f"(highlighted). {esc(selection_note(rows, minority))}</p>",
             summary_html(summary, classes, minority),
             *divs,
             meta_block,

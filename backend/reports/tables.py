@@ -157,6 +157,20 @@ def summary_html(summary: Sequence[SummaryRow], classes: Sequence[str], minority
     )
 
 
+def selection_note(rows: Sequence[dict[str, Any]], minority: Sequence[str]) -> str:
+    """One sentence on how the tested weights were chosen and what the validation split holds, per seed."""
+    rules = sorted({r["select_epoch"] for r in rows if r.get("select_epoch")})
+    how = {"last": "the last epoch", "best_balanced": "the best mean per-class validation accuracy"}
+    text = (
+        f"Weights tested: {' / '.join(how.get(r, r) for r in rules) or 'not recorded'}; never chosen on the test set."
+    )
+    splits = {r["seed"]: r["validation"] for r in rows if r.get("validation")}
+    for seed, split in sorted(splits.items()):
+        held = sum(split["counts"].get(c, 0) for c in minority)
+        text += f" Validation split of seed {seed}: {split['size']} real images, {held} of the minority class."
+    return text
+
+
 def results_json(
     rows: Sequence[dict[str, Any]], classes: Sequence[str], minority: Sequence[str], meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.decomposition import PCA
 
 
 def subsample(n: int, max_n: int, seed: int) -> np.ndarray:
@@ -22,20 +23,19 @@ def subsample(n: int, max_n: int, seed: int) -> np.ndarray:
 
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit 2-D PCA by SVD on x (M, F): returns mean (F,), components (2, F), explained-variance ratio (2,)."""
+    """2-D PCA of x (M, F) with scikit-learn: mean (F,), components (2, F), explained-variance ratio (2,).
+
+    scikit-learn fixes each axis' sign, so maps of similar data do not flip around; with a single
+    feature the second axis is zero.
+    """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"PCA needs at least 2 feature rows, got shape {x.shape}")
-    mean = x.mean(axis=0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    var = s**2
-    ratio = var / max(var.sum(), 1e-12)
+    k = min(2, *x.shape)
+    pca = PCA(n_components=k, svd_solver="full").fit(x)
     comps = np.zeros((2, x.shape[1]))
-    comps[: min(2, len(vt))] = vt[:2]
-    # Fix each axis' sign (largest |loading| positive) so maps of similar data do not flip around.
-    signs = np.sign(comps[np.arange(2), np.abs(comps).argmax(axis=1)])
-    comps *= np.where(signs == 0, 1.0, signs)[:, None]
-    return mean, comps, np.pad(ratio[:2], (0, max(0, 2 - len(ratio))))
+    comps[:k] = pca.components_
+    return pca.mean_, comps, np.pad(pca.explained_variance_ratio_, (0, 2 - k))
 
 
 def build_feature_map(

@@ -18,68 +18,83 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backend.core.hooks import Stopped
 from backend.data.transforms import channel_stats
-from backend.selection.acquisition import get_heuristic
+from backend.selection.acquisition import ACQUISITIONS, get_heuristic
 from backend.selection.featuremap import build_feature_map, subsample
 from backend.selection.review import DEFAULT_NEAR_COPY_THRESHOLD, nearest_distances
-from backend.selection.scoring import ImageSource, Interrupted, extract_features, score_pool
+from backend.selection.scoring import ImageSource, extract_features, score_pool
+from backend.training.models import MODELS
+from backend.training.trainer import LOSSES
 
 Progress = Callable[..., None]
 STATE_VERSION = 1
 
 
-@dataclass
-class SelectionConfig:
-    """Every knob of a selection run (stored with the result)."""
+AcquisitionName = Literal[tuple(ACQUISITIONS)]  # type: ignore[valid-type]
+ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
 
-    budget: int = 4950  # picks in total (the study: 4,950 so the minority reaches 5,000 with its 50 real)
-    per_round: int = 50  # picks added per round
-    acquisition: str = "validity_then_bald"
-    threshold: float = 0.5  # validity_then_bald: minimum mean minority posterior
-    spread_factor: int = 4  # validity_then_bald: k-center over the top spread_factor * per_round
-    mc_samples: int = 20  # T stochastic head passes
-    model: str = "small"  # small | resnet18_cifar
-    dropout: float = 0.5  # head dropout of the MC-dropout classifier
-    epochs: int = 5  # classifier epochs per round
-    batch_size: int = 256  # classifier training batch
-    lr: float = 0.1  # classifier learning rate (per 256 examples, as in the trainer)
-    # Loss of the round classifier. class_weighted by default: with 50 minority images among thousands a
-    # plain cross-entropy model almost never gives the minority a posterior >= 0.5 (0 of 600 candidates in
-    # the evidence test), so "is it really the class?" needs a classifier that does not bake in the prior.
-    loss: str = "class_weighted"
-    seed: int = 0
+
+class SelectionSpec(BaseModel):
+    """The user's knobs of a selection run, each with its default, limit and meaning: their one home
+    (the ``select`` job params extend this; the experiment config's ``selection`` section overlays them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: int = Field(
+        4950, ge=1, le=1_000_000, description="picks in total (the study: 4,950, so 50 real + picks = 5,000)"
+    )
+    per_round: int = Field(50, ge=1, le=100_000, description="picks added per round (the study: 50)")
+    acquisition: AcquisitionName = Field("validity_then_bald", description="how candidates are ranked")
+    threshold: float = Field(0.5, ge=0, le=1, description="validity_then_bald: minimum mean minority posterior")
+    spread_factor: int = Field(
+        4, ge=1, le=100, description="validity_then_bald: k-center over the top factor x per_round"
+    )
+    mc_samples: int = Field(20, ge=1, le=1000, description="T stochastic MC-dropout head passes")
+    model: ModelName = Field("small", description="round classifier")
+    dropout: float = Field(0.5, gt=0, lt=1, description="head dropout of the MC-dropout classifier")
+    epochs: int = Field(5, ge=1, le=1000, description="classifier epochs per round")
+    batch_size: int = Field(256, ge=1, le=8192, description="classifier training batch")
+    lr: float = Field(0.1, gt=0, le=10, description="classifier learning rate per 256 examples")
+    # class_weighted by default: with 50 minority images among thousands a plain cross-entropy model almost
+    # never gives the minority a posterior >= 0.5 (0 of 600 candidates in the evidence test).
+    loss: LossName = Field("class_weighted", description="round classifier loss")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="training, dropout masks and random picks")
+    score_batch_size: int = Field(512, ge=1, le=65_536, description="pool images per scoring batch (memory: one)")
+    reserve: int | None = Field(None, ge=0, le=1_000_000, description="ranked replacements kept (default per_round)")
+    near_copy_threshold: float = Field(
+        DEFAULT_NEAR_COPY_THRESHOLD, ge=0, le=2, description="cosine distance under which a pick is a near-copy"
+    )
+
+    @model_validator(mode="after")
+    def _rounds(self) -> SelectionSpec:
+        if self.per_round > self.budget:
+            raise ValueError("per_round must not exceed budget")
+        return self
+
+
+class SelectionConfig(SelectionSpec):
+    """A run's whole configuration: the user's knobs plus what the caller decides (stored with the result)."""
+
     device: str = "cpu"
-    score_batch_size: int = 512  # pool images per scoring batch (memory is one batch)
     num_classes: int | None = None  # default: max(real_y) + 1
-    reserve: int | None = None  # ranked replacements kept at the end (default: per_round)
-    near_copy_threshold: float = DEFAULT_NEAR_COPY_THRESHOLD  # cosine distance, see review.py
-    map_real: int = 2000  # feature map: real training images shown (subsampled)
-    map_pool: int = 2000  # feature map: pool candidates shown (subsampled)
+    map_real: int = Field(2000, ge=1)  # feature map: real training images shown (subsampled)
+    map_pool: int = Field(2000, ge=1)  # feature map: pool candidates shown (subsampled)
     mean: list[float] | None = None  # normalisation (0-1 units); default: channel stats of real_x
     std: list[float] | None = None
 
     def validate(self, pool_size: int) -> None:
-        """Raise ValueError naming the field for any setting a user could get wrong."""
-        for name in ("budget", "per_round", "mc_samples", "epochs", "batch_size", "score_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        """Raise ValueError when the pools cannot fill the budget."""
         if self.budget > pool_size:
             raise ValueError(f"budget {self.budget} exceeds the {pool_size} candidates in the pools")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if not 0.0 < self.dropout < 1.0:
-            raise ValueError(f"dropout must be in (0, 1) for MC-dropout, got {self.dropout}")
-        if self.loss not in ("ce", "class_weighted", "logit_adjusted"):
-            raise ValueError(f"loss must be ce, class_weighted or logit_adjusted, got {self.loss!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        get_heuristic(self.acquisition)  # raises naming `acquisition`
 
 
 class TrainFn(Protocol):
@@ -276,7 +291,7 @@ def run_selection(
                 progress=sub(0.5, 0.9),
                 should_stop=stop,
             )
-        except Interrupted:
+        except Stopped:  # scoring's or the round trainer's stop
             return _result(state, stopped=True)
         t2 = time.perf_counter()
 
@@ -361,8 +376,3 @@ def _result(state: dict[str, Any], stopped: bool = False) -> SelectionResult:
         state=state,
         stopped=stopped,
     )
-
-
-def config_dict(config: SelectionConfig) -> dict[str, Any]:
-    """The config as a JSON-able dict (stored next to the result)."""
-    return asdict(config)

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch.nn as nn
 
-from backend.selection.scoring import Interrupted
-from backend.training.models import build_model
-from backend.training.trainer import TrainConfig, TrainingInterrupted, train
+from backend.core.hooks import Hooks
+from backend.training.trainer import TrainConfig, fit
 
-if TYPE_CHECKING:
-    from backend.selection.loop import SelectionConfig
+
+class RoundSettings(Protocol):
+    """The settings of a selection run that its round classifier uses (``SelectionConfig`` has them)."""
+
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    dropout: float
+    loss: str
+    device: str
 
 
 def train_classifier(
@@ -23,14 +31,15 @@ def train_classifier(
     num_classes: int,
     mean: Sequence[float],
     std: Sequence[float],
-    config: SelectionConfig,
+    config: RoundSettings,
     seed: int,
     should_stop: Callable[[], bool],
 ) -> nn.Module:
     """Train ``config.model`` with head dropout ``config.dropout`` on uint8 NHWC ``x``; returns it in eval mode.
 
-    No validation split (val_fraction 0): a round's classifier only ranks candidates, so every real
-    image is worth more as training data than as a checkpoint selector, and the last epoch is kept.
+    No validation split: a round's classifier only ranks candidates, so every real image is worth more
+    as training data than as a checkpoint selector, and the last epoch is kept. Raises
+    ``backend.core.hooks.Stopped`` when ``should_stop()`` turns True.
     """
     tc = TrainConfig(
         model=config.model,
@@ -39,25 +48,8 @@ def train_classifier(
         lr=config.lr,
         dropout=config.dropout,
         loss=config.loss,
-        val_fraction=0.0,
         seed=seed,
         device=config.device,
     )
-    # The trainer evaluates once on a test set; selection has none, so it gets an empty one.
-    empty_x = np.zeros((0, *x.shape[1:]), dtype=np.uint8)
-    try:
-        result = train(
-            (x, y),
-            empty_x,
-            np.zeros(0, np.int64),
-            tc,
-            mean=mean,
-            std=std,
-            num_classes=num_classes,
-            should_stop=should_stop,
-        )
-    except TrainingInterrupted as exc:
-        raise Interrupted(str(exc)) from exc
-    model = build_model(config.model, num_classes, dropout=config.dropout)
-    model.load_state_dict(result.model_state)
-    return model.to(config.device).eval()
+    result = fit((x, y), tc, mean=mean, std=std, num_classes=num_classes, hooks=Hooks(should_stop=should_stop))
+    return result.model

@@ -145,3 +145,10 @@ def export_variant(
     v = build_variant(ds, variant, imbalance)
     test = (ds.test_x, ds.test_y) if include_test else None
     return f"{row.name}-{variant}.zip", iter_zip(v, ds.classes, test=test)
+
+
+def discard_extraction(store: FileStore, upload_id: str) -> None:
+    """Remove the extracted files of an upload (the archive stays): a job that failed on them leaves
+    nothing behind, and the next job on the upload extracts it again."""
+    store.path(f"uploads/{upload_id}.extract.json").unlink(missing_ok=True)
+    shutil.rmtree(store.path(f"uploads/{upload_id}"), ignore_errors=True)

@@ -10,12 +10,12 @@ attempt skips `existing_indices` and re-adding an index overwrites the same file
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from backend.core.hooks import NO_HOOKS, Hooks, Stopped
@@ -168,3 +168,16 @@ def decode_pool(
         os.fsync(fh.fileno())
     tmp.replace(path)  # a half-written decode is never mistaken for a finished one
     return NpyRows(path)
+
+
+@contextmanager
+def dropped_if_left_empty(session: SessionFactory, pool_id: int) -> Iterator[None]:
+    """Around a generation: if it raises before writing any image, its empty pool row is deleted, so
+    failed runs leave nothing in the pool lists (a retry creates the pool again)."""
+    try:
+        yield
+    except BaseException:
+        with session() as s:
+            if not existing_indices(s, pool_id):
+                s.execute(delete(Pool).where(Pool.id == pool_id))
+        raise

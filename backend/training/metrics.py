@@ -1,23 +1,12 @@
-"""Accuracy metrics for classifier benchmarks. All accuracies are percentages (0-100)."""
+"""Accuracy metrics from a confusion matrix (rows = true class, as ``sklearn.metrics.confusion_matrix``).
+
+All accuracies are percentages (0-100)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
-
-
-def confusion_matrix(
-    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, num_classes: int
-) -> np.ndarray:
-    """(num_classes, num_classes) int64 counts; row = true class, column = predicted class."""
-    t = np.asarray(y_true, dtype=np.int64).ravel()
-    p = np.asarray(y_pred, dtype=np.int64).ravel()
-    if t.shape != p.shape:
-        raise ValueError(f"y_true and y_pred differ in length: {t.shape[0]} vs {p.shape[0]}")
-    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes})")
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
@@ -26,6 +15,13 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
     support = cm.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(support > 0, 100.0 * np.diag(cm) / support, np.nan)
+
+
+def mean_class_accuracy(confusion: np.ndarray) -> float:
+    """Mean recall over the classes with samples, in percent (balanced accuracy; NaN when there are none)."""
+    per_class = per_class_accuracy(confusion)
+    present = per_class[~np.isnan(per_class)]
+    return float(present.mean()) if present.size else float("nan")
 
 
 def overall_accuracy(confusion: np.ndarray) -> float:

@@ -1,14 +1,19 @@
-"""The classifier trainer: one readable loop in the spirit of airbench.
+"""The classifier trainer: one readable loop in the spirit of airbench, in two steps.
 
-Sections in reading order: configuration -> data (uint8 tensors resident on the device, batched
-augmentation, no DataLoader) -> validation split -> loss -> schedule -> training loop -> evaluation ->
-checkpoint state (safetensors + JSON, never pickle).
+``fit`` trains on a training set and returns the weights of the chosen epoch; ``evaluate`` measures
+per-class accuracy of a model on held-out images (a validation split while fitting, the test set once
+afterwards). Sections in reading order: configuration -> data (uint8 tensors resident on the device,
+batched augmentation, no DataLoader) -> loss -> schedule -> evaluation -> fit -> checkpoint state.
 
-Honest evaluation: the checkpoint is chosen by accuracy on a validation split carved from the
-*training* data (stratified, seeded); the test set is looked at once, with the chosen weights.
+Honest evaluation: ``fit`` never sees the test set. The validation split is handed in by the caller (the
+benchmark carves one per dataset, imbalance and seed and gives the same one to every variant; see
+``validation_split``), and any training image byte-identical to a validation image is dropped, so no copy
+of a validation image (an oversampled repeat, the same picture under another index) trains. The epoch is
+``select_epoch``: "last" (the end of the schedule, no selection) or "best_balanced" (best mean per-class
+validation accuracy, so a minority class of a few images counts as much as a class of thousands).
 
 Repeatability: the same config and seed give bitwise-identical results on CPU (same thread count); a run
-resumed from an ``on_epoch_end`` state continues exactly as if it had not stopped. On CUDA, cuDNN picks
+resumed from a checkpointed state continues exactly as if it had not stopped. On CUDA, cuDNN picks
 algorithms per shape, so runs agree closely but not bitwise.
 """
 
@@ -16,25 +21,27 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix
+from sklearn.model_selection import train_test_split
 
+from backend.core.hooks import NO_HOOKS, Hooks
 from backend.data.transforms import normalize, random_crop_flip, strong_augment
-from backend.training.metrics import confusion_matrix, overall_accuracy, per_class_accuracy
+from backend.training.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
 from backend.training.models import MODELS, Classifier, build_model
 
-Progress = Callable[..., None]
 LOSSES = ("ce", "class_weighted", "logit_adjusted")
 PRECISIONS = ("auto", "fp32", "bf16")
+SELECT_EPOCHS = ("last", "best_balanced")
+CHECKPOINT_KIND = "trainer"  # the ``kind`` of ``backend.core.checkpoint.save_state`` for a fit state
 
 
 def cpu_has_native_bf16() -> bool:
@@ -76,17 +83,18 @@ class TrainConfig:
     loss: Literal["ce", "class_weighted", "logit_adjusted"] = "ce"  # see ``make_loss``
     logit_adjust_tau: float = 1.0  # weight of the log-prior offset for loss="logit_adjusted" (Menon et al.: 1)
     dropout: float = 0.0  # dropout probability in the classifier head (MC-dropout uses > 0)
-    val_fraction: float = 0.1  # share of each class's real training images held out to pick the checkpoint
-    seed: int = 0  # seeds weights, data order, augmentation, dropout and the validation split
+    select_epoch: Literal["last", "best_balanced"] = "last"  # which epoch's weights ``fit`` returns
+    seed: int = 0  # seeds weights, data order, augmentation and dropout
     device: str = "cpu"  # "cpu" or "cuda"; channels_last memory format on both
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # autocast dtype; see ``uses_bf16``
     eval_batch_size: int = 1024  # examples per forward pass during evaluation
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model: unknown model {self.model!r}; choose one of {sorted(MODELS)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss: unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
+        choices = {"model": (self.model, sorted(MODELS)), "loss": (self.loss, LOSSES)}
+        choices |= {"precision": (self.precision, PRECISIONS), "select_epoch": (self.select_epoch, SELECT_EPOCHS)}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name}: unknown value {value!r}; choose one of {list(allowed)}")
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
@@ -96,7 +104,6 @@ class TrainConfig:
             "warmup_epochs": self.warmup_epochs is None or 0 <= self.warmup_epochs <= self.epochs,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "dropout": 0 <= self.dropout < 1,
-            "val_fraction": 0 <= self.val_fraction < 1,
             "eval_batch_size": self.eval_batch_size >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -104,8 +111,6 @@ class TrainConfig:
             raise ValueError(f"invalid training config value for {', '.join(bad)}: " + str(self.to_dict()))
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def warmup(self) -> int:
@@ -125,31 +130,36 @@ class TrainConfig:
         return cls(**values)
 
 
-class TrainingInterrupted(Exception):
-    """``should_stop()`` returned True; resume from the last ``on_epoch_end`` state."""
+@dataclass
+class FitResult:
+    """Outcome of ``fit``: the model with the chosen epoch's weights and the per-epoch history."""
+
+    model: Classifier  # weights of epoch ``epoch``, in eval mode, on the config's device
+    history: list[dict[str, Any]]  # per epoch: epoch, train_loss, train_acc, val_acc, val_balanced (%), lr, seconds
+    epoch: int  # 1-based epoch whose weights ``model`` holds
+    num_train: int  # training images after dropping copies of validation images
+    num_val: int
+    config: dict[str, Any]
+    seconds: float
+
+    @property
+    def val_acc(self) -> float | None:
+        """Overall validation accuracy % of the chosen epoch (None without a validation split)."""
+        return self.history[self.epoch - 1]["val_acc"]
 
 
 @dataclass
-class TrainResult:
-    """Outcome of one run: best-checkpoint weights and everything a benchmark row needs."""
+class Scores:
+    """Accuracy of a model on labelled images, in percent."""
 
-    model_state: dict[str, torch.Tensor]  # weights of the chosen (best-validation) epoch, on CPU
-    history: list[dict[str, Any]]  # per epoch: epoch, train_loss, train_acc %, val_acc %, lr, seconds
-    best_epoch: int  # 1-based epoch whose weights were kept
-    val_acc: float | None  # validation accuracy % of that epoch (None without a validation split)
-    test_acc: float  # overall test accuracy %
-    test_per_class: list[float | None]  # test accuracy % per class index (None: class absent from test)
-    confusion: list[list[int]]  # test confusion matrix, rows = true class
-    num_train: int
-    num_val: int
-    config: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
+    accuracy: float  # share of all images classified correctly (NaN for no images)
+    per_class: list[float | None]  # recall per class index; None for a class without images
+    confusion: list[list[int]]  # rows = true class, columns = predicted class
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (without the weights)."""
-        out = dataclasses.asdict(self)
-        out.pop("model_state")
-        return out
+    @property
+    def balanced(self) -> float:
+        """Mean per-class accuracy over the classes present (NaN for no images)."""
+        return mean_class_accuracy(np.asarray(self.confusion))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -161,43 +171,64 @@ class _Data:
     images: np.ndarray  # uint8 (N, H, W, 3)
     labels: np.ndarray  # int64 (N,)
     strong_mask: np.ndarray  # bool (N,): apply strong_augment at train time
-    val_eligible: np.ndarray  # bool (N,): may be held out for validation (real, not an augmented repeat)
     class_weights: np.ndarray | None
     num_classes: int | None
 
 
 def _unpack(data: Any) -> _Data:
-    """Accept a ``backend.data.variants.Variant`` (duck-typed) or an ``(images, labels)`` tuple."""
+    """Accept a ``backend.data.variants.Variant`` (duck-typed) or an ``(images, labels[, strong])`` tuple."""
     if isinstance(data, tuple | list):
         images, labels = data[0], data[1]
         strong = data[2] if len(data) > 2 else None
-        weights, origin, classes = None, None, None
+        weights, classes = None, None
     else:
         images, labels = data.images, data.labels
         strong = getattr(data, "strong_aug_mask", None)
         weights = getattr(data, "class_weights", None)
-        origin = getattr(data, "origin", None)
         classes = getattr(data, "classes", None)
     images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != n:
         raise ValueError(f"training images must be uint8 (N,H,W,3) matching {n} labels, got {images.shape}")
-    if n == 0:
-        raise ValueError("the training set is empty")
-    strong_mask = np.zeros(n, bool) if strong is None else np.asarray(strong, dtype=bool)
-    real = np.ones(n, bool)
-    if origin is not None and not isinstance(origin, str) and len(origin) == n:
-        # Validation should measure real images: synthetic ones always stay in the training split.
-        real = np.asarray([str(o).startswith("real") for o in origin])
     return _Data(
         images=images,
         labels=labels,
-        strong_mask=strong_mask,
-        val_eligible=real & ~strong_mask,
+        strong_mask=np.zeros(n, bool) if strong is None else np.asarray(strong, dtype=bool),
         class_weights=None if weights is None else np.asarray(weights, dtype=np.float32),
         num_classes=len(classes) if classes is not None else None,
     )
+
+
+def _digests(images: np.ndarray) -> list[bytes]:
+    return [hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest() for im in images]
+
+
+def copies_of(images: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """bool (N,): ``images[i]`` is byte-identical to some image of ``others``."""
+    if len(others) == 0:
+        return np.zeros(len(images), bool)
+    seen = set(_digests(others))
+    return np.fromiter((d in seen for d in _digests(images)), dtype=bool, count=len(images))
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified, seeded validation split of ``fraction`` of ``labels``.
+
+    scikit-learn's stratified shuffle split (its ``train_test_split``), so each class gives about its
+    share. A class with a single sample cannot be split and always trains. ``fraction`` 0: no split.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if fraction <= 0 or len(labels) == 0:
+        return np.zeros(0, np.int64)
+    splittable = np.flatnonzero(np.bincount(labels)[labels] >= 2)
+    try:
+        _, val = train_test_split(
+            splittable, test_size=fraction, stratify=labels[splittable], random_state=seed, shuffle=True
+        )
+    except ValueError as exc:  # e.g. fewer validation images than classes
+        raise ValueError(f"val_fraction: cannot split {len(labels)} images with {fraction}: {exc}") from exc
+    return np.sort(val)
 
 
 def _to_device_nchw(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -206,54 +237,6 @@ def _to_device_nchw(images: np.ndarray, device: torch.device) -> torch.Tensor:
     if not arr.flags.writeable:  # read-only memory maps: torch wants writable memory
         arr = arr.copy()
     return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).contiguous()
-
-
-def content_groups(images: np.ndarray) -> np.ndarray:
-    """(N,) group id per image; byte-identical images (e.g. oversampled repeats) share one id."""
-    seen: dict[bytes, int] = {}
-    groups = np.empty(len(images), dtype=np.int64)
-    for i in range(len(images)):
-        digest = hashlib.blake2b(np.ascontiguousarray(images[i]).tobytes(), digest_size=16).digest()
-        groups[i] = seen.setdefault(digest, len(seen))
-    return groups
-
-
-def stratified_split(
-    labels: np.ndarray,
-    val_fraction: float,
-    seed: int,
-    *,
-    groups: np.ndarray | None = None,
-    eligible: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (train, val): per class, round(val_fraction * n) groups go to validation.
-
-    ``groups``: samples sharing an id land on the same side (copies never straddle the split), and only
-    the first member of a held-out group is kept for validation. ``eligible``: only these samples may be
-    held out; the rest always train. A class keeps at least one group for training.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    n = len(labels)
-    groups = np.arange(n) if groups is None else np.asarray(groups)
-    eligible = np.ones(n, bool) if eligible is None else np.asarray(eligible, dtype=bool)
-    rng = np.random.default_rng(seed)
-    held_groups: list[np.ndarray] = []
-    for c in np.unique(labels):
-        in_class = labels == c
-        cand = np.unique(groups[in_class & eligible])
-        # Groups with an ineligible member (e.g. the augmented repeats) must train; so does every group
-        # of a class if holding one out would leave the class without training data.
-        cand = np.setdiff1d(cand, groups[in_class & ~eligible])
-        total = len(np.unique(groups[in_class]))
-        k = min(int(math.floor(val_fraction * len(cand) + 0.5)), len(cand), total - 1)
-        if k > 0:
-            held_groups.append(rng.permutation(cand)[:k])
-    held = np.concatenate(held_groups) if held_groups else np.empty(0, dtype=groups.dtype)
-    in_val = np.isin(groups, held)
-    train_idx = np.flatnonzero(~in_val)
-    _, first = np.unique(groups[in_val], return_index=True)
-    val_idx = np.sort(np.flatnonzero(in_val)[first])
-    return train_idx, val_idx
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -308,33 +291,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
 # Evaluation
 
 
-@torch.no_grad()
-def predict(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    mean,
-    std,
-    device: torch.device,
-    batch_size: int = 1024,
-    bf16: bool | None = None,
-) -> torch.Tensor:
-    """Argmax predictions for uint8 NCHW ``images`` (already on ``device``), without augmentation.
-
-    ``bf16``: autocast to bf16; None follows ``uses_bf16("auto", device)``.
-    """
-    bf16 = uses_bf16("auto", device) if bf16 is None else bf16
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = _prepare(images[start : start + batch_size], mean, std)
-        with _autocast(device, bf16):
-            out.append(model(x).argmax(1))
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64, device=device)
-
-
-def _prepare(x_u8: torch.Tensor, mean, std) -> torch.Tensor:
+def _prepare(x_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     # channels_last picks the fastest convolution kernels: cuDNN's NHWC tensor-core ones on CUDA and
     # oneDNN's blocked ones on CPU (1.7x for ``small`` on 2 cores, same fp32 arithmetic).
     return normalize(x_u8, mean, std).contiguous(memory_format=torch.channels_last)
@@ -344,56 +301,107 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, images: np.ndarray, *, mean, std, batch_size: int = 1024, precision: str = "auto"
+) -> np.ndarray:
+    """int64 (N,) argmax classes of ``model`` for uint8 (N, H, W, 3) ``images``, without augmentation.
+
+    mean/std: per-channel statistics in 0-1 units, as used in training. Runs on the model's device.
+    """
+    device = next(model.parameters()).device
+    bf16 = uses_bf16(precision, device)
+    mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
+    was_training = model.training
+    model.eval()
+    preds = []
+    for start in range(0, len(images), batch_size):
+        x = _to_device_nchw(images[start : start + batch_size], device)
+        with _autocast(device, bf16):
+            preds.append(model(_prepare(x, mean_t, std_t)).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    mean,
+    std,
+    num_classes: int,
+    batch_size: int = 1024,
+    precision: str = "auto",
+) -> Scores:
+    """Accuracy of ``model`` on ``images`` with int ``labels`` (see :func:`predict`)."""
+    pred = predict(model, images, mean=mean, std=std, batch_size=batch_size, precision=precision)
+    cm = confusion_matrix(np.asarray(labels, dtype=np.int64), pred, labels=np.arange(num_classes))
+    per_class = [None if math.isnan(a) else float(a) for a in per_class_accuracy(cm)]
+    return Scores(accuracy=overall_accuracy(cm), per_class=per_class, confusion=cm.tolist())
+
+
+def chosen_epoch(history: list[dict[str, Any]], select_epoch: str) -> int:
+    """The 1-based epoch ``select_epoch`` picks from ``history``: the last, or the best mean per-class
+    validation accuracy ("best_balanced"; ties go to the later epoch, which has seen more steps)."""
+    if select_epoch == "last":
+        return len(history)
+    best = 0
+    for i, h in enumerate(history):
+        if h["val_balanced"] >= history[best]["val_balanced"]:
+            best = i
+    return best + 1
+
+
 # ----------------------------------------------------------------------------------------------------
-# Training
+# Fit
 
 
-def train(
+def fit(
     data: Any,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
     config: TrainConfig,
     *,
     mean,
     std,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
     num_classes: int | None = None,
-    progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    resume_state: dict[str, Any] | None = None,
-    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-) -> TrainResult:
-    """Train ``config.model`` on ``data`` (a Variant or (images, labels)); evaluate once on the test set.
+    hooks: Hooks = NO_HOOKS,
+    resume: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``config.model`` on ``data`` (a Variant or (images, labels[, strong_mask])).
 
-    test_x: uint8 (N, H, W, 3); test_y: int64 (N,). mean/std: per-channel stats in 0-1 units (the full
-    set's, as the study normalises every variant alike). ``progress(fraction, message)`` is called every
-    step; ``should_stop()`` is checked every step and raises TrainingInterrupted. ``on_epoch_end(epoch,
-    state)`` receives a resumable state after each epoch (persist it with ``state_to_safetensors``);
-    pass it back as ``resume_state`` to continue exactly where it stopped.
+    val: (uint8 (M, H, W, 3), labels (M,)) measured after every epoch; training images byte-identical to
+    one of them are dropped. mean/std: per-channel stats in 0-1 units (the full set's, as the study
+    normalises every variant alike). ``hooks.progress`` gets every step, ``hooks.stop_point`` raises
+    ``Stopped`` between steps, ``hooks.checkpoint`` gets a resumable state after every epoch (persist it
+    with ``backend.core.checkpoint.save_state(state, CHECKPOINT_KIND)``); pass it back as ``resume`` to
+    continue exactly where it stopped.
     """
     started = time.perf_counter()
     d = _unpack(data)
-    test_y = np.asarray(test_y, dtype=np.int64)
-    k = num_classes or d.num_classes or int(max(d.labels.max(), test_y.max() if len(test_y) else 0)) + 1
-    if d.labels.min() < 0 or d.labels.max() >= k or (len(test_y) and test_y.max() >= k):
+    vx, vy = (np.zeros((0, *d.images.shape[1:]), np.uint8), np.zeros(0, np.int64)) if val is None else val
+    vy = np.asarray(vy, dtype=np.int64)
+    k = num_classes or d.num_classes or int(max(d.labels.max(initial=0), vy.max(initial=0))) + 1
+    if d.labels.min(initial=0) < 0 or d.labels.max(initial=0) >= k or vy.max(initial=0) >= k:
         raise ValueError(f"labels must lie in [0, {k})")
     if d.class_weights is not None and d.class_weights.shape != (k,):
         raise ValueError(f"class_weights: expected {k} values, got {d.class_weights.shape}")
+    if config.select_epoch == "best_balanced" and len(vy) == 0:
+        raise ValueError("select_epoch: 'best_balanced' needs a validation split")
+    keep = np.flatnonzero(~copies_of(d.images, vx))
+    if len(keep) == 0:
+        raise ValueError("the training set is empty")
     device = torch.device(config.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device: 'cuda' requested but no CUDA device is available")
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its kernels once
 
-    # -- validation split (from the training data, never the test set) --------------------------------
-    train_idx, val_idx = stratified_split(
-        d.labels, config.val_fraction, config.seed, groups=content_groups(d.images), eligible=d.val_eligible
-    )
-    x_train = _to_device_nchw(d.images[train_idx], device)
-    y_train = torch.from_numpy(d.labels[train_idx]).to(device)
-    strong = torch.from_numpy(d.strong_mask[train_idx]).to(device)
+    x_train = _to_device_nchw(d.images[keep], device)
+    y_train = torch.from_numpy(d.labels[keep]).to(device)
+    strong = torch.from_numpy(d.strong_mask[keep]).to(device)
     any_strong = bool(strong.any())
-    x_val = _to_device_nchw(d.images[val_idx], device)
-    y_val = torch.from_numpy(d.labels[val_idx]).to(device)
+    mean_t, std_t = (torch.as_tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
 
     # -- network, optimiser, loss ------------------------------------------------------------------
     torch.manual_seed(config.seed)  # weights and dropout masks (dropout draws from the global RNG)
@@ -404,8 +412,8 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=peak_lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    loss_fn = make_loss(config, d.labels[train_idx], k, d.class_weights, device)
-    n = len(train_idx)
+    loss_fn = make_loss(config, d.labels[keep], k, d.class_weights, device)
+    n = len(keep)
     bs = min(config.batch_size, n)
     steps_per_epoch = max(n // bs, 1)
     total_steps = steps_per_epoch * config.epochs
@@ -413,10 +421,10 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)  # data order + augmentation, drawn on CPU
 
     history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "val_acc": None, "model": None}
+    best: dict[str, Any] = {"epoch": 0, "model": None}  # kept only for select_epoch="best_balanced"
     start_epoch = 0
-    if resume_state is not None:
-        start_epoch = _restore(resume_state, config, model, optimizer, generator, history, best, device)
+    if resume is not None:
+        start_epoch = _restore(resume, config, model, optimizer, generator, history, best)
 
     # -- loop ------------------------------------------------------------------------------------------
     model.train()
@@ -427,8 +435,7 @@ def train(
         seen = 0
         perm = torch.randperm(n, generator=generator).to(device)
         for i in range(steps_per_epoch):
-            if should_stop is not None and should_stop():
-                raise TrainingInterrupted(f"stopped during epoch {epoch + 1}")
+            hooks.stop_point(f"during epoch {epoch + 1}")
             step = epoch * steps_per_epoch + i
             lr = lr_at(step, total_steps, warmup_steps, peak_lr)
             for group in optimizer.param_groups:
@@ -439,7 +446,7 @@ def train(
                 mask = strong[idx]
                 if bool(mask.any()):
                     xb[mask] = strong_augment(xb[mask], generator=generator)
-            xb = _prepare(random_crop_flip(xb, pad=4, flip=True, generator=generator), mean, std)
+            xb = _prepare(random_crop_flip(xb, pad=4, flip=True, generator=generator), mean_t, std_t)
             with _autocast(device, bf16):
                 logits = model(xb)
             loss = loss_fn(logits, yb)
@@ -450,53 +457,51 @@ def train(
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-            if progress is not None:
-                progress((step + 1) / total_steps, f"epoch {epoch + 1}/{config.epochs}")
+            hooks.progress((step + 1) / total_steps, f"epoch {epoch + 1}/{config.epochs}")
 
-        val_acc = None
-        if len(val_idx):
-            preds = predict(model, x_val, mean, std, device, config.eval_batch_size, bf16)
-            val_acc = float(100.0 * (preds == y_val).float().mean().item())
+        scores = None
+        if len(vy):
+            scores = evaluate(
+                model,
+                vx,
+                vy,
+                mean=mean,
+                std=std,
+                num_classes=k,
+                batch_size=config.eval_batch_size,
+                precision=config.precision,
+            )
         history.append(
             {
                 "epoch": epoch + 1,
                 "train_loss": float(loss_sum.item() / seen),
                 "train_acc": float(100.0 * correct.item() / seen),
-                "val_acc": val_acc,
+                "val_acc": None if scores is None else scores.accuracy,
+                "val_balanced": None if scores is None else scores.balanced,
                 "lr": lr,
                 "seconds": time.perf_counter() - t0,
             }
         )
-        # Keep the best validation epoch (ties go to the later one); without validation, the last epoch.
-        if val_acc is None or best["val_acc"] is None or val_acc >= best["val_acc"]:
-            best = {"epoch": epoch + 1, "val_acc": val_acc, "model": _cpu_copy(model.state_dict())}
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, _snapshot(epoch + 1, config, model, optimizer, generator, history, best))
+        if config.select_epoch != "last" and chosen_epoch(history, config.select_epoch) == epoch + 1:
+            best = {"epoch": epoch + 1, "model": _cpu_copy(model.state_dict())}
+        if hooks.checkpoint is not None:
+            hooks.checkpoint(_snapshot(epoch + 1, config, model, optimizer, generator, history, best))
 
-    # -- evaluation: once, on the test set, with the chosen weights ----------------------------------------
     if best["model"] is not None:
         model.load_state_dict(best["model"])
-    x_test = _to_device_nchw(np.asarray(test_x), device)
-    preds = predict(model, x_test, mean, std, device, config.eval_batch_size, bf16).cpu().numpy()
-    cm = confusion_matrix(test_y, preds, k)
-    per_class = [None if math.isnan(a) else float(a) for a in per_class_accuracy(cm)]
-    return TrainResult(
-        model_state=_cpu_copy(model.state_dict()),
+    return FitResult(
+        model=model.eval(),
         history=history,
-        best_epoch=int(best["epoch"]),
-        val_acc=best["val_acc"],
-        test_acc=overall_accuracy(cm),
-        test_per_class=per_class,
-        confusion=cm.tolist(),
+        epoch=chosen_epoch(history, config.select_epoch),
         num_train=n,
-        num_val=len(val_idx),
+        num_val=len(vy),
         config=config.to_dict(),
         seconds=time.perf_counter() - started,
     )
 
 
 # ----------------------------------------------------------------------------------------------------
-# Checkpoint state
+# Checkpoint state (a nest of tensors and JSON values; ``backend.core.checkpoint`` stores it)
 
 
 def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -526,85 +531,23 @@ def _snapshot(epoch, config, model, optimizer, generator, history, best) -> dict
             "cuda": torch.cuda.get_rng_state() if torch.device(config.device).type == "cuda" else None,
         },
         "history": [dict(h) for h in history],
-        "best": {"epoch": best["epoch"], "val_acc": best["val_acc"], "model": best["model"]},
+        "best": dict(best),
     }
 
 
-def _restore(state, config, model, optimizer, generator, history, best, device) -> int:
+def _restore(state, config, model, optimizer, generator, history, best) -> int:
     """Load a snapshot into the live objects; returns the number of epochs already done."""
-    # Keys added to TrainConfig since the state was saved take their defaults (e.g. ``precision``).
-    saved = {k: v for k, v in {**TrainConfig().to_dict(), **state["config"]}.items() if k != "device"}
+    saved = {k: v for k, v in state["config"].items() if k != "device"}
     now = {k: v for k, v in config.to_dict().items() if k != "device"}
     if saved != now:
-        diff = sorted(k for k in now if saved.get(k) != now[k])
-        raise ValueError(f"resume_state was saved with a different config ({', '.join(diff)})")
+        diff = sorted(k for k in now.keys() | saved.keys() if saved.get(k) != now.get(k))
+        raise ValueError(f"resume state was saved with a different config ({', '.join(diff)})")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["rng"]["data"])
     torch.set_rng_state(state["rng"]["torch"])
-    if device.type == "cuda" and state["rng"].get("cuda") is not None:
+    if torch.device(config.device).type == "cuda" and state["rng"]["cuda"] is not None:
         torch.cuda.set_rng_state(state["rng"]["cuda"])
     history.extend(dict(h) for h in state["history"])
     best.update(state["best"])
     return int(state["epoch"])
-
-
-def state_to_safetensors(state: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """Split an ``on_epoch_end`` state into safetensors bytes (all tensors) and a JSON-ready dict (the rest)."""
-    tensors: dict[str, torch.Tensor] = {}
-    for k, v in state["model"].items():
-        tensors[f"model.{k}"] = v
-    if state["best"]["model"] is not None:
-        for k, v in state["best"]["model"].items():
-            tensors[f"best.{k}"] = v
-    optim_meta: dict[str, Any] = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
-    for pid, entries in state["optimizer"]["state"].items():
-        optim_meta["state"][str(pid)] = {}
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{pid}.{name}"] = value
-            else:
-                optim_meta["state"][str(pid)][name] = value
-    for name, value in state["rng"].items():
-        if value is not None:
-            tensors[f"rng.{name}"] = value
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    meta = {
-        "epoch": state["epoch"],
-        "config": state["config"],
-        "history": state["history"],
-        "best": {"epoch": state["best"]["epoch"], "val_acc": state["best"]["val_acc"]},
-        "has_best_model": state["best"]["model"] is not None,
-        "optimizer": optim_meta,
-    }
-    json.dumps(meta)  # fail here, not at write time, if anything is not JSON-serialisable
-    return safetensors.torch.save(tensors), meta
-
-
-def state_from_safetensors(data: bytes, meta: dict[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`state_to_safetensors`."""
-    tensors = safetensors.torch.load(data)
-
-    def section(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    optim_state: dict[int, dict[str, Any]] = {}
-    for pid, entries in meta["optimizer"]["state"].items():
-        optim_state[int(pid)] = dict(entries)
-    for key, value in section("optim.").items():
-        pid, name = key.split(".", 1)
-        optim_state.setdefault(int(pid), {})[name] = value
-    rng = section("rng.")
-    return {
-        "epoch": meta["epoch"],
-        "config": meta["config"],
-        "model": section("model."),
-        "optimizer": {"state": optim_state, "param_groups": meta["optimizer"]["param_groups"]},
-        "rng": {"data": rng["data"], "torch": rng["torch"], "cuda": rng.get("cuda")},
-        "history": meta["history"],
-        "best": {
-            "epoch": meta["best"]["epoch"],
-            "val_acc": meta["best"]["val_acc"],
-            "model": section("best.") if meta["has_best_model"] else None,
-        },
-    }

@@ -47,7 +47,8 @@ def build_ui(api: ApiClient) -> gr.Blocks:
         "Jobs": jobs.build,
     }
     vocab_inline: list[gr.components.Component] = []
-    with gr.Blocks(title="Rebalance studio") as demo:
+    # delete_cache: Gradio's uploads and cached files (under <workspace>/tmp/gradio) older than an hour go, hourly.
+    with gr.Blocks(title="Rebalance studio", delete_cache=(3600, 3600)) as demo:
         gr.HTML(_header())
         ctx: Ctx | None = None
         tabs: list[tuple[gr.Tab, list[gr.Timer]]] = []

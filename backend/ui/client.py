@@ -11,6 +11,7 @@ import httpx
 # The studio polls its own API every few seconds; one INFO line per request would drown the server log.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+
 class ApiError(Exception):
     """A non-2xx answer, carrying the API's own one-line explanation (422 ``message`` or ``detail``)."""
 

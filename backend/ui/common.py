@@ -181,6 +181,51 @@ def safe_items(api: ApiClient, path: str, **params: Any) -> list[dict[str, Any]]
         return []
 
 
+# -- settings from the API ---------------------------------------------------------------------------
+def param_specs(api: ApiClient, kind: str) -> dict[str, dict[str, Any]]:
+    """The JSON-schema property of every param of job ``kind`` (``GET /api/jobs/kinds``): the one source
+    of the studio's choices, defaults, limits and help texts."""
+    for k in api.get("/jobs/kinds"):
+        if k["name"] == kind:
+            schema = k["params_schema"]
+            return {name: _resolve(prop, schema) for name, prop in schema.get("properties", {}).items()}
+    raise ApiError(404, f"the server has no job kind {kind!r}")
+
+
+def _resolve(prop: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Flatten ``$ref`` and ``anyOf [X, null]`` so a widget sees one set of keys."""
+    out = {k: v for k, v in prop.items() if k not in ("anyOf", "$ref", "allOf")}
+    for part in prop.get("anyOf", []) + prop.get("allOf", []) + ([prop] if "$ref" in prop else []):
+        if "$ref" in part:
+            part = schema.get("$defs", {}).get(part["$ref"].rsplit("/", 1)[-1], {})
+        for key in ("enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "type"):
+            if key in part and key not in out:
+                out[key] = part[key]
+    return out
+
+
+def widget_update(prop: dict[str, Any], component: gr.components.Component, value: bool = True) -> Any:
+    """A ``gr.update`` giving ``component`` the param's choices, default (unless ``value`` is False),
+    limits and description."""
+    kw: dict[str, Any] = {}
+    if prop.get("description"):
+        kw["info"] = prop["description"]
+    if value and "default" in prop and prop["default"] is not None:
+        kw["value"] = prop["default"]
+    if isinstance(component, gr.Dropdown | gr.Radio):
+        options = prop.get("enum") or prop.get("examples")
+        if options:
+            kw["choices"] = list(options)
+    if isinstance(component, gr.Number | gr.Slider):
+        low = prop.get("minimum", prop.get("exclusiveMinimum"))
+        high = prop.get("maximum", prop.get("exclusiveMaximum"))
+        if low is not None:
+            kw["minimum"] = low
+        if high is not None:
+            kw["maximum"] = high
+    return gr.update(**kw)
+
+
 # -- form persistence -------------------------------------------------------------------------------
 def persist(
     ctx: Ctx,
@@ -189,9 +234,13 @@ def persist(
     key: gr.State,
     before: Callable[[], Any] | None = None,
     before_outputs: Sequence[gr.components.Component] = (),
+    spec: dict[str, str] | None = None,
 ) -> gr.BrowserState:
-    """Keep a form in the browser's localStorage: restored on load (after ``before`` fills the
-    dropdown choices), saved on every change. Every change also mints a fresh idempotency key."""
+    """Keep a form in the browser's localStorage: restored on load (after ``spec`` -- form field ->
+    ``"<job kind>.<param>"``, or ``"<kind>.<param>:choices"`` to keep the form's own value -- sets those
+    fields' choices, defaults, limits and help from the API, and
+    ``before`` fills the dropdown choices), saved on every change. Every change also mints a fresh
+    idempotency key."""
     # A fixed secret (not Gradio's per-process random one) so saved forms survive a server restart; the
     # values are the user's own form fields, the encryption only keeps them opaque in localStorage.
     secret = hashlib.sha256(f"rebalance-studio:{name}".encode()).hexdigest()[:32]
@@ -209,11 +258,26 @@ def persist(
     def save(*values: Any) -> tuple[dict[str, Any], str]:
         return dict(zip(names, values, strict=True)), new_key()
 
+    bound = [(fields[f], *target.removesuffix(":choices").split(".", 1), not target.endswith(":choices"))
+             for f, target in (spec or {}).items()]  # fmt: skip
+
+    def from_spec() -> list[Any]:
+        try:
+            props = {kind: param_specs(ctx.api, kind) for kind in {b[1] for b in bound}}
+        except ApiError:
+            return [gr.skip() for _ in bound]  # the form keeps its placeholders; submitting still validates
+        return [widget_update(props[k][p], c, v) if p in props[k] else gr.skip() for c, k, p, v in bound]
+
+    steps: list[tuple[Callable[..., Any], list[Any], list[Any]]] = []
+    if bound:
+        steps.append((from_spec, [], [b[0] for b in bound]))
     if before is not None:
-        loaded = ctx.demo.load(before, outputs=list(before_outputs), show_progress="hidden")
-        loaded.then(restore, inputs=[store], outputs=[*comps, key], show_progress="hidden")
-    else:
-        ctx.demo.load(restore, inputs=[store], outputs=[*comps, key], show_progress="hidden")
+        steps.append((before, [], list(before_outputs)))
+    steps.append((restore, [store], [*comps, key]))
+    event = None
+    for fn, inputs, outputs in steps:
+        start = ctx.demo.load if event is None else event.then
+        event = start(fn, inputs=inputs, outputs=outputs, show_progress="hidden")
     gr.on(
         [c.change for c in comps],
         save,

@@ -10,12 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from backend.data.cache import DecodedDataset
 from backend.data.imbalance import apply_imbalance
-from backend.db.models import Pool, PoolImage
+from backend.db.models import BenchmarkRun, Pool, PoolImage
 from backend.generation.imagefiles import encode_png
 from backend.jobs.context import JobContext
-from backend.jobs.kinds.datasets import load_dataset
+from backend.jobs.kinds.benchmark import validation_for
 from backend.reports.tables import read_results_csv
+from backend.services.datasets import open_dataset
+from backend.store import FileStore
+from backend.training.trainer import chosen_epoch, copies_of, validation_split
 
 SPEC = {"minority": "3", "keep": 5, "seed": 0}
 FAST = {"model": "small", "epochs": 2, "batch_size": 64}
@@ -37,23 +41,18 @@ def _dataset(api) -> int:
     return done["result"]["dataset_id"]
 
 
-class _Ctx:
-    """What ``load_dataset`` needs (``session()`` and ``store``), built from the test harness."""
+def _store(api) -> FileStore:
+    return FileStore(api.settings.workspace_dir)
 
-    def __init__(self, api) -> None:
-        from backend.store import FileStore
 
-        self.db = api.db
-        self.store = FileStore(api.settings.workspace_dir)
-
-    def session(self):
-        return self.db.session()
+def _open(api, dataset_id: int) -> DecodedDataset:
+    with api.db.session() as s:
+        return open_dataset(s, _store(api), dataset_id)
 
 
 def _pool_of_removed_minority(api, dataset_id: int, count: int) -> int:
     """A pool holding real '3's that the imbalance removed: stand-ins for good synthetic images."""
-    ctx = _Ctx(api)
-    ds = load_dataset(ctx, dataset_id)
+    ds = _open(api, dataset_id)
     removed = apply_imbalance(ds.train_y, ds.classes, SPEC).removed_idx
     removed = removed[ds.train_y[removed] == ds.classes.index("3")][:count]
     with api.db.session() as s:
@@ -62,7 +61,7 @@ def _pool_of_removed_minority(api, dataset_id: int, count: int) -> int:
         s.flush()
         for idx, i in enumerate(removed):
             rel = f"pools/{pool.id}/{idx}.png"
-            ctx.store.write_bytes(rel, encode_png(np.asarray(ds.train_x[i])))
+            _store(api).write_bytes(rel, encode_png(np.asarray(ds.train_x[i])))
             s.add(PoolImage(pool_id=pool.id, idx=idx, file=rel, width=32, height=32, seed=idx, meta={}))
         return pool.id
 
@@ -70,39 +69,59 @@ def _pool_of_removed_minority(api, dataset_id: int, count: int) -> int:
 def test_benchmark_job_rows_and_exports(api) -> None:
     ds_id = _dataset(api)
     pool_id = _pool_of_removed_minority(api, ds_id, 40)
-    variants = ["imbalanced", "logit_adjusted", {"name": "oracle", "pool_id": pool_id, "count": 40}]
-    params = {"dataset_id": ds_id, "imbalance": SPEC, "variants": variants, "seeds": [0, 1], **FAST, "epochs": 1}
+    oracle = {"name": "oracle", "pool_id": pool_id, "count": 40}
+    names = ["imbalanced", "oversample_aug", "full", "logit_adjusted", "oracle"]
+    variants = [*names[:-1], oracle]
+    params = {"dataset_id": ds_id, "imbalance": SPEC, "variants": variants, "seeds": [0, 1], **FAST}
     job = api.submit("benchmark", params)
     (done,) = api.run_jobs()
     assert done["status"] == "succeeded", done["error"]
     bid = done["result"]["benchmark_id"]
-    assert done["id"] == job["id"] and done["result"]["runs"] == 6
+    assert done["id"] == job["id"] and done["result"]["runs"] == 10
 
     assert [b["id"] for b in api.client.get("/api/benchmarks").json()] == [bid]
     body = api.client.get(f"/api/benchmarks/{bid}").json()
     assert body["classes"] == [str(i) for i in range(10)] and body["minority"] == ["3"]
-    assert body["runs_done"] == body["runs_total"] == 6 and body["model"] == "small"
+    assert body["runs_done"] == body["runs_total"] == 10 and body["model"] == "small"
     rows = body["rows"]
-    assert [(r["variant"], r["seed"]) for r in rows] == [
-        (v, s) for v in ("imbalanced", "logit_adjusted", "oracle") for s in (0, 1)
-    ]
+    assert [(r["variant"], r["seed"]) for r in rows] == [(v, s) for v in names for s in (0, 1)]
+    n_test = sum(api.client.get(f"/api/datasets/{ds_id}").json()["test_counts"].values())
     for r in rows:
-        assert set(r["per_class"]) == set(body["classes"]) and 0 <= r["overall_acc"] <= 100
-        assert len(r["curves"]) == 1 and r["epochs"] == 1 and r["best_epoch"] == 1
-        assert np.asarray(r["confusion"]).shape == (10, 10)
-        assert np.asarray(r["confusion"]).sum() == sum(
-            api.client.get(f"/api/datasets/{ds_id}").json()["test_counts"].values()
-        )
+        cm = np.asarray(r["confusion"])
+        assert cm.shape == (10, 10) and cm.sum() == n_test
+        # The stored accuracies are the confusion matrix's: overall = trace / total, per class = recall.
+        assert r["overall_acc"] == pytest.approx(100 * np.trace(cm) / cm.sum())
+        assert [r["per_class"][c] for c in body["classes"]] == pytest.approx(list(100 * np.diag(cm) / cm.sum(1)))
+        assert len(r["curves"]) == 2 and r["epochs"] == 2
+        assert r["select_epoch"] == "last" and r["best_epoch"] == 2  # the default: the end of the schedule
+        assert r["val_acc"] == r["curves"][1]["val_acc"]
         assert r["n_synthetic"] == (40 if r["variant"] == "oracle" else 0)
     by = {(r["variant"], r["seed"]): r for r in rows}
-    assert by[("imbalanced", 0)]["overall_acc"] != by[("imbalanced", 1)]["overall_acc"] or (
-        by[("imbalanced", 0)]["curves"] != by[("imbalanced", 1)]["curves"]
-    )  # seeds really differ
+    assert by[("imbalanced", 0)]["curves"] != by[("imbalanced", 1)]["curves"]  # seeds really differ
+
+    # One validation split per seed, the same for every variant (full, oversample_aug and oracle included),
+    # carved from the kept real images: its minority images are among the 5 the imbalance keeps.
+    ds = _open(api, ds_id)
+    kept = apply_imbalance(ds.train_y, ds.classes, SPEC).kept_idx
+    for seed in (0, 1):
+        splits = [by[(v, seed)]["validation"] for v in names]
+        assert all(split == splits[0] for split in splits), splits
+        expected = np.bincount(ds.train_y[kept[validation_split(ds.train_y[kept], 0.1, seed)]], minlength=10)
+        assert splits[0]["counts"] == {c: int(n) for c, n in zip(ds.classes, expected, strict=True)}
+        assert splits[0]["size"] == expected.sum() and splits[0]["counts"]["3"] <= SPEC["keep"]
+    assert by[("full", 0)]["validation"]["fingerprint"] != by[("full", 1)]["validation"]["fingerprint"]
+    # ... and it is left out of every variant's training data, full included.
+    with api.db.session() as s:
+        info = {(r.variant, r.seed): r.info for r in s.query(BenchmarkRun).filter_by(benchmark_id=bid)}
+    size = by[("full", 0)]["validation"]["size"]
+    assert info[("full", 0)]["num_train"] == len(ds.train_y) - size
+    assert info[("imbalanced", 0)]["num_train"] == len(kept) - size
+    assert info[("oracle", 0)]["num_train"] == len(kept) - size + 40
 
     r = api.client.get(f"/api/benchmarks/{bid}/results.csv")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     classes, csv_rows = read_results_csv(r.text)
-    assert classes == body["classes"] and len(csv_rows) == 6
+    assert classes == body["classes"] and len(csv_rows) == 10
     assert csv_rows[0]["overall_acc"] == pytest.approx(rows[0]["overall_acc"], abs=0.01)
 
     r = api.client.get(f"/api/benchmarks/{bid}/report.html")
@@ -110,6 +129,8 @@ def test_benchmark_job_rows_and_exports(api) -> None:
     parser = HTMLParser()
     parser.feed(r.text)
     assert '<th class="minority">3</th>' in r.text and r.text.count("plotly-graph-div") >= 4
+    held = by[("full", 0)]["validation"]["counts"]["3"]
+    assert f"Validation split of seed 0: {size} real images, {held} of the minority class" in r.text
 
     for name in ("per_class", "minority_vs_synthetic", "curves", "confusion"):
         fig = api.client.get(f"/api/benchmarks/{bid}/figures/{name}.json")
@@ -121,6 +142,33 @@ def test_benchmark_job_rows_and_exports(api) -> None:
     assert api.client.get(f"/api/benchmarks/{bid}/figures/confusion.json", params={"variant": "x"}).status_code == 404
     assert api.client.get("/api/benchmarks/999").json() == {"detail": "benchmark 999 not found"}
     assert api.client.get("/api/benchmarks/999/results.csv").status_code == 404
+
+
+def test_validation_split_holds_only_kept_real_images(api) -> None:
+    ds = _open(api, _dataset(api))
+    imb = apply_imbalance(ds.train_y, ds.classes, SPEC)
+    val = validation_for(ds, imb, 0.3, seed=0)
+    assert set(val.ids) <= set(imb.kept_idx) and (val.labels == ds.classes.index("3")).sum() >= 1
+    # The removed minority images (the stand-ins for synthetic ones above) never enter it, not even as copies.
+    assert not copies_of(val.images, np.asarray(ds.train_x[imb.removed_idx])).any()
+    assert np.array_equal(val.ids, validation_for(ds, imb, 0.3, seed=0).ids)
+
+
+def test_best_balanced_keeps_the_best_validation_epoch(api) -> None:
+    ds_id = _dataset(api)
+    params = {"dataset_id": ds_id, "imbalance": SPEC, "variants": ["imbalanced"], **FAST, "epochs": 3}
+    api.submit("benchmark", {**params, "select_epoch": "best_balanced", "lr": 0.02})
+    (done,) = api.run_jobs()
+    assert done["status"] == "succeeded", done["error"]
+    (row,) = api.client.get(f"/api/benchmarks/{done['result']['benchmark_id']}").json()["rows"]
+    assert row["select_epoch"] == "best_balanced"
+    assert row["best_epoch"] == chosen_epoch(row["curves"], "best_balanced")
+    assert row["val_acc"] == row["curves"][row["best_epoch"] - 1]["val_acc"]
+    with api.db.session() as s:
+        (run,) = s.query(BenchmarkRun).filter_by(benchmark_id=done["result"]["benchmark_id"]).all()
+        assert (
+            run.info["config"]["select_epoch"] == "best_balanced"
+        )  # the trainer got it (it honours it: see tests/training)
 
 
 def test_interrupted_benchmark_resumes_without_redoing_runs(api, monkeypatch) -> None:
@@ -191,6 +239,8 @@ def test_precision_param_reaches_the_trainer(api) -> None:
         ({"seeds": []}, "seeds", ""),
         ({"epochs": 0}, "epochs", ""),
         ({"imbalance": None}, "", "imbalance is required"),
+        ({"select_epoch": "best_test"}, "select_epoch", ""),
+        ({"select_epoch": "best_balanced", "val_fraction": 0}, "", "needs a validation split"),
         ({"bogus": 1}, "bogus", ""),
     ],
 )

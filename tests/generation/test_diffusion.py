@@ -166,10 +166,3 @@ def test_loaded_weights_are_the_saved_ones(pipe, workspace: Path) -> None:
     again = load_pipeline("tiny", device="cpu", workspace=workspace)
     for name, tensor in pipe.unet.state_dict().items():
         assert torch.equal(tensor, again.unet.state_dict()[name]), name
-
-
-def test_every_scheduler_has_a_png_label() -> None:
-    from backend.generation.diffusion import SCHEDULERS
-    from backend.generation.imagefiles import SAMPLER_LABELS
-
-    assert set(SCHEDULERS) == set(SAMPLER_LABELS)

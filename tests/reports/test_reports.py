@@ -16,6 +16,7 @@ from backend.reports.tables import (
     results_columns,
     results_csv,
     results_json,
+    selection_note,
     summarize,
     summary_csv,
     summary_html,
@@ -175,3 +176,15 @@ def test_report_html_is_self_contained_and_well_formed() -> None:
     assert len(graphs) == 3 + 2  # bars, minority scatter, curves, one confusion matrix per variant
     assert "<title>cat &lt;study&gt;</title>" in text and "a &lt; b" in text
     assert [cls for tag, cls, _ in parsed.cells if tag == "th"].count("minority") == 1
+
+
+def test_report_says_how_the_weights_were_chosen_and_what_validation_holds() -> None:
+    split = {"size": 40, "counts": {"airplane": 20, "cat": 3, "dog": 17}, "fingerprint": "abc"}
+    other = {"size": 41, "counts": {"airplane": 20, "cat": 4, "dog": 17}, "fingerprint": "def"}
+    rows = [{**r, "select_epoch": "best_balanced", "validation": split if r["seed"] == 0 else other} for r in ROWS]
+    note = selection_note(rows, MINORITY)
+    assert "best mean per-class validation accuracy" in note
+    assert "seed 0: 40 real images, 3 of the minority class" in note
+    assert "seed 1: 41 real images, 4 of the minority class" in note
+    assert "seed 0: 40 real images, 3 of the minority class" in render_report(rows, CLASSES, MINORITY)
+    assert "last epoch" in selection_note([{**ROWS[0], "select_epoch": "last"}], MINORITY)

@@ -1,119 +1,195 @@
-"""Trainer: repeatability, resume equivalence, loss options, validation split, checkpoint state."""
+"""Trainer: repeatability, resume equivalence, epoch selection on validation, loss options, checkpoint state."""
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from backend.core.checkpoint import load_state, save_state
+from backend.core.hooks import Hooks, Stopped
 from backend.training.trainer import (
+    CHECKPOINT_KIND,
     TrainConfig,
-    TrainingInterrupted,
-    content_groups,
+    chosen_epoch,
+    copies_of,
+    evaluate,
+    fit,
     lr_at,
     make_loss,
-    state_from_safetensors,
-    state_to_safetensors,
-    stratified_split,
-    train,
+    predict,
     uses_bf16,
+    validation_split,
 )
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.int64)
 
 
-def _toy(n: int = 192, classes: int = 3, seed: int = 0):
+def _toy(n: int = 192, classes: int = 3, seed: int = 0, labels: np.ndarray | None = None):
     """Images whose mean colour encodes the class, plus noise: learnable in a couple of epochs."""
     rng = np.random.default_rng(seed)
-    y = np.arange(n) % classes
-    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.int64)[y % 3]
-    x = base[:, None, None, :] + rng.integers(-40, 40, (n, 32, 32, 3))
+    y = np.arange(n) % classes if labels is None else labels
+    x = COLOURS[y % 3][:, None, None, :] + rng.integers(-40, 40, (len(y), 32, 32, 3))
     return x.clip(0, 255).astype(np.uint8), y.astype(np.int64)
 
 
 def _cfg(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 3, "batch_size": 32, "val_fraction": 0.2, **kw})
+    return TrainConfig(**{"epochs": 3, "batch_size": 32, **kw})
 
 
 def _history(result):
     return [{k: v for k, v in h.items() if k != "seconds"} for h in result.history]
 
 
+def _weights(result) -> dict[str, torch.Tensor]:
+    return result.model.state_dict()
+
+
+def _test(result, tx, ty):
+    return evaluate(result.model, tx, ty, mean=MEAN, std=STD, num_classes=3)
+
+
 @pytest.fixture(scope="module")
 def toy():
     x, y = _toy()
     tx, ty = _toy(60, seed=1)
-    return x, y, tx, ty
+    vx, vy = _toy(30, seed=2)
+    return x, y, tx, ty, (vx, vy)
 
 
 def test_same_seed_is_bitwise_repeatable_and_seed_matters(toy) -> None:
-    x, y, tx, ty = toy
-    a = train((x, y), tx, ty, _cfg(), mean=MEAN, std=STD)
-    b = train((x, y), tx, ty, _cfg(), mean=MEAN, std=STD)
-    c = train((x, y), tx, ty, _cfg(seed=1), mean=MEAN, std=STD)
+    x, y, tx, ty, val = toy
+    a = fit((x, y), _cfg(), mean=MEAN, std=STD, val=val)
+    b = fit((x, y), _cfg(), mean=MEAN, std=STD, val=val)
+    c = fit((x, y), _cfg(seed=1), mean=MEAN, std=STD, val=val)
     assert _history(a) == _history(b)
-    assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
+    assert all(torch.equal(_weights(a)[k], _weights(b)[k]) for k in _weights(a))
     assert _history(a) != _history(c)
-    assert a.test_acc > 60  # the toy task is learnable: the loop really trains
-    assert len(a.history) == 3 and 1 <= a.best_epoch <= 3
-    assert np.array(a.confusion).sum() == len(ty)
+    test = _test(a, tx, ty)
+    assert test.accuracy > 60  # the toy task is learnable: the loop really trains
+    assert a.epoch == 3 and len(a.history) == 3  # select_epoch "last": no selection
+    assert np.array(test.confusion).sum() == len(ty)
 
 
 def test_resume_matches_uninterrupted_run(toy) -> None:
-    x, y, tx, ty = toy
+    x, y, tx, ty, val = toy
     strong = np.arange(len(y)) % 5 == 0  # exercise the strong-augmentation RNG path too
-    cfg = _cfg(dropout=0.2)
-    states: dict[int, dict] = {}
-    straight = train((x, y, strong), tx, ty, cfg, mean=MEAN, std=STD, on_epoch_end=lambda e, s: states.update({e: s}))
-    # Persist epoch 2 the way a job does (safetensors bytes + JSON) and continue from it.
-    data, meta = state_to_safetensors(states[2])
-    resumed = train((x, y, strong), tx, ty, cfg, mean=MEAN, std=STD, resume_state=state_from_safetensors(data, meta))
-    assert _history(resumed) == _history(straight)
-    assert all(torch.equal(straight.model_state[k], resumed.model_state[k]) for k in straight.model_state)
-    assert resumed.confusion == straight.confusion
+    cfg = _cfg(dropout=0.2, select_epoch="best_balanced")  # the best weights travel in the state as well
+    states: list[dict] = []
+    straight = fit((x, y, strong), cfg, mean=MEAN, std=STD, val=val, hooks=Hooks(checkpoint=states.append))
+    assert [s["epoch"] for s in states] == [1, 2, 3]
+    # Persist epoch 2 the way a job does (safetensors bytes) and continue from it.
+    saved = load_state(save_state(states[1], CHECKPOINT_KIND), CHECKPOINT_KIND)
+    resumed = fit((x, y, strong), cfg, mean=MEAN, std=STD, val=val, resume=saved)
+    assert _history(resumed) == _history(straight) and resumed.epoch == straight.epoch
+    assert all(torch.equal(_weights(straight)[k], _weights(resumed)[k]) for k in _weights(straight))
+    assert _test(resumed, tx, ty).confusion == _test(straight, tx, ty).confusion
 
 
-def test_should_stop_interrupts_and_resume_rejects_other_config(toy) -> None:
-    x, y, tx, ty = toy
-    states: dict[int, dict] = {}
+def test_stop_point_raises_stopped_and_resume_rejects_other_config(toy) -> None:
+    x, y, *_ = toy
+    states: list[dict] = []
     calls = iter(range(10_000))
-    with pytest.raises(TrainingInterrupted):
-        # 4 steps per epoch: stop during the second epoch, after the first epoch's state was handed out.
-        train(
-            (x, y),
-            tx,
-            ty,
-            _cfg(),
-            mean=MEAN,
-            std=STD,
-            should_stop=lambda: next(calls) >= 6,
-            on_epoch_end=lambda e, s: states.update({e: s}),
-        )
-    assert list(states) == [1]
+    # 6 steps per epoch: stop during the second epoch, after the first epoch's state was handed out.
+    hooks = Hooks(should_stop=lambda: next(calls) >= 8, checkpoint=states.append)
+    with pytest.raises(Stopped, match="epoch 2"):
+        fit((x, y), _cfg(), mean=MEAN, std=STD, hooks=hooks)
+    assert [s["epoch"] for s in states] == [1]
     with pytest.raises(ValueError, match="lr"):
-        train((x, y), tx, ty, _cfg(lr=0.05), mean=MEAN, std=STD, resume_state=states[1])
-    # A state saved before TrainConfig had ``precision`` still resumes (the key takes its default).
-    old = dict(states[1], config={k: v for k, v in states[1]["config"].items() if k != "precision"})
-    assert len(train((x, y), tx, ty, _cfg(), mean=MEAN, std=STD, resume_state=old).history) == 3
+        fit((x, y), _cfg(lr=0.05), mean=MEAN, std=STD, resume=states[0])
+    assert len(fit((x, y), _cfg(), mean=MEAN, std=STD, resume=states[0]).history) == 3
 
 
-def test_variant_object_with_class_weights_and_losses(toy) -> None:
-    x, y, tx, ty = toy
+def test_validation_images_and_their_copies_never_train(toy) -> None:
+    x, y, _, _, (vx, vy) = toy
+    # The training set holds every validation image, one of them three times (an oversampled repeat).
+    data = (np.concatenate([x, vx, vx[:1], vx[:1]]), np.concatenate([y, vy, vy[:1], vy[:1]]))
+    result = fit(data, _cfg(epochs=1), mean=MEAN, std=STD, val=(vx, vy))
+    assert result.num_train == len(x) and result.num_val == len(vx)
+    assert copies_of(data[0], vx).sum() == len(vx) + 2
+    assert not copies_of(x, vx).any()
+
+
+def test_best_balanced_picks_the_validation_best_epoch_not_the_test_best() -> None:
+    """By construction the validation labels are what the epoch-1 model predicts, so validation is best
+    at epoch 1 while the test set (true labels) is best later: the weights kept must be epoch 1's."""
+    x, y = _toy(96)
+    tx, ty = _toy(60, seed=1)
+    vx, _ = _toy(30, seed=2)
+    cfg = _cfg(epochs=4, lr=0.02)  # a slow start: the first epoch is clearly worse than the last
+    states: list[dict] = []
+    probe = fit((x, y), cfg, mean=MEAN, std=STD, hooks=Hooks(checkpoint=states.append))
+    per_epoch_test, per_epoch_val_preds = [], []
+    for state in states:
+        probe.model.load_state_dict(state["model"])
+        per_epoch_test.append(_test(probe, tx, ty).accuracy)
+        per_epoch_val_preds.append(predict(probe.model, vx, mean=MEAN, std=STD))
+    val_y = per_epoch_val_preds[0]
+    test_best = int(np.argmax(per_epoch_test)) + 1
+    # The construction holds: the test set prefers a later epoch, and no later epoch predicts like epoch 1.
+    assert test_best != 1 and all(not np.array_equal(p, val_y) for p in per_epoch_val_preds[1:]), per_epoch_test
+
+    result = fit((x, y), _cfg(epochs=4, lr=0.02, select_epoch="best_balanced"), mean=MEAN, std=STD, val=(vx, val_y))
+    assert result.epoch == 1 and result.history[0]["val_balanced"] == 100.0
+    assert all(torch.equal(v, states[0]["model"][k]) for k, v in _weights(result).items())
+    assert _test(result, tx, ty).accuracy == per_epoch_test[0] < per_epoch_test[test_best - 1]
+
+
+def test_chosen_epoch_uses_mean_per_class_validation_accuracy() -> None:
+    # Epoch 2 has the best overall accuracy (a large majority class), epoch 3 the best mean per class.
+    history = [
+        {"val_acc": 80.0, "val_balanced": 50.0},
+        {"val_acc": 95.0, "val_balanced": 55.0},
+        {"val_acc": 90.0, "val_balanced": 70.0},
+        {"val_acc": 85.0, "val_balanced": 70.0},  # a tie goes to the later epoch
+        {"val_acc": 96.0, "val_balanced": 40.0},
+    ]
+    assert chosen_epoch(history, "best_balanced") == 4
+    assert chosen_epoch(history, "last") == 5
+
+
+def test_best_balanced_needs_validation(toy) -> None:
+    x, y, *_ = toy
+    with pytest.raises(ValueError, match="select_epoch"):
+        fit((x, y), _cfg(select_epoch="best_balanced"), mean=MEAN, std=STD)
+
+
+def _minority_margin(result, tx) -> float:
+    """Mean over test images of (minority logit - mean of the other logits)."""
+    m = result.model
+    with torch.no_grad():
+        t = torch.from_numpy(tx).permute(0, 3, 1, 2).float() / 255
+        logits = m((t - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])
+    return float((logits[:, 2] - logits[:, :2].mean(1)).mean())
+
+
+def test_class_weighted_and_logit_adjusted_losses_raise_the_minority_logits() -> None:
+    labels = np.array([0] * 90 + [1] * 90 + [2] * 12)  # class 2 is the minority
+    x, y = _toy(labels=labels)
+    tx, _ = _toy(60, seed=1)
+    margins = {
+        loss: _minority_margin(fit((x, y), _cfg(epochs=2, loss=loss), mean=MEAN, std=STD), tx)
+        for loss in ("ce", "class_weighted", "logit_adjusted")
+    }
+    assert margins["class_weighted"] > margins["ce"] + 0.1, margins
+    assert margins["logit_adjusted"] > margins["ce"] + 0.1, margins
+
+
+def test_variant_object_with_class_weights(toy) -> None:
+    x, y, tx, ty, _ = toy
     variant = SimpleNamespace(
-        images=x,
-        labels=y,
-        strong_aug_mask=None,
-        class_weights=np.array([1.0, 2.0, 3.0, 1.0]),
-        classes=["r", "g", "b", "unused"],
+        images=x, labels=y, strong_aug_mask=None, class_weights=np.array([1.0, 2.0, 3.0, 1.0]), classes=list("rgbu")
     )
-    r = train(variant, tx, ty, _cfg(epochs=1), mean=MEAN, std=STD)
-    assert len(r.test_per_class) == 4 and r.test_per_class[3] is None  # class absent from the test set
-    for loss in ("class_weighted", "logit_adjusted"):
-        res = train((x, y), tx, ty, _cfg(epochs=1, loss=loss), mean=MEAN, std=STD)
-        assert math.isfinite(res.history[0]["train_loss"])
+    weighted = fit(variant, _cfg(epochs=1), mean=MEAN, std=STD)
+    plain = fit((x, y), _cfg(epochs=1), mean=MEAN, std=STD, num_classes=4)
+    scores = evaluate(weighted.model, tx, ty, mean=MEAN, std=STD, num_classes=4)
+    assert len(scores.per_class) == 4 and scores.per_class[3] is None  # class absent from the test set
+    assert weighted.history[0]["train_loss"] != plain.history[0]["train_loss"]  # the weights reach the loss
+    with pytest.raises(ValueError, match="class_weights"):
+        fit(SimpleNamespace(**{**vars(variant), "class_weights": np.ones(3)}), _cfg(epochs=1), mean=MEAN, std=STD)
 
 
 def test_loss_options_match_hand_computed_values() -> None:
@@ -136,30 +212,15 @@ def test_loss_options_match_hand_computed_values() -> None:
     assert la > ce  # the rare true class (2) is penalised harder
 
 
-def test_stratified_split_is_disjoint_stratified_seeded() -> None:
-    labels = np.repeat([0, 1, 2], [100, 40, 5])
-    tr, va = stratified_split(labels, 0.2, seed=3)
-    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(labels)
-    assert np.bincount(labels[va], minlength=3).tolist() == [20, 8, 1]
-    assert np.array_equal(va, stratified_split(labels, 0.2, seed=3)[1])
-    assert not np.array_equal(va, stratified_split(labels, 0.2, seed=4)[1])
-    # A class with a single sample keeps it for training.
-    tr1, va1 = stratified_split(np.array([0] * 10 + [1]), 0.5, seed=0)
-    assert 10 in tr1 and 10 not in va1
-
-
-def test_split_keeps_copies_together_and_only_holds_out_eligible() -> None:
-    x, y = _toy(30)
-    images = np.concatenate([x, x[:3], x[:3]])  # oversampled repeats of the first three images
-    labels = np.concatenate([y, y[:3], y[:3]])
-    eligible = np.ones(len(labels), bool)
-    eligible[30:] = False  # repeats are strong-augmented: never validation
-    groups = content_groups(images)
-    assert len(np.unique(groups)) == 30
-    tr, va = stratified_split(labels, 0.3, seed=0, groups=groups, eligible=eligible)
-    assert not set(groups[tr]) & set(groups[va])  # no image on both sides
-    assert not {0, 1, 2} & set(va.tolist())  # repeated images (with ineligible copies) always train
-    assert len(va) == 9
+def test_validation_split_is_stratified_seeded_and_keeps_singletons() -> None:
+    labels = np.repeat([0, 1, 2, 3], [100, 40, 10, 1])
+    for seed in range(5):  # each class gives its share, whatever the seed
+        assert np.bincount(labels[validation_split(labels, 0.2, seed)], minlength=4).tolist() == [20, 8, 2, 0]
+    va = validation_split(labels, 0.2, seed=3)
+    assert np.array_equal(va, validation_split(labels, 0.2, seed=3))
+    assert not np.array_equal(va, validation_split(labels, 0.2, seed=4))
+    assert len(validation_split(labels, 0.0, seed=0)) == 0
+    assert 150 not in validation_split(labels, 0.9, seed=0)  # a single image cannot be split off
 
 
 def test_schedule_warmup_and_cosine() -> None:
@@ -175,12 +236,9 @@ def test_schedule_warmup_and_cosine() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="unknown training config keys: bogus"):
         TrainConfig.from_dict({"bogus": 1})
-    with pytest.raises(ValueError, match="loss"):
-        TrainConfig(loss="focal")
-    with pytest.raises(ValueError, match="val_fraction"):
-        TrainConfig(val_fraction=1.5)
-    with pytest.raises(ValueError, match="precision"):
-        TrainConfig(precision="fp16")
+    for field, value in (("loss", "focal"), ("precision", "fp16"), ("select_epoch", "best_test"), ("epochs", 0)):
+        with pytest.raises(ValueError, match=field):
+            TrainConfig(**{field: value})
     assert TrainConfig.from_dict(TrainConfig(epochs=7).to_dict()).epochs == 7
 
 
@@ -192,10 +250,11 @@ def test_precision_choice() -> None:
 
 
 def test_bf16_and_fp32_both_learn_and_differ(toy) -> None:
-    x, y, tx, ty = toy
-    fp32 = train((x, y), tx, ty, _cfg(precision="fp32"), mean=MEAN, std=STD)
-    bf16 = train((x, y), tx, ty, _cfg(precision="bf16"), mean=MEAN, std=STD)
-    assert fp32.test_acc >= 90.0 and bf16.test_acc >= 90.0, (fp32.test_acc, bf16.test_acc)
+    x, y, tx, ty, _ = toy
+    fp32 = fit((x, y), _cfg(precision="fp32"), mean=MEAN, std=STD)
+    bf16 = fit((x, y), _cfg(precision="bf16"), mean=MEAN, std=STD)
+    accs = _test(fp32, tx, ty).accuracy, _test(bf16, tx, ty).accuracy
+    assert min(accs) >= 90.0, accs
     # bf16 autocast really ran: its rounding moves the training loss away from fp32's.
     assert _history(fp32) != _history(bf16)
     assert fp32.config["precision"] == "fp32" and bf16.config["precision"] == "bf16"

@@ -9,13 +9,14 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from backend.api.deps import ReadSessionDep, not_found
+from backend.api.deps import ReadSessionDep
+from backend.core.types import DbId
 from backend.db.models import Benchmark, BenchmarkRun
 from backend.reports.figures import FIGURES, build_figure
 from backend.reports.html import render_report
 from backend.reports.tables import results_csv
+from backend.services.benchmarks import load, run_rows
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
 
@@ -40,9 +41,11 @@ class RunOut(BaseModel):
     per_class: dict[str, float | None]  # percent
     val_acc: float | None
     epochs: int
-    best_epoch: int | None
+    best_epoch: int | None  # the epoch whose weights were tested
+    select_epoch: str | None  # how it was chosen: last | best_balanced
+    validation: dict[str, Any] | None  # the seed's validation split: size, counts per class, fingerprint
     n_synthetic: int
-    curves: list[dict[str, Any]]  # per epoch: epoch, train_loss, train_acc, val_acc, lr, seconds
+    curves: list[dict[str, Any]]  # per epoch: epoch, train_loss, train_acc, val_acc, val_balanced, lr, seconds
     confusion: list[list[int]]  # rows = true class, columns = predicted, in `classes` order
     created_at: datetime
 
@@ -67,37 +70,6 @@ def _summary(row: Benchmark, runs_done: int) -> BenchmarkSummary:
     )
 
 
-def _load(session: Session, benchmark_id: int) -> tuple[Benchmark, list[BenchmarkRun]]:
-    row = session.get(Benchmark, benchmark_id)
-    if row is None:
-        raise not_found("benchmark", benchmark_id)
-    runs = session.scalars(
-        select(BenchmarkRun).where(BenchmarkRun.benchmark_id == benchmark_id).order_by(BenchmarkRun.id)
-    ).all()
-    # Table order: the variants as the benchmark listed them, then seeds.
-    order = {v: i for i, v in enumerate((row.info or {}).get("variants", []))}
-    return row, sorted(runs, key=lambda r: (order.get(r.variant, len(order)), r.seed))
-
-
-def run_rows(runs: list[BenchmarkRun]) -> list[dict[str, Any]]:
-    """Runs as the plain row dicts ``backend.reports`` consumes."""
-    return [
-        {
-            "variant": r.variant,
-            "seed": r.seed,
-            "overall_acc": r.overall_acc,
-            "per_class": r.per_class or {},
-            "val_acc": r.val_acc,
-            "epochs": r.epochs,
-            "best_epoch": (r.info or {}).get("best_epoch"),
-            "n_synthetic": r.n_synthetic,
-            "history": r.history or [],
-            "confusion": r.confusion or [],
-        }
-        for r in runs
-    ]
-
-
 @router.get("", response_model=list[BenchmarkSummary])
 def list_benchmarks(session: ReadSessionDep) -> list[BenchmarkSummary]:
     counts = dict(
@@ -108,8 +80,8 @@ def list_benchmarks(session: ReadSessionDep) -> list[BenchmarkSummary]:
 
 
 @router.get("/{benchmark_id}", response_model=BenchmarkOut)
-def get_benchmark(benchmark_id: int, session: ReadSessionDep) -> BenchmarkOut:
-    row, runs = _load(session, benchmark_id)
+def get_benchmark(benchmark_id: DbId, session: ReadSessionDep) -> BenchmarkOut:
+    row, runs = load(session, benchmark_id)
     out = [
         RunOut(
             **{k: v for k, v in r.items() if k != "history"},
@@ -122,9 +94,9 @@ def get_benchmark(benchmark_id: int, session: ReadSessionDep) -> BenchmarkOut:
 
 
 @router.get("/{benchmark_id}/results.csv", response_class=PlainTextResponse)
-def results(benchmark_id: int, session: ReadSessionDep) -> Response:
+def results(benchmark_id: DbId, session: ReadSessionDep) -> Response:
     """``variant,seed,overall_acc,acc_<class>...`` (percent), one line per finished run."""
-    row, runs = _load(session, benchmark_id)
+    row, runs = load(session, benchmark_id)
     text = results_csv(run_rows(runs), (row.info or {}).get("classes", []))
     return Response(
         text,
@@ -134,9 +106,9 @@ def results(benchmark_id: int, session: ReadSessionDep) -> Response:
 
 
 @router.get("/{benchmark_id}/report.html", response_class=HTMLResponse)
-def report(benchmark_id: int, session: ReadSessionDep) -> HTMLResponse:
+def report(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
     """A self-contained HTML report (plotly.js inlined): Table 1, per-class bars, curves, confusion matrices."""
-    row, runs = _load(session, benchmark_id)
+    row, runs = load(session, benchmark_id)
     if not runs:
         raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
     info = row.info or {}
@@ -149,7 +121,7 @@ def report(benchmark_id: int, session: ReadSessionDep) -> HTMLResponse:
 
 @router.get("/{benchmark_id}/figures/{name}.json")
 def figure(
-    benchmark_id: int,
+    benchmark_id: DbId,
     name: str,
     session: ReadSessionDep,
     variant: str | None = Query(None, description="confusion only: which variant (default: the first)"),
@@ -157,7 +129,7 @@ def figure(
     """Plotly figure JSON (``data`` + ``layout``) for the UI: per_class, minority_vs_synthetic, curves, confusion."""
     if name not in FIGURES:
         raise HTTPException(status_code=404, detail=f"figure {name!r} not found; choose one of {sorted(FIGURES)}")
-    row, runs = _load(session, benchmark_id)
+    row, runs = load(session, benchmark_id)
     if not runs:
         raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
     info = row.info or {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -12,20 +11,21 @@ from typing import Any
 
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import select
 
-from backend.api.deps import DatabaseDep, ReadSessionDep, SettingsDep, StoreDep, not_found
+from backend.api.deps import DatabaseDep, ReadSessionDep, SettingsDep, StoreDep
 from backend.api.errors import field_error
 from backend.api.schemas import JobOut
-from backend.data.export import export_zip
-from backend.data.imbalance import ImbalanceSpec, apply_imbalance
+from backend.core.types import DbId
+from backend.data.imbalance import ImbalanceSpec
 from backend.data.variants import VARIANTS
 from backend.db.models import Dataset, Job
 from backend.jobs import queue
-from backend.jobs.errors import JobError
-from backend.jobs.kinds.datasets import PrepareDatasetParams, build_variant, dataset_from_row, upload_path
+from backend.jobs.registry import get_kind
+from backend.services import datasets as service
+from backend.services.errors import Invalid
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -62,7 +62,7 @@ class ImbalancePreview(BaseModel):
 async def upload_zip(store: StoreDep, settings: SettingsDep, file: UploadFile = File(...)) -> UploadOut:
     """Store a zip (ImageFolder layout) for ``prepare_dataset`` with ``source: zip, path: <upload_id>``."""
     upload_id = uuid.uuid4().hex
-    dest = upload_path(store, upload_id)
+    dest = service.upload_path(store, upload_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")
     limit = int(settings.max_upload_mb * 1e6)
@@ -88,7 +88,7 @@ async def upload_zip(store: StoreDep, settings: SettingsDep, file: UploadFile = 
 def prepare(body: dict[str, Any], db: DatabaseDep, settings: SettingsDep) -> Job:
     """Queue ``prepare_dataset`` (same params as ``POST /api/jobs``), checking ``path`` against the allowed dirs."""
     try:
-        params = PrepareDatasetParams.model_validate(body, context={"settings": settings})
+        params = get_kind("prepare_dataset").params_model.model_validate(body, context={"settings": settings})
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
@@ -101,79 +101,54 @@ def list_datasets(session: ReadSessionDep) -> list[Dataset]:
     return list(session.scalars(select(Dataset).order_by(Dataset.id)).all())
 
 
-def _row(session: Any, dataset_id: int) -> Dataset:
-    row = session.get(Dataset, dataset_id)
-    if row is None:
-        raise not_found("dataset", dataset_id)
-    return row
-
-
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: int, session: ReadSessionDep) -> Dataset:
-    return _row(session, dataset_id)
+def get_dataset(dataset_id: DbId, session: ReadSessionDep) -> Dataset:
+    return service.get_row(session, dataset_id)
 
 
-def _spec_error(exc: ValueError) -> RequestValidationError:
-    msg = str(exc)
-    field = "keep" if msg.startswith("keep=") else "minority"
-    return field_error(("body", field), msg)
+def _spec_error(exc: Invalid) -> RequestValidationError:
+    """Name the spec's own field: ``keep`` for a keep count the data cannot meet, else ``minority``."""
+    field = "keep" if exc.message.startswith("keep=") else "minority"
+    return field_error(("body", field), exc.message)
 
 
 @router.post("/{dataset_id}/imbalance/preview", response_model=ImbalancePreview)
 def preview_imbalance(
-    dataset_id: int, spec: ImbalanceSpec, session: ReadSessionDep, store: StoreDep
+    dataset_id: DbId, spec: ImbalanceSpec, session: ReadSessionDep, store: StoreDep
 ) -> ImbalancePreview:
     """Per-class training counts before and after ``spec`` (422 naming the field on a bad spec)."""
-    ds = _open(store, _row(session, dataset_id))
+    ds = service.open_dataset(session, store, dataset_id)
     try:
-        result = apply_imbalance(ds.train_y, ds.classes, spec)
-    except ValueError as exc:
+        return ImbalancePreview(**service.imbalance_preview(ds, spec))
+    except Invalid as exc:
         raise _spec_error(exc) from None
-    after = result.counts(ds.train_y, len(ds.classes))
-    return ImbalancePreview(
-        before=ds.train_counts(),
-        after={c: int(n) for c, n in zip(ds.classes, after, strict=True)},
-        removed=len(result.removed_idx),
-        minority=[ds.classes[i] for i in result.minority_classes],
-    )
-
-
-def _open(store: Any, row: Dataset) -> Any:
-    try:
-        return dataset_from_row(store, row)
-    except JobError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
 
 @router.get("/{dataset_id}/export")
 def export_dataset(
-    dataset_id: int,
+    dataset_id: DbId,
     session: ReadSessionDep,
     store: StoreDep,
     variant: str = Query("imbalanced", description=f"one of {', '.join(VARIANTS)}"),
     imbalance: str | None = Query(None, description='imbalance spec as JSON, e.g. {"minority": "cat", "keep": 50}'),
     include_test: bool = Query(False, description="also write test/<class>/ images"),
-) -> FileResponse:
-    """The variant as an ImageFolder zip with ``metadata.jsonl`` (built on first request, then reused)."""
-    row = _row(session, dataset_id)
-    if variant not in VARIANTS:
-        raise field_error(("query", "variant"), f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
+) -> StreamingResponse:
+    """The variant as an ImageFolder zip with ``metadata.jsonl``, streamed as it is encoded."""
     spec: dict | None = None
     if imbalance:
         try:
             spec = ImbalanceSpec.model_validate(json.loads(imbalance)).model_dump()
         except (json.JSONDecodeError, ValidationError) as exc:
             raise field_error(("query", "imbalance"), f"invalid imbalance spec: {exc}") from None
-    elif variant != "full":
-        raise field_error(("query", "imbalance"), f"variant {variant!r} needs an imbalance spec")
-    ds = _open(store, row)
-    digest = hashlib.sha256(json.dumps([row.cache_key, variant, spec, include_test]).encode()).hexdigest()[:16]
-    out = store.path(f"exports/dataset{dataset_id}-{variant}-{digest}.zip")
-    if not out.exists():
-        try:
-            v = build_variant(ds, variant, spec)
-        except JobError as exc:
-            raise field_error(("query", "imbalance"), str(exc)) from None
-        test = (ds.test_x, ds.test_y) if include_test else None
-        export_zip(v, ds.classes, out, test=test)
-    return FileResponse(out, media_type="application/zip", filename=f"{row.name}-{variant}.zip")
+    try:
+        name, chunks = service.export_variant(session, store, dataset_id, variant, spec, include_test)
+    except Invalid as exc:
+        raise field_error(("query", exc.field), exc.message) from None
+    return zip_response(name, chunks)
+
+
+def zip_response(filename: str, chunks: Any) -> StreamingResponse:
+    """A zip download streamed from a sync iterator (Starlette runs it in a thread, off the event loop)."""
+    return StreamingResponse(
+        chunks, media_type="application/zip", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )

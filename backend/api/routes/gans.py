@@ -11,8 +11,10 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from backend.api.deps import ReadSessionDep, StoreDep, not_found
+from backend.core.types import DbId, DbOffset
 from backend.db.models import Gan, Job
-from backend.jobs.kinds.gan import samples_path
+from backend.services.gans import get_gan as gan_row
+from backend.services.gans import samples_path
 
 router = APIRouter(prefix="/gans", tags=["gans"])
 
@@ -56,19 +58,15 @@ def _summary(session: ReadSessionDep, row: Gan) -> dict[str, Any]:
 
 
 @router.get("", response_model=list[GanOut])
-def list_gans(
-    session: ReadSessionDep, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
-) -> list[GanOut]:
+def list_gans(session: ReadSessionDep, offset: DbOffset = 0, limit: int = Query(100, ge=1, le=1000)) -> list[GanOut]:
     rows = session.scalars(select(Gan).order_by(Gan.id.desc()).offset(offset).limit(limit))
     return [GanOut(**_summary(session, row)) for row in rows]
 
 
 @router.get("/{gan_id}", response_model=GanDetail)
-def get_gan(gan_id: int, session: ReadSessionDep) -> GanDetail:
+def get_gan(gan_id: DbId, session: ReadSessionDep) -> GanDetail:
     """Params, epochs done, per-epoch D/G losses, source summary and sample-grid URLs."""
-    row = session.get(Gan, gan_id)
-    if row is None:
-        raise not_found("gan", gan_id)
+    row = gan_row(session, gan_id)
     samples = [f"/api/gans/{gan_id}/samples/{e}" for e in range(1, row.epochs_done + 1)]
     return GanDetail(
         **_summary(session, row),
@@ -79,11 +77,9 @@ def get_gan(gan_id: int, session: ReadSessionDep) -> GanDetail:
 
 
 @router.get("/{gan_id}/samples/{epoch}", response_class=FileResponse)
-def get_samples(gan_id: int, epoch: int, session: ReadSessionDep, store: StoreDep) -> FileResponse:
+def get_samples(gan_id: DbId, epoch: int, session: ReadSessionDep, store: StoreDep) -> FileResponse:
     """PNG grid of 64 samples from the run's fixed noise after `epoch`."""
-    row = session.get(Gan, gan_id)
-    if row is None:
-        raise not_found("gan", gan_id)
+    row = gan_row(session, gan_id)
     path = store.path(samples_path(gan_id, epoch))
     if not 1 <= epoch <= row.epochs_done or not path.is_file():
         raise not_found(f"gan {gan_id} epoch", epoch)

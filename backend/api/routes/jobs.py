@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from backend.api.deps import DatabaseDep, ReadSessionDep, SettingsDep, not_found
 from backend.api.errors import field_error
 from backend.api.schemas import JobCreate, JobKindOut, JobLogOut, JobOut, JobPage, JobStatus
+from backend.core.types import DbId, DbOffset
 from backend.db.models import Job, JobLog
 from backend.jobs import queue
 from backend.jobs.registry import all_kinds, get_kind
@@ -29,7 +30,8 @@ def list_kinds() -> list[JobKindOut]:
 @router.post("", response_model=JobOut, status_code=status.HTTP_201_CREATED)
 def submit_job(body: JobCreate, db: DatabaseDep, settings: SettingsDep, response: Response) -> Job:
     """Queue a job. Unknown kinds and invalid params answer 422 naming the field; a repeated
-    ``idempotency_key`` returns the job it created the first time (200)."""
+    ``idempotency_key`` returns the job it created the first time (200) when kind and params are the
+    same, and 409 naming what differs when they are not."""
     kind = get_kind(body.kind)
     if kind is None:
         known = ", ".join(sorted(all_kinds())) or "none"
@@ -40,13 +42,16 @@ def submit_job(body: JobCreate, db: DatabaseDep, settings: SettingsDep, response
         # Re-raise pydantic's errors under body.params.<field> so the 422 names the exact field.
         errors = [{**e, "loc": ("body", "params", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
-    job, created = queue.submit(
-        db,
-        body.kind,
-        params.model_dump(mode="json"),
-        idempotency_key=body.idempotency_key,
-        max_attempts=settings.max_attempts,
-    )
+    try:
+        job, created = queue.submit(
+            db,
+            body.kind,
+            params.model_dump(mode="json"),
+            idempotency_key=body.idempotency_key,
+            max_attempts=settings.max_attempts,
+        )
+    except queue.IdempotencyConflict as exc:
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from None
     if not created:
         response.status_code = status.HTTP_200_OK
     return job
@@ -58,7 +63,7 @@ def list_jobs(
     kind: str | None = None,
     status_: JobStatus | None = Query(None, alias="status"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: DbOffset = 0,
 ) -> JobPage:
     """Jobs, newest first, optionally filtered by kind and status."""
     q = select(Job)
@@ -72,7 +77,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: int, session: ReadSessionDep) -> Job:
+def get_job(job_id: DbId, session: ReadSessionDep) -> Job:
     job = session.get(Job, job_id)
     if job is None:
         raise not_found("job", job_id)
@@ -81,7 +86,7 @@ def get_job(job_id: int, session: ReadSessionDep) -> Job:
 
 @router.get("/{job_id}/logs", response_model=list[JobLogOut])
 def get_logs(
-    job_id: int, session: ReadSessionDep, after_id: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=5000)
+    job_id: DbId, session: ReadSessionDep, after_id: DbOffset = 0, limit: int = Query(500, ge=1, le=5000)
 ) -> list[JobLog]:
     if session.get(Job, job_id) is None:
         raise not_found("job", job_id)
@@ -90,7 +95,7 @@ def get_logs(
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: int, db: DatabaseDep) -> Job:
+def cancel_job(job_id: DbId, db: DatabaseDep) -> Job:
     """Cancel a queued job now, or ask a running one to stop at its next chunk boundary (within seconds)."""
     job = queue.request_cancel(db, job_id)
     if job is None:
@@ -101,7 +106,7 @@ def cancel_job(job_id: int, db: DatabaseDep) -> Job:
 
 
 @router.post("/{job_id}/retry", response_model=JobOut)
-def retry_job(job_id: int, db: DatabaseDep) -> Job:
+def retry_job(job_id: DbId, db: DatabaseDep) -> Job:
     """Queue a failed or cancelled job again; it resumes from its last checkpoint."""
     job = queue.retry(db, job_id)
     if job is None:

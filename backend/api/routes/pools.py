@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from backend.api.deps import ReadSessionDep, StoreDep, not_found
+from backend.core.types import DbId, DbOffset
 from backend.db.models import Pool, PoolImage
 
 router = APIRouter(prefix="/pools", tags=["pools"])
@@ -82,7 +83,7 @@ def _image(row: PoolImage) -> ImageOut:
 def list_pools(
     session: ReadSessionDep,
     kind: str | None = None,
-    offset: int = Query(0, ge=0),
+    offset: DbOffset = 0,
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[PoolOut]:
     query = select(Pool).order_by(Pool.id.desc()).offset(offset).limit(limit)
@@ -92,7 +93,7 @@ def list_pools(
 
 
 @router.get("/{pool_id}", response_model=PoolOut)
-def get_pool(pool_id: int, session: ReadSessionDep) -> PoolOut:
+def get_pool(pool_id: DbId, session: ReadSessionDep) -> PoolOut:
     row = session.get(Pool, pool_id)
     if row is None:
         raise not_found("pool", pool_id)
@@ -101,9 +102,9 @@ def get_pool(pool_id: int, session: ReadSessionDep) -> PoolOut:
 
 @router.get("/{pool_id}/images", response_model=ImagePage)
 def list_images(
-    pool_id: int,
+    pool_id: DbId,
     session: ReadSessionDep,
-    offset: int = Query(0, ge=0),
+    offset: DbOffset = 0,
     limit: int = Query(100, ge=1, le=1000),
 ) -> ImagePage:
     """Images in generation order (`idx`)."""
@@ -133,12 +134,12 @@ def _file(session: ReadSessionDep, store: StoreDep, image_id: int, review: bool)
 
 
 @images_router.get("/{image_id}", response_class=FileResponse)
-def image_bytes(image_id: int, session: ReadSessionDep, store: StoreDep) -> FileResponse:
+def image_bytes(image_id: DbId, session: ReadSessionDep, store: StoreDep) -> FileResponse:
     """The dataset-resolution file (PNG with generation parameters)."""
     return _file(session, store, image_id, review=False)
 
 
 @images_router.get("/{image_id}/review", response_class=FileResponse)
-def review_bytes(image_id: int, session: ReadSessionDep, store: StoreDep) -> FileResponse:
+def review_bytes(image_id: DbId, session: ReadSessionDep, store: StoreDep) -> FileResponse:
     """The review copy (WebP, at most the pool's review_size px)."""
     return _file(session, store, image_id, review=True)

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime
 from typing import Any
 
-import numpy as np
-from fastapi import APIRouter, HTTPException, Query, status
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.api.deps import ReadSessionDep, SessionDep, StoreDep, not_found
-from backend.api.errors import field_error
-from backend.data.export import export_zip
-from backend.data.images import decode_image
-from backend.data.variants import with_synthetic
-from backend.db.models import Dataset, PoolImage, Selection, SelectionPick
-from backend.jobs.errors import JobError
-from backend.jobs.kinds.datasets import build_variant, dataset_from_row
-from backend.jobs.kinds.selection import selected_image_ids
-from backend.selection.review import apply_review
+from backend.api.deps import ReadSessionDep, SessionDep, StoreDep
+from backend.api.routes.datasets import zip_response
+from backend.core.types import DbId
+from backend.db.models import Selection, SelectionPick
+from backend.services import selections as service
 
 router = APIRouter(prefix="/selections", tags=["selections"])
 
@@ -65,8 +57,8 @@ class SelectionOut(BaseModel):
 class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    accept: list[int] = Field(default_factory=list, max_length=100_000)
-    reject: list[int] = Field(default_factory=list, max_length=100_000)
+    accept: list[DbId] = Field(default_factory=list, max_length=100_000)
+    reject: list[DbId] = Field(default_factory=list, max_length=100_000)
     replace_rejected: bool = False
 
 
@@ -91,14 +83,6 @@ def _pick_out(row: SelectionPick) -> PickOut:
     )
 
 
-def _picks(session: Session, selection_id: int) -> list[SelectionPick]:
-    return list(
-        session.scalars(
-            select(SelectionPick).where(SelectionPick.selection_id == selection_id).order_by(SelectionPick.rank)
-        )
-    )
-
-
 def _out(session: Session, sel: Selection) -> SelectionOut:
     info = dict(sel.info or {})
     info["reserve_left"] = len(info.pop("reserve", []))
@@ -110,7 +94,7 @@ def _out(session: Session, sel: Selection) -> SelectionOut:
         info=info,
         rounds=sel.rounds or [],
         feature_map=sel.feature_map or {},
-        picks=[_pick_out(p) for p in _picks(session, sel.id)],
+        picks=[_pick_out(p) for p in service.picks(session, sel.id)],
         created_at=sel.created_at,
     )
 
@@ -136,67 +120,20 @@ def list_selections(session: ReadSessionDep) -> list[SelectionSummary]:
 
 
 @router.get("/{selection_id}", response_model=SelectionOut)
-def get_selection(selection_id: int, session: ReadSessionDep) -> SelectionOut:
+def get_selection(selection_id: DbId, session: ReadSessionDep) -> SelectionOut:
     """Picks ordered by rank (image id, round, score, minority posterior, review state, near-copy flag),
     per-round summaries and the 2-D feature map."""
-    sel = session.get(Selection, selection_id)
-    if sel is None:
-        raise not_found("selection", selection_id)
-    return _out(session, sel)
+    return _out(session, service.get_selection(session, selection_id))
 
 
 @router.post("/{selection_id}/review", response_model=ReviewOut)
-def review_selection(selection_id: int, body: ReviewIn, session: SessionDep) -> ReviewOut:
+def review_selection(selection_id: DbId, body: ReviewIn, session: SessionDep) -> ReviewOut:
     """Accept/reject picks by image id; with ``replace_rejected`` each rejected pick is replaced by the
     best unused candidate of the ranked reserve (near-copies skipped)."""
-    sel = session.get(Selection, selection_id)
-    if sel is None:
-        raise not_found("selection", selection_id)
-    rows = _picks(session, selection_id)
-    picks = [
-        {
-            "image_id": r.image_id,
-            "rank": r.rank,
-            "round": r.round,
-            "review": r.review,
-            "replaces": (r.meta or {}).get("replaces"),
-        }
-        for r in rows
-    ]
-    known = {r.image_id for r in rows}
-    for name in ("accept", "reject"):
-        unknown = [i for i in getattr(body, name) if i not in known]
-        if unknown:
-            raise field_error(("body", name), f"image ids {unknown} are not picks of selection {selection_id}")
-    both = sorted(set(body.accept) & set(body.reject))
-    if both:
-        raise field_error(("body", "reject"), f"image ids {both} are both accepted and rejected")
-    reserve = list((sel.info or {}).get("reserve", []))
-    outcome = apply_review(picks, reserve, body.accept, body.reject, body.replace_rejected)
-    by_id = {r.image_id: r for r in rows}
-    for p in outcome.picks:
-        row = by_id.get(p["image_id"])
-        if row is not None:
-            row.review = p["review"]
-            continue
-        session.add(
-            SelectionPick(
-                selection_id=selection_id,
-                image_id=p["image_id"],
-                rank=p["rank"],
-                round=p["round"],
-                score=p["score"],
-                minority_prob=p.get("minority_prob"),
-                review=p["review"],
-                near_copy=bool(p.get("near_copy", False)),
-                nn_distance=p.get("nn_distance"),
-                meta={"pool_index": p.get("index"), "replaces": p["replaces"]},
-            )
-        )
-    sel.info = {**(sel.info or {}), "reserve": outcome.reserve}
+    outcome = service.review(session, selection_id, body.accept, body.reject, body.replace_rejected)
     session.commit()
     return ReviewOut(
-        selection=_out(session, sel),
+        selection=_out(session, service.get_selection(session, selection_id)),
         replaced=[[a, b] for a, b in outcome.replaced],
         unreplaced=outcome.unreplaced,
     )
@@ -204,41 +141,11 @@ def review_selection(selection_id: int, body: ReviewIn, session: SessionDep) -> 
 
 @router.get("/{selection_id}/export")
 def export_selection(
-    selection_id: int,
+    selection_id: DbId,
     session: ReadSessionDep,
     store: StoreDep,
     include_test: bool = Query(False, description="also write test/<class>/ images"),
-) -> FileResponse:
+) -> StreamingResponse:
     """The rebalanced dataset: the imbalanced training set plus this selection's accepted picks (and pending
     ones not flagged as near-copies), as an ImageFolder zip with ``metadata.jsonl`` provenance."""
-    sel = session.get(Selection, selection_id)
-    if sel is None:
-        raise not_found("selection", selection_id)
-    ids = selected_image_ids(session, selection_id)
-    if not ids:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"selection {selection_id} has no accepted or pending picks")
-    dataset = session.get(Dataset, sel.dataset_id)
-    if dataset is None:
-        raise not_found("dataset", sel.dataset_id)
-    target = (sel.info or {}).get("target_class")
-    digest = hashlib.sha256(json.dumps([dataset.cache_key, sel.params, ids, include_test]).encode()).hexdigest()[:16]
-    out = store.path(f"exports/selection{selection_id}-{digest}.zip")
-    if not out.exists():
-        try:
-            ds = dataset_from_row(store, dataset)
-            base = build_variant(ds, "imbalanced", sel.params.get("imbalance"))
-        except JobError as exc:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-        if target not in ds.classes:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"selection {selection_id} has not finished")
-        rows = {r.id: r for r in session.scalars(select(PoolImage).where(PoolImage.id.in_(ids)))}
-        ordered = [rows[i] for i in ids if i in rows]
-        images = np.stack([decode_image(store.path(r.file), size=ds.image_size) for r in ordered])
-        provenance = [
-            {"image_id": r.id, "pool_id": r.pool_id, "prompt": r.prompt, "seed": r.seed, "source_path": r.source_path}
-            for r in ordered
-        ]
-        variant = with_synthetic(base, images, provenance, ds.classes.index(target), name=f"selection{selection_id}")
-        test = (ds.test_x, ds.test_y) if include_test else None
-        export_zip(variant, ds.classes, out, test=test)
-    return FileResponse(out, media_type="application/zip", filename=f"{dataset.name}-selection{selection_id}.zip")
+    return zip_response(*service.export_selection(session, store, selection_id, include_test))

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from backend.api.deps import ReadSessionDep, SessionDep, not_found
+from backend.core.types import DbId, DbOffset
 from backend.db.models import Vocabulary as VocabularyRow
 from backend.db.models import utcnow
 from backend.generation.prompts import Vocabulary, default_vocabulary
@@ -53,7 +54,7 @@ class PreviewIn(BaseModel):
     """Either a saved `vocabulary_id` or an inline vocabulary."""
 
     model_config = ConfigDict(extra="forbid")
-    vocabulary_id: int | None = None
+    vocabulary_id: DbId | None = None
     vocabulary: VocabularyBody | None = None
     n: int = Field(10, ge=0, le=1000, description="number of sample prompts")
     seed: int = Field(0, ge=0, description="the job seed whose first prompts are shown")
@@ -104,7 +105,7 @@ def _commit(session: SessionDep, name: str) -> None:
 
 @router.get("", response_model=list[VocabularyOut])
 def list_vocabularies(
-    session: ReadSessionDep, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+    session: ReadSessionDep, offset: DbOffset = 0, limit: int = Query(100, ge=1, le=1000)
 ) -> list[VocabularyOut]:
     rows = session.scalars(select(VocabularyRow).order_by(VocabularyRow.id).offset(offset).limit(limit))
     return [_out(row) for row in rows]
@@ -144,7 +145,7 @@ def preview(body: PreviewIn, session: ReadSessionDep) -> PreviewOut:
 
 
 @router.get("/{vocabulary_id}", response_model=VocabularyOut)
-def get_vocabulary(vocabulary_id: int, session: ReadSessionDep) -> VocabularyOut:
+def get_vocabulary(vocabulary_id: DbId, session: ReadSessionDep) -> VocabularyOut:
     row = session.get(VocabularyRow, vocabulary_id)
     if row is None:
         raise not_found("vocabulary", vocabulary_id)
@@ -152,7 +153,7 @@ def get_vocabulary(vocabulary_id: int, session: ReadSessionDep) -> VocabularyOut
 
 
 @router.put("/{vocabulary_id}", response_model=VocabularyOut)
-def update_vocabulary(vocabulary_id: int, body: VocabularyIn, session: SessionDep) -> VocabularyOut:
+def update_vocabulary(vocabulary_id: DbId, body: VocabularyIn, session: SessionDep) -> VocabularyOut:
     row = session.get(VocabularyRow, vocabulary_id)
     if row is None:
         raise not_found("vocabulary", vocabulary_id)
@@ -162,7 +163,7 @@ def update_vocabulary(vocabulary_id: int, body: VocabularyIn, session: SessionDe
 
 
 @router.delete("/{vocabulary_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_vocabulary(vocabulary_id: int, session: SessionDep) -> Response:
+def delete_vocabulary(vocabulary_id: DbId, session: SessionDep) -> Response:
     row = session.get(VocabularyRow, vocabulary_id)
     if row is None:
         raise not_found("vocabulary", vocabulary_id)

@@ -2,12 +2,19 @@
 
 Each (variant, seed) run is a checkpointed unit. A finished run is a ``BenchmarkRun`` row (unique per
 benchmark, variant and seed) and is never trained again. The run in flight saves its trainer state after
-every epoch under ``benchmarks/<id>/runs/<variant>__seed<seed>/`` (safetensors + JSON, never pickle), so a
+every epoch to ``benchmarks/<id>/runs/<variant>__seed<seed>/state.safetensors`` (never pickle), so a
 killed or interrupted job resumes that run from its last finished epoch, bit-for-bit on CPU.
+
+Every variant of one seed is selected on the same validation split: carved once per (dataset, imbalance,
+seed) from the real images every variant has (for a minority class, its kept images), left out of every
+variant's training data (``full`` and the oversampled repeats included) and never holding a synthetic
+image. Each row records the split's size, per-class counts and a fingerprint of its image ids.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
 import shutil
 from typing import Annotated, Any, Literal
@@ -16,23 +23,21 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from sqlalchemy import select
 
+from backend.core.checkpoint import load_state, save_state
+from backend.core.types import DbId
+from backend.data.cache import DecodedDataset
 from backend.data.images import ImageDecodeError, decode_image
-from backend.data.imbalance import ImbalanceSpec, apply_imbalance
+from backend.data.imbalance import ImbalanceResult, ImbalanceSpec
 from backend.data.variants import Variant, with_synthetic
-from backend.db.models import Benchmark, BenchmarkRun, Pool, PoolImage, Selection
+from backend.data.variants import build_variant as build_data_variant
+from backend.db.models import Benchmark, BenchmarkRun
 from backend.jobs.context import JobContext
-from backend.jobs.errors import JobError, JobInterrupted
-from backend.jobs.kinds.datasets import build_variant, load_dataset
-from backend.jobs.kinds.selection import selected_image_ids
+from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
+from backend.services import datasets, pools, selections
+from backend.services.rows import row_for_job
 from backend.training.models import MODELS
-from backend.training.trainer import (
-    TrainConfig,
-    TrainingInterrupted,
-    state_from_safetensors,
-    state_to_safetensors,
-    train,
-)
+from backend.training.trainer import CHECKPOINT_KIND, TrainConfig, evaluate, fit, validation_split
 
 CLASSICAL = ("imbalanced", "oversample", "oversample_aug", "class_weighted", "logit_adjusted", "full")
 DEFAULT_VARIANTS = ["imbalanced", "oversample", "oversample_aug", "class_weighted", "logit_adjusted", "full"]
@@ -45,8 +50,8 @@ class SyntheticVariant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., description="variant name shown in tables, e.g. gan, sd_random, sd_al")
-    selection_id: int | None = Field(None, description="use this selection's picks that were not rejected")
-    pool_id: int | None = Field(None, description="use the first `count` images of this pool")
+    selection_id: DbId | None = Field(None, description="use this selection's picks that were not rejected")
+    pool_id: DbId | None = Field(None, description="use the first `count` images of this pool")
     count: int | None = Field(None, ge=1, le=1_000_000, description="images to take (pool: required)")
     label: str | None = Field(None, description="class of the synthetic images (default: the minority class)")
 
@@ -71,7 +76,7 @@ class BenchmarkParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset_id: int
+    dataset_id: DbId
     imbalance: ImbalanceSpec | None = Field(None, description="required unless every variant is 'full'")
     variants: list[VariantItem] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), min_length=1)
     model: str | None = Field(None, description="resnet18_cifar | small; default resnet18_cifar on CUDA, else small")
@@ -79,7 +84,13 @@ class BenchmarkParams(BaseModel):
     batch_size: int = Field(256, ge=2, le=8192)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
     lr: float = Field(0.1, gt=0.0, le=10.0, description="peak learning rate per batch of 256 examples")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of the real kept images held out as the one validation split per seed"
+    )
+    select_epoch: Literal["last", "best_balanced"] = Field(
+        "last",
+        description="weights kept: last = end of the schedule; best_balanced = best mean per-class validation accuracy",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="autocast: auto = bf16 on CUDA and on CPUs with native bf16, else fp32"
     )
@@ -121,6 +132,8 @@ class BenchmarkParams(BaseModel):
     def _needs_imbalance(self) -> BenchmarkParams:
         if self.imbalance is None and any(v != "full" for v in self.variants):
             raise ValueError("imbalance is required for every variant except 'full'")
+        if self.select_epoch == "best_balanced" and self.val_fraction == 0:
+            raise ValueError("select_epoch 'best_balanced' needs a validation split (val_fraction > 0)")
         return self
 
     def variant_names(self) -> list[str]:
@@ -136,34 +149,44 @@ def _run_dir(benchmark_id: int, variant: str, seed: int) -> str:
     return f"benchmarks/{benchmark_id}/runs/{variant}__seed{seed}"
 
 
-# -- synthetic images ----------------------------------------------------------------------------------
+# -- the validation split ------------------------------------------------------------------------------
 
 
-def _selected_images(ctx: JobContext, selection_id: int) -> list[PoolImage]:
-    """Picks in rank order that a reviewer accepted, or left pending and not flagged as near-copies."""
-    with ctx.session() as s:
-        if s.get(Selection, selection_id) is None:
-            raise JobError(f"selection {selection_id} not found")
-        keep = selected_image_ids(s, selection_id)
-        rows = {r.id: r for r in s.scalars(select(PoolImage).where(PoolImage.id.in_(keep)))}
-        s.expunge_all()
-    return [rows[i] for i in keep if i in rows]
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """The validation split of one seed: indices into the dataset's training images."""
+
+    ids: np.ndarray  # sorted int64 indices into ds.train_x
+    images: np.ndarray  # uint8 (M, H, W, 3)
+    labels: np.ndarray  # int64 (M,)
+
+    def summary(self, classes: list[str]) -> dict[str, Any]:
+        """What a row records: size, per-class counts and a fingerprint of the image ids."""
+        counts = np.bincount(self.labels, minlength=len(classes))
+        digest = hashlib.sha256(",".join(map(str, self.ids.tolist())).encode()).hexdigest()
+        return {
+            "size": len(self.ids),
+            "counts": {c: int(n) for c, n in zip(classes, counts, strict=True)},
+            "fingerprint": digest[:16],
+        }
 
 
-def _pool_images(ctx: JobContext, pool_id: int, count: int) -> list[PoolImage]:
-    with ctx.session() as s:
-        if s.get(Pool, pool_id) is None:
-            raise JobError(f"pool {pool_id} not found")
-        rows = s.scalars(
-            select(PoolImage).where(PoolImage.pool_id == pool_id).order_by(PoolImage.idx).limit(count)
-        ).all()
-        s.expunge_all()
-    if len(rows) < count:
-        raise JobError(f"pool {pool_id} holds {len(rows)} images; the variant asks for count={count}")
-    return list(rows)
+def validation_for(ds: DecodedDataset, imb: ImbalanceResult | None, fraction: float, seed: int) -> Validation:
+    """Carve the seed's split from the real images every variant has: all kept ones (every image without
+    an imbalance). Synthetic images live in no dataset index, so they can never be part of it."""
+    kept = np.arange(len(ds.train_y)) if imb is None else imb.kept_idx
+    try:
+        ids = kept[validation_split(ds.train_y[kept], fraction, seed)]
+    except ValueError as exc:
+        raise JobError(str(exc)) from exc
+    return Validation(ids, np.asarray(ds.train_x[ids]), np.asarray(ds.train_y[ids], dtype=np.int64))
 
 
-def _synthetic_variant(ctx: JobContext, spec: SyntheticVariant, base: Variant, ds, minority: list[int]) -> Variant:
+# -- variants --------------------------------------------------------------------------------------------
+
+
+def _synthetic_images(ctx: JobContext, spec: SyntheticVariant, ds: DecodedDataset, minority: list[int]):
+    """(uint8 images, provenance, label) of a synthetic variant, decoded from the pool files."""
     if spec.label is not None:
         if spec.label not in ds.classes:
             raise JobError(f"variant {spec.name!r}: label {spec.label!r} is not a class of the dataset")
@@ -172,11 +195,12 @@ def _synthetic_variant(ctx: JobContext, spec: SyntheticVariant, base: Variant, d
         label = minority[0]
     else:
         raise JobError(f"variant {spec.name!r}: several minority classes; say which with 'label'")
-    if spec.selection_id is not None:
-        rows = _selected_images(ctx, spec.selection_id)
-        rows = rows[: spec.count] if spec.count is not None else rows
-    else:
-        rows = _pool_images(ctx, spec.pool_id, spec.count)
+    with ctx.session() as s:
+        if spec.selection_id is not None:
+            rows = selections.selected_images(s, spec.selection_id)[: spec.count]
+        else:
+            rows = pools.first_images(s, spec.pool_id, spec.count)
+        s.expunge_all()
     images, provenance = [], []
     for row in rows:
         try:
@@ -186,166 +210,147 @@ def _synthetic_variant(ctx: JobContext, spec: SyntheticVariant, base: Variant, d
         provenance.append({"image_id": row.id, "pool_id": row.pool_id, "prompt": row.prompt, "seed": row.seed})
     if not images:
         raise JobError(f"variant {spec.name!r}: no synthetic images to add")
-    return with_synthetic(base, np.stack(images), provenance, label, name=spec.name)
+    return np.stack(images), provenance, label
+
+
+def _variant(spec: str | SyntheticVariant, ds: DecodedDataset, imb: ImbalanceResult | None, synthetic) -> Variant:
+    """The training set of a variant. ``imb`` keeps only the images outside the validation split, so
+    oversampling repeats and class weights see the training images alone; ``full`` holds the split too,
+    and the trainer drops every copy of a validation image."""
+    if isinstance(spec, SyntheticVariant):
+        images, provenance, label = synthetic
+        return with_synthetic(build_data_variant("imbalanced", ds, imb), images, provenance, label, name=spec.name)
+    # logit_adjusted is a loss-side remedy: the imbalanced data, trained with the adjusted loss.
+    data_name = "imbalanced" if spec == "logit_adjusted" else spec
+    return build_data_variant(data_name, ds, None if spec == "full" else imb)
 
 
 # -- the job --------------------------------------------------------------------------------------------
 
 
-def _benchmark_row(ctx: JobContext, params: BenchmarkParams, info: dict[str, Any]) -> int:
-    """The benchmark of this job: created on the first attempt, found again on a resume."""
-    with ctx.session() as s:
-        row = s.scalar(select(Benchmark).where(Benchmark.job_id == ctx.job_id))
-        if row is None:
-            row = Benchmark(
-                dataset_id=params.dataset_id, job_id=ctx.job_id, params=params.model_dump(mode="json"), info=info
-            )
-            s.add(row)
-            s.flush()
-        return row.id
-
-
-def _done_runs(ctx: JobContext, benchmark_id: int) -> set[tuple[str, int]]:
-    with ctx.session() as s:
-        rows = s.execute(
-            select(BenchmarkRun.variant, BenchmarkRun.seed).where(BenchmarkRun.benchmark_id == benchmark_id)
-        )
-        return {(v, int(seed)) for v, seed in rows}
-
-
-def _load_state(ctx: JobContext, run_dir: str) -> dict[str, Any] | None:
-    """The last epoch state of an interrupted run, if one was saved."""
-    if not ctx.store.exists(f"{run_dir}/state.json"):
-        return None
-    meta = ctx.store.read_json(f"{run_dir}/state.json")
-    data = ctx.store.path(f"{run_dir}/{meta['file']}").read_bytes()
-    return state_from_safetensors(data, meta["state"])
-
-
-def _save_state(ctx: JobContext, run_dir: str, epoch: int, state: dict[str, Any]) -> None:
-    """Write the weights file first, then the JSON that points at it: the JSON is the commit marker."""
-    data, meta = state_to_safetensors(state)
-    name = f"epoch{epoch:04d}.safetensors"
-    ctx.store.write_bytes(f"{run_dir}/{name}", data)
-    ctx.store.write_json(f"{run_dir}/state.json", {"file": name, "state": meta})
-    for old in ctx.store.path(run_dir).glob("epoch*.safetensors"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
-
-
 @job_kind("benchmark", BenchmarkParams)
 def benchmark(ctx: JobContext, params: BenchmarkParams) -> dict[str, Any]:
     """Train a classifier on each dataset variant and seed; record per-class test accuracy."""
-    ds = load_dataset(ctx, params.dataset_id)
-    imbalance = params.imbalance.model_dump() if params.imbalance is not None else None
-    try:
-        imb = apply_imbalance(ds.train_y, ds.classes, imbalance) if imbalance else None
-    except ValueError as exc:
-        raise JobError(f"imbalance: {exc}") from exc
+    with ctx.session() as s:
+        ds = datasets.open_dataset(s, ctx.store, params.dataset_id)
+    imb = None if params.imbalance is None else datasets.imbalance_of(ds, params.imbalance)
     minority = imb.minority_classes if imb is not None else []
-    device = ctx.settings.device
-    model = resolve_model(params.model, device)
-    mean, std = ds.info.get("mean"), ds.info.get("std")
-    if mean is None or std is None:
+    model = resolve_model(params.model, ctx.settings.device)
+    if ds.info.get("mean") is None or ds.info.get("std") is None:
         raise JobError(f"dataset {params.dataset_id} has no channel statistics; prepare it again")
     info = {
         "classes": list(ds.classes),
         "minority": [ds.classes[c] for c in minority],
         "model": model,
-        "device": device,
+        "device": ctx.settings.device,
         "variants": params.variant_names(),
         "seeds": params.seeds,
+        "select_epoch": params.select_epoch,
     }
-    benchmark_id = _benchmark_row(ctx, params, info)
+    with ctx.session() as s:
+        benchmark_id = row_for_job(
+            s,
+            Benchmark,
+            ctx.job_id,
+            lambda: Benchmark(
+                dataset_id=params.dataset_id, job_id=ctx.job_id, params=params.model_dump(mode="json"), info=info
+            ),
+        ).id
     ctx.save_checkpoint({**ctx.checkpoint, "benchmark_id": benchmark_id})
 
+    with ctx.session() as s:
+        finished = s.execute(select(BenchmarkRun.variant, BenchmarkRun.seed).filter_by(benchmark_id=benchmark_id))
+        done = {(v, int(seed)) for v, seed in finished}
     units = [(v, seed) for v in params.variants for seed in params.seeds]
-    done = _done_runs(ctx, benchmark_id)
-    total = len(units)
-    built: dict[str, Variant] = {}  # the variant being trained, reused across its seeds
+    splits: dict[int, Validation] = {}
+    synthetic: dict[str, Any] = {}  # decoded synthetic images of the variant being trained
     for i, (spec, seed) in enumerate(units):
         name = spec if isinstance(spec, str) else spec.name
         if (name, seed) in done:
             shutil.rmtree(ctx.store.path(_run_dir(benchmark_id, name, seed)), ignore_errors=True)
             continue
-        ctx.raise_if_stopped()
-        ctx.progress(i / total, f"run {i + 1} of {total}: {name}, seed {seed}, preparing data")
-        if name not in built:
-            built = {name: _build(ctx, spec, ds, imbalance, minority)}
-        variant = built[name]
-        _run_unit(ctx, benchmark_id, variant, name, seed, i, total, params, model, ds, mean, std)
-        ctx.save_checkpoint({**ctx.checkpoint, "benchmark_id": benchmark_id, "runs_done": i + 1})
-    ctx.progress(1.0, f"{total} runs done")
-    return {"benchmark_id": benchmark_id, "runs": total}
-
-
-def _build(ctx: JobContext, spec: str | SyntheticVariant, ds, imbalance: dict | None, minority: list[int]) -> Variant:
-    if isinstance(spec, SyntheticVariant):
-        base = build_variant(ds, "imbalanced", imbalance)
+        ctx.stop_point("between runs")
+        ctx.progress(i / len(units), f"run {i + 1} of {len(units)}: {name}, seed {seed}, preparing data")
+        if seed not in splits:
+            splits[seed] = validation_for(ds, imb, params.val_fraction, seed)
+            held = int(np.isin(splits[seed].labels, minority).sum())
+            ctx.log(f"seed {seed}: validation split of {len(splits[seed].ids)} real images, {held} minority")
+            if params.select_epoch == "best_balanced" and minority and held < 10:
+                ctx.log(f"seed {seed}: only {held} minority validation images; best_balanced picks on noise")
+        val = splits[seed]
+        if isinstance(spec, SyntheticVariant) and name not in synthetic:
+            synthetic = {name: _synthetic_images(ctx, spec, ds, minority)}
+        train_imb = None if imb is None else dataclasses.replace(imb, kept_idx=np.setdiff1d(imb.kept_idx, val.ids))
         try:
-            return _synthetic_variant(ctx, spec, base, ds, minority)
+            variant = _variant(spec, ds, train_imb, synthetic.get(name))
         except ValueError as exc:
-            raise JobError(f"variant {spec.name!r}: {exc}") from exc
-    # logit_adjusted is a loss-side remedy: the imbalanced data, trained with the adjusted loss.
-    data_name = "imbalanced" if spec == "logit_adjusted" else spec
-    return build_variant(ds, data_name, None if spec == "full" else imbalance)
+            raise JobError(f"variant {name!r}: {exc}") from exc
+        _run_unit(ctx, benchmark_id, variant, name, seed, (i, len(units)), params, model, ds, val)
+        ctx.save_checkpoint({**ctx.checkpoint, "benchmark_id": benchmark_id, "runs_done": i + 1})
+    ctx.progress(1.0, f"{len(units)} runs done")
+    return {"benchmark_id": benchmark_id, "runs": len(units)}
 
 
-def _run_unit(ctx, benchmark_id, variant, name, seed, i, total, params, model, ds, mean, std) -> None:
+def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, ds, val: Validation) -> None:
+    """Fit one (variant, seed) with per-epoch checkpoints, evaluate it once on the test set, store the row."""
     run_dir = _run_dir(benchmark_id, name, seed)
+    i, total = position
     config = TrainConfig(
         model=model,
         epochs=params.epochs,
         batch_size=params.batch_size,
         lr=params.lr,
-        val_fraction=params.val_fraction,
         loss="logit_adjusted" if name == "logit_adjusted" else "ce",
+        select_epoch=params.select_epoch,
         seed=seed,
         device=ctx.settings.device,
         precision=params.precision,
     )
-    resume = _load_state(ctx, run_dir)
-    if resume is not None:
+    state_file = f"{run_dir}/state.safetensors"
+    resume = None
+    if ctx.store.exists(state_file):
+        resume = load_state(ctx.store.path(state_file).read_bytes(), CHECKPOINT_KIND)
         ctx.log(f"{name} seed {seed}: resuming after epoch {resume['epoch']}")
-
-    def progress(fraction: float, message: str | None = None) -> None:
-        epoch = f", {message}" if message else ""
-        ctx.progress((i + fraction) / total, f"run {i + 1} of {total}: {name}, seed {seed}{epoch}")
-
+    hooks = dataclasses.replace(
+        ctx.hooks.scaled(i / total, (i + 1) / total, f"run {i + 1} of {total}: {name}, seed {seed}, "),
+        checkpoint=lambda state: ctx.store.write_bytes(state_file, save_state(state, CHECKPOINT_KIND)),
+    )
+    mean, std = ds.info["mean"], ds.info["std"]
+    k = len(ds.classes)
     try:
-        result = train(
-            variant,
-            ds.test_x,
-            ds.test_y,
-            config,
-            mean=mean,
-            std=std,
-            num_classes=len(ds.classes),
-            progress=progress,
-            should_stop=ctx.should_stop,
-            resume_state=resume,
-            on_epoch_end=lambda epoch, state: _save_state(ctx, run_dir, epoch, state),
+        result = fit(
+            variant, config, mean=mean, std=std, val=(val.images, val.labels), num_classes=k, hooks=hooks, resume=resume
         )
-    except TrainingInterrupted as exc:
-        raise JobInterrupted() from exc
     except ValueError as exc:
         raise JobError(f"variant {name!r}, seed {seed}: {exc}") from exc
-    n_synthetic = int((np.asarray(variant.origin) == "synthetic").sum())
+    # The test set is looked at once, with the chosen weights.
+    test = evaluate(
+        result.model,
+        ds.test_x,
+        ds.test_y,
+        mean=mean,
+        std=std,
+        num_classes=k,
+        batch_size=config.eval_batch_size,
+        precision=config.precision,
+    )
     with ctx.session() as s:
         s.add(
             BenchmarkRun(
                 benchmark_id=benchmark_id,
                 variant=name,
                 seed=seed,
-                overall_acc=result.test_acc,
-                per_class=dict(zip(ds.classes, result.test_per_class, strict=True)),
+                overall_acc=test.accuracy,
+                per_class=dict(zip(ds.classes, test.per_class, strict=True)),
                 val_acc=result.val_acc,
                 epochs=params.epochs,
-                n_synthetic=n_synthetic,
+                n_synthetic=int((np.asarray(variant.origin) == "synthetic").sum()),
                 history=result.history,
-                confusion=result.confusion,
+                confusion=test.confusion,
                 info={
-                    "best_epoch": result.best_epoch,
+                    "best_epoch": result.epoch,
+                    "select_epoch": params.select_epoch,
+                    "validation": val.summary(list(ds.classes)),
                     "num_train": result.num_train,
                     "num_val": result.num_val,
                     "seconds": round(result.seconds, 2),
@@ -354,4 +359,4 @@ def _run_unit(ctx, benchmark_id, variant, name, seed, i, total, params, model, d
             )
         )
     shutil.rmtree(ctx.store.path(run_dir), ignore_errors=True)
-    ctx.log(f"{name} seed {seed}: test {result.test_acc:.2f} %, best epoch {result.best_epoch}")
+    ctx.log(f"{name} seed {seed}: test {test.accuracy:.2f} %, weights of epoch {result.epoch} ({params.select_epoch})")

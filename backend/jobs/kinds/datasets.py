@@ -7,14 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from backend.config import PathNotAllowed
 from backend.data.cache import build_cache
 from backend.data.sources import load_cifar10, load_digits, scan_imagefolder
 from backend.db.models import Dataset
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
-from backend.services.datasets import UPLOAD_ID, extract_upload
+from backend.services.datasets import UPLOAD_ID, discard_extraction, extract_upload
+from backend.services.errors import DomainError
 
 MAX_SKIPPED_LISTED = 200  # names kept in the job result / dataset info; the count is always exact
 
@@ -80,9 +80,9 @@ def prepare_dataset(ctx: JobContext, params: PrepareDatasetParams) -> dict[str, 
             folder, skipped = extract_upload(ctx.store, params.path, ctx.hooks)
             source = scan_imagefolder(folder, params.test_fraction, params.seed, params.image_size)
         ds = build_cache(source, ctx.store.path("cache"), hooks=ctx.hooks)
-    except PathNotAllowed as exc:
-        raise JobError(str(exc)) from exc
-    except ValueError as exc:
+    except (ValueError, DomainError) as exc:  # PathNotAllowed is a ValueError naming --allow-dir
+        if params.source == "zip":
+            discard_extraction(ctx.store, params.path or "")  # a failed registration leaves no files
         raise JobError(str(exc)) from exc
     skipped = skipped + [tuple(s) for s in ds.info.get("skipped", [])]
     summary = {"skipped_count": len(skipped), "skipped": [f"{n}: {why}" for n, why in skipped[:MAX_SKIPPED_LISTED]]}

@@ -6,7 +6,7 @@ Where the files go is ``backend.services.gans``; the pool is written through ``b
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import (
@@ -17,31 +17,27 @@ from pydantic import (
     Tag,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from backend.config import PathNotAllowed
+from backend.core.types import DbId
 from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Gan
 from backend.generation.gan import (
     GanConfig,
     GanTrainer,
     generator_only,
-    latent_noise,
     load_generator,
-    render,
-    resize_batch,
-    to_uint8,
+    sample_images,
 )
 from backend.generation.gan_images import load_image_folder
 from backend.generation.imagefiles import encode_png
-from backend.generation.oom import halving_batches
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
 from backend.services.datasets import UPLOAD_ID, extract_upload, minority_images, open_dataset
 from backend.services.gans import checkpoint_path, get_gan, samples_path, sampling_epoch
-from backend.services.pools import PoolWriter, pool_for_job
+from backend.services.pools import PoolWriter, dropped_if_left_empty, pool_for_job
 from backend.services.rows import row_for_job
 
 MAX_SKIPPED_LISTED = 200  # names kept in the GAN's info; the count is always exact
@@ -83,7 +79,7 @@ class DatasetSource(BaseModel):
     """The minority-class images that `imbalance` keeps in a prepared dataset."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset_id: int = Field(ge=1)
+    dataset_id: DbId
     imbalance: ImbalanceSpec
 
 
@@ -111,49 +107,20 @@ Source = Annotated[
 ]
 
 
-class TrainGanParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TrainGanParams(GanConfig):
+    """The GAN's own settings (``GanConfig``: defaults, limits, descriptions) plus where the images come from."""
 
     source: Source = Field(description=SOURCE_FORMS)
-    image_size: Literal[64, 32] = Field(64, description="output side; 64 as in the study, 32 is cheaper")
-    epochs: int = Field(25, ge=1, le=10_000)
-    batch_size: int = Field(128, ge=1, le=4096)
-    lr: float = Field(5e-5, gt=0.0, le=1.0, description="Adam lr for both nets; 5e-5 was the most stable")
-    betas: tuple[float, float] = (0.5, 0.999)
-    seed: int = Field(0, ge=0)
-    augment: bool = Field(True, description="random vertical flip + random sharpness")
-    width: float = Field(1.0, gt=0.0, le=4.0, description="channel multiplier (0.125: 128-64-32-16)")
     name: str | None = Field(None, max_length=255)
 
-    @field_validator("betas")
-    @classmethod
-    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in value):
-            raise ValueError("betas must be two numbers in [0, 1)")
-        return value
-
-    @model_validator(mode="after")
-    def _config(self) -> TrainGanParams:
-        self.config()  # e.g. a width so small a layer has no channels -> ValueError naming width
-        return self
-
     def config(self) -> GanConfig:
-        return GanConfig(
-            image_size=self.image_size,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            betas=self.betas,
-            seed=self.seed,
-            augment=self.augment,
-            width=self.width,
-        )
+        return GanConfig(**self.model_dump(include=set(GanConfig.model_fields)))
 
 
 class GenerateGanParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    gan_id: int = Field(ge=1)
+    gan_id: DbId
     epoch: int | None = Field(None, ge=1, description="default: the last epoch trained")
     count: int = Field(100, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0, description="image i's noise is drawn from (seed, i)")
@@ -302,40 +269,44 @@ def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
             kind="gan",
             params=params.model_dump(mode="json") | {"epoch": epoch, "output_size": output_size},
         )
-    todo = [i for i in range(params.count) if i not in done]
-    base = {"generator": "dcgan", "gan_id": row.id, "epoch": epoch, "seed": params.seed, "job_id": ctx.job_id}
-    base |= {"output_size": output_size}
-    nz = loaded.config.nz
-    batch = {"size": 256}  # images per generator call; shrinks for good after a CUDA OOM
+    with dropped_if_left_empty(ctx.session, pool_id):
+        todo = [i for i in range(params.count) if i not in done]
+        base = {"generator": "dcgan", "gan_id": row.id, "epoch": epoch, "seed": params.seed, "job_id": ctx.job_id}
+        base |= {"output_size": output_size}
+        batch = {"size": 256}  # images per generator call; shrinks for good after a CUDA OOM
 
-    def on_oom(size: int, message: str) -> None:
-        batch["size"] = size
-        ctx.log(message)
+        def on_oom(size: int, message: str) -> None:
+            batch["size"] = size
+            ctx.log(message)
 
-    with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
-        for c in range(0, len(todo), params.chunk_size):
-            chunk = todo[c : c + params.chunk_size]
-            # Contiguous runs share one generator call; noise depends only on (seed, index).
-            for run in _runs(chunk):
-
-                def render_part(lo: int, n: int, run: list[int] = run) -> None:
-                    noise = latent_noise(params.seed, run[lo], n, nz)
-                    x = render(loaded.generator, noise, ctx.settings.device)
-                    review, small = to_uint8(x), to_uint8(resize_batch(x, output_size))
-                    for j, idx in enumerate(run[lo : lo + n]):
+        with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
+            for c in range(0, len(todo), params.chunk_size):
+                chunk = todo[c : c + params.chunk_size]
+                # Contiguous runs share one generator call; noise depends only on (seed, index).
+                for run in _runs(chunk):
+                    # Images depend only on their own noise (eval-mode BatchNorm), so halving on OOM is exact.
+                    try:
+                        small, review = sample_images(
+                            loaded.generator,
+                            len(run),
+                            params.seed,
+                            ctx.settings.device,
+                            output_size,
+                            start=run[0],
+                            batch_size=batch["size"],
+                            on_batch_size=on_oom,
+                            with_full=True,
+                        )
+                    except ValueError as exc:
+                        raise JobError(str(exc)) from exc
+                    for j, idx in enumerate(run):
                         writer.add(idx, small[j], review[j], base | {"index": idx})
-
-                # Images depend only on their own noise (eval-mode BatchNorm), so halving on OOM is exact.
-                try:
-                    halving_batches(len(run), batch["size"], render_part, on_oom, what="GAN sampling batch")
-                except ValueError as exc:
-                    raise JobError(str(exc)) from exc
-                ctx.stop_point()  # the writer's exit keeps the finished images
-            writer.flush()
-            made = len(done) + c + len(chunk)
-            ctx.save_checkpoint({"pool_id": pool_id, "done": made})
-            ctx.progress(made / params.count, f"{made}/{params.count} images")
-    return {"pool_id": pool_id, "count": params.count, "gan_id": row.id, "epoch": epoch}
+                    ctx.stop_point()  # the writer's exit keeps the finished images
+                writer.flush()
+                made = len(done) + c + len(chunk)
+                ctx.save_checkpoint({"pool_id": pool_id, "done": made})
+                ctx.progress(made / params.count, f"{made}/{params.count} images")
+        return {"pool_id": pool_id, "count": params.count, "gan_id": row.id, "epoch": epoch}
 
 
 def _runs(indices: list[int], max_len: int = 256) -> list[list[int]]:

@@ -13,21 +13,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from backend.config import PathNotAllowed
+from backend.core.types import DbId
 from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Vocabulary as VocabularyRow
-from backend.generation.imagefiles import SAMPLER_LABELS
 from backend.generation.prompts import Vocabulary, default_vocabulary
+from backend.generation.schedulers import SchedulerName
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
 from backend.services.datasets import minority_images, open_dataset
-from backend.services.pools import PoolWriter, pool_for_job
+from backend.services.pools import PoolWriter, dropped_if_left_empty, pool_for_job
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SCHEDULER_NAMES = tuple(SAMPLER_LABELS)  # validated here without importing torch/diffusers
 
 
 class InlineVocabulary(BaseModel):
@@ -47,22 +46,26 @@ class InlineVocabulary(BaseModel):
 class GenerateSDParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(DEFAULT_MODEL, description="Hugging Face id, local pipeline directory, or 'tiny'")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Hugging Face id, local pipeline directory, or 'tiny'",
+        examples=["tiny", DEFAULT_MODEL, "stabilityai/sd-turbo"],
+    )
     count: int = Field(100, ge=1, le=1_000_000, description="images in the pool")
     batch_size: int = Field(8, ge=1, le=512, description="images per UNet call (halved on CUDA OOM)")
     steps: int = Field(25, ge=1, le=1000)
     guidance: float = Field(7.5, ge=0.0, le=50.0, description="classifier-free guidance; 0 for few-step models")
-    scheduler: str = Field("dpmpp_2m", description=f"one of {', '.join(SCHEDULER_NAMES)}")
+    scheduler: SchedulerName = Field("dpmpp_2m", description="sampler (backend.generation.schedulers)")
     resolution: int = Field(512, ge=32, le=2048, multiple_of=8, description="generation side in pixels")
     seed: int = Field(0, ge=0, description="job seed; image i's seed is a hash of (seed, i)")
-    vocabulary: int | InlineVocabulary | None = Field(
+    vocabulary: DbId | InlineVocabulary | None = Field(
         None, description="saved vocabulary id or inline {template, slots, negative_prompt}; default: built-in"
     )
     output_size: int | None = Field(None, ge=8, le=2048, description="dataset-resolution side; default 32")
     review_size: int = Field(256, ge=32, le=1024)
     mode: Literal["txt2img", "img2img"] = "txt2img"
     strength: float = Field(0.75, gt=0.0, le=1.0, description="img2img: how far from the real image")
-    dataset_id: int | None = None
+    dataset_id: DbId | None = None
     imbalance: ImbalanceSpec | None = None
     vae: str | None = Field(None, description="optional VAE / TAESD decoder: id, local dir, or 'tiny'")
     safety_checker: bool = False
@@ -71,11 +74,17 @@ class GenerateSDParams(BaseModel):
     chunk_size: int = Field(64, ge=1, le=10_000, description="images committed per checkpoint")
     name: str | None = Field(None, max_length=255, description="pool name")
 
-    @field_validator("scheduler")
+    @field_validator("model", "vae")
     @classmethod
-    def _known_scheduler(cls, value: str) -> str:
-        if value not in SCHEDULER_NAMES:
-            raise ValueError(f"unknown scheduler {value!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+    def _local_dirs_allowed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A model or VAE given as a path must lie under the operator's allowed directories (checked at
+        submit and again by the worker, which validates with its own settings)."""
+        settings = (info.context or {}).get("settings")
+        looks_local = (
+            value and value != "tiny" and (Path(value).expanduser().exists() or value.startswith((".", "/", "~")))
+        )
+        if looks_local and settings is not None:
+            settings.is_allowed(value)  # PathNotAllowed is a ValueError naming --allow-dir
         return value
 
     @model_validator(mode="after")
@@ -110,15 +119,6 @@ def _init_images(ctx: JobContext, params: GenerateSDParams) -> tuple[np.ndarray,
         ds = open_dataset(s, ctx.store, params.dataset_id)
     real = minority_images(ds, params.imbalance, first_only=True)
     return real.images, real.index, ds.classes[real.classes[0]], ds.image_size[0]
-
-
-def _check_local(ctx: JobContext, source: str | None, field: str) -> None:
-    """A model or VAE given as a path must lie under the operator's allowed directories."""
-    if source and source != "tiny" and (Path(source).expanduser().exists() or source.startswith((".", "/", "~"))):
-        try:
-            ctx.settings.is_allowed(source)
-        except PathNotAllowed as exc:
-            raise JobError(f"{field}: {exc}") from exc
 
 
 _PIPELINE_CACHE: dict[tuple, Any] = {}  # one loaded pipeline per worker: consecutive jobs reuse it
@@ -168,8 +168,6 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
     """Generate a pool of candidate images with Stable Diffusion from a prompt vocabulary."""
     from backend.generation.diffusion import generate
 
-    _check_local(ctx, params.model, "model")
-    _check_local(ctx, params.vae, "vae")
     init_pixels = init_idx = None
     minority = params.imbalance.minority_names[0] if params.imbalance and params.imbalance.minority_names else None
     dataset_side = None
@@ -189,71 +187,72 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
             kind="sd",
             params=params.model_dump(mode="json") | {"output_size": output_size},
         )
-    todo = [i for i in range(params.count) if i not in done]
-    if done:
-        ctx.log(f"resuming pool {pool_id}: {len(done)} images exist, {len(todo)} to go")
-    if not todo:
+    with dropped_if_left_empty(ctx.session, pool_id):
+        todo = [i for i in range(params.count) if i not in done]
+        if done:
+            ctx.log(f"resuming pool {pool_id}: {len(done)} images exist, {len(todo)} to go")
+        if not todo:
+            return {"pool_id": pool_id, "count": params.count}
+
+        pipe = _pipeline(ctx, params)
+        batch_size = params.batch_size
+
+        def smaller_batch(size: int, message: str) -> None:
+            nonlocal batch_size
+            batch_size = size
+            ctx.log(message, "warning")
+
+        base = {
+            "model": params.model,
+            "scheduler": params.scheduler,
+            "steps": params.steps,
+            "guidance": params.guidance,
+            "width": params.resolution,
+            "height": params.resolution,
+            "mode": params.mode,
+            "job_id": ctx.job_id,
+            "negative_prompt": vocab.negative_prompt,
+        }
+        if params.mode == "img2img":
+            base |= {"strength": params.strength, "dataset_id": params.dataset_id}
+        t0, made = time.monotonic(), 0
+        with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
+            for c in range(0, len(todo), params.chunk_size):
+                chunk = [vocab.item(i, params.seed) for i in todo[c : c + params.chunk_size]]
+                for b in range(0, len(chunk), batch_size):
+                    batch = chunk[b : b + batch_size]
+                    init = None
+                    if init_pixels is not None:
+                        init = [init_pixels[item.index % len(init_pixels)] for item in batch]
+                    try:
+                        images = generate(
+                            pipe,
+                            batch,
+                            steps=params.steps,
+                            guidance=params.guidance,
+                            resolution=params.resolution,
+                            output_size=output_size,
+                            negative_prompt=vocab.negative_prompt,
+                            init_images=init,
+                            strength=params.strength if init is not None else None,
+                            batch_size=batch_size,
+                            review_size=params.review_size,
+                            hooks=ctx.hooks,
+                            on_batch_size=smaller_batch,
+                        )
+                    except ValueError as exc:
+                        raise JobError(str(exc)) from exc
+                    for g in images:
+                        meta = base | {"index": g.item.index, "prompt": g.item.prompt, "slots": g.item.slots}
+                        meta |= {"seed": g.item.seed, "output_size": output_size}
+                        if init_idx is not None:
+                            meta["init_image_index"] = int(init_idx[g.item.index % len(init_idx)])
+                        writer.add(g.item.index, g.image, g.review, meta)
+                    made += len(images)
+                    ctx.stop_point()  # the writer's exit keeps the finished images
+                writer.flush()
+                ctx.save_checkpoint({"pool_id": pool_id, "done": len(done) + made})
+                rate = made / max(time.monotonic() - t0, 1e-9)
+                total = len(done) + made
+                ctx.progress(total / params.count, f"{total}/{params.count} images, {rate:.2f} images/s")
         return {"pool_id": pool_id, "count": params.count}
-
-    pipe = _pipeline(ctx, params)
-    batch_size = params.batch_size
-
-    def smaller_batch(size: int, message: str) -> None:
-        nonlocal batch_size
-        batch_size = size
-        ctx.log(message, "warning")
-
-    base = {
-        "model": params.model,
-        "scheduler": params.scheduler,
-        "steps": params.steps,
-        "guidance": params.guidance,
-        "width": params.resolution,
-        "height": params.resolution,
-        "mode": params.mode,
-        "job_id": ctx.job_id,
-        "negative_prompt": vocab.negative_prompt,
-    }
-    if params.mode == "img2img":
-        base |= {"strength": params.strength, "dataset_id": params.dataset_id}
-    t0, made = time.monotonic(), 0
-    with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
-        for c in range(0, len(todo), params.chunk_size):
-            chunk = [vocab.item(i, params.seed) for i in todo[c : c + params.chunk_size]]
-            for b in range(0, len(chunk), batch_size):
-                batch = chunk[b : b + batch_size]
-                init = None
-                if init_pixels is not None:
-                    init = [init_pixels[item.index % len(init_pixels)] for item in batch]
-                try:
-                    images = generate(
-                        pipe,
-                        batch,
-                        steps=params.steps,
-                        guidance=params.guidance,
-                        resolution=params.resolution,
-                        output_size=output_size,
-                        negative_prompt=vocab.negative_prompt,
-                        init_images=init,
-                        strength=params.strength if init is not None else None,
-                        batch_size=batch_size,
-                        review_size=params.review_size,
-                        hooks=ctx.hooks,
-                        on_batch_size=smaller_batch,
-                    )
-                except ValueError as exc:
-                    raise JobError(str(exc)) from exc
-                for g in images:
-                    meta = base | {"index": g.item.index, "prompt": g.item.prompt, "slots": g.item.slots}
-                    meta |= {"seed": g.item.seed, "output_size": output_size}
-                    if init_idx is not None:
-                        meta["init_image_index"] = int(init_idx[g.item.index % len(init_idx)])
-                    writer.add(g.item.index, g.image, g.review, meta)
-                made += len(images)
-                ctx.stop_point()  # the writer's exit keeps the finished images
-            writer.flush()
-            ctx.save_checkpoint({"pool_id": pool_id, "done": len(done) + made})
-            rate = made / max(time.monotonic() - t0, 1e-9)
-            total = len(done) + made
-            ctx.progress(total / params.count, f"{total}/{params.count} images, {rate:.2f} images/s")
-    return {"pool_id": pool_id, "count": params.count}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from backend.config import PathNotAllowed
 from backend.data.images import ImageDecodeError, decode_image, is_image_name
-from backend.data.safezip import extract_zip
 from backend.db.models import Pool
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
-from backend.services.datasets import UPLOAD_ID, upload_path
-from backend.services.pools import PoolWriter, pool_for_job
+from backend.services.datasets import UPLOAD_ID, extract_upload
+from backend.services.pools import PoolWriter, dropped_if_left_empty, pool_for_job
 
 IMPORT_CHUNK = 256  # images per committed chunk of import_pool
 MAX_SKIPPED_LISTED = 200
@@ -70,35 +68,26 @@ def _import_root(ctx: JobContext, params: ImportPoolParams) -> tuple[Path, list[
         if not root.is_dir():
             raise JobError(f"path {params.path!r} is not a directory")
         return root, []
-    archive = upload_path(ctx.store, params.upload_id or "")
-    if not archive.exists():
-        raise JobError(f"upload {params.upload_id} not found; upload the zip with POST /api/datasets/upload first")
-    dest = ctx.store.path(f"pools/imports/job_{ctx.job_id}")
-    shutil.rmtree(dest, ignore_errors=True)  # a resumed attempt extracts again: same files, same order
-    ctx.progress(0.0, "extracting the archive")
-    try:
-        result = extract_zip(archive, dest)
-    except ValueError as exc:
-        raise JobError(f"upload {params.upload_id}: {exc}") from exc
-    return dest, [tuple(s) for s in result.skipped]
+    # The same extraction prepare_dataset and train_gan use: once per upload, then reused.
+    return extract_upload(ctx.store, params.upload_id or "", ctx.hooks)
 
 
 @job_kind("import_pool", ImportPoolParams)
 def import_pool(ctx: JobContext, params: ImportPoolParams) -> dict[str, Any]:
     """Turn a folder or uploaded zip of images made elsewhere into a pool (source_path kept per image)."""
     root, skipped = _import_root(ctx, params)
-    try:
-        files = _image_files(root)
-        if not files:
-            raise JobError("no image files found (png, jpg, jpeg, webp, bmp, ...)")
-        with ctx.session() as session:
-            pool_id, done = pool_for_job(
-                session,
-                ctx.job_id,
-                name=params.name or (Path(params.path).name if params.path else f"upload {params.upload_id}"),
-                kind="imported",
-                params=params.model_dump(mode="json"),
-            )
+    files = _image_files(root)
+    if not files:
+        raise JobError("no image files found (png, jpg, jpeg, webp, bmp, ...)")
+    with ctx.session() as session:
+        pool_id, done = pool_for_job(
+            session,
+            ctx.job_id,
+            name=params.name or (Path(params.path).name if params.path else f"upload {params.upload_id}"),
+            kind="imported",
+            params=params.model_dump(mode="json"),
+        )
+    with dropped_if_left_empty(ctx.session, pool_id):
         size = (params.image_size, params.image_size) if params.image_size else None
         todo = [i for i in range(len(files)) if i not in done]
         with PoolWriter(ctx.session, ctx.store, pool_id) as writer:
@@ -119,14 +108,11 @@ def import_pool(ctx: JobContext, params: ImportPoolParams) -> dict[str, Any]:
             pool = session.get(Pool, pool_id)
             count = pool.count
             pool.info = {**(pool.info or {}), "skipped_count": len(skipped), "skipped": skipped[:MAX_SKIPPED_LISTED]}
-    finally:
-        if params.upload_id is not None:
-            shutil.rmtree(root, ignore_errors=True)
-    if skipped:
-        ctx.log(f"skipped {len(skipped)} files: " + ", ".join(s[0] for s in skipped[:20]), "warning")
-    return {
-        "pool_id": pool_id,
-        "count": count,
-        "skipped_count": len(skipped),
-        "skipped": [list(s) for s in skipped[:MAX_SKIPPED_LISTED]],
-    }
+        if skipped:
+            ctx.log(f"skipped {len(skipped)} files: " + ", ".join(s[0] for s in skipped[:20]), "warning")
+        return {
+            "pool_id": pool_id,
+            "count": count,
+            "skipped_count": len(skipped),
+            "skipped": [list(s) for s in skipped[:MAX_SKIPPED_LISTED]],
+        }

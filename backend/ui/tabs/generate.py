@@ -28,8 +28,27 @@ from backend.ui.common import (
 from backend.ui.tabs.dataset import imbalance_spec
 from backend.ui.tabs.prompts import vocabulary_body
 
-MODELS = ["tiny", "stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/sd-turbo"]
-SCHEDULERS = ["dpmpp_2m", "dpmpp_2m_karras", "ddim", "pndm", "euler", "euler_a", "heun", "lms", "unipc", "lcm"]
+# form field -> job param whose choices, default, limits and description the API supplies
+SD_PARAMS = {
+    "model": "model:choices",
+    "batch": "batch_size",
+    "steps": "steps",
+    "guidance": "guidance",
+    "scheduler": "scheduler",
+    "resolution": "resolution",
+    "seed": "seed",
+    "mode": "mode",
+    "strength": "strength",
+    "safety": "safety_checker",
+}
+GAN_PARAMS = {
+    "size": "image_size",
+    "epochs": "epochs",
+    "batch": "batch_size",
+    "width": "width",
+    "lr": "lr",
+    "seed": "seed",
+}
 INLINE = "(the editor's current vocabulary)"
 LATEST = 12  # images shown from the pool being filled
 
@@ -87,7 +106,8 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, elem_classes="rb-card"):
             with gr.Row():
-                model = gr.Dropdown(MODELS, value="tiny", label="Model", allow_custom_value=True, elem_id="sd-model")
+                # Offline demo default; the suggested models are the API's.
+                model = gr.Dropdown(["tiny"], value="tiny", label="Model", allow_custom_value=True, elem_id="sd-model")
                 vocab = gr.Dropdown(
                     [INLINE], value=INLINE, label="Vocabulary", allow_custom_value=True, elem_id="sd-vocab"
                 )
@@ -97,7 +117,7 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
                 steps = gr.Number(25, label="Steps", precision=0, minimum=1, elem_id="sd-steps")
                 guidance = gr.Number(7.5, label="Guidance", minimum=0, elem_id="sd-guidance")
             with gr.Row():
-                scheduler = gr.Dropdown(SCHEDULERS, value="dpmpp_2m", label="Scheduler", elem_id="sd-scheduler")
+                scheduler = gr.Dropdown(label="Scheduler", elem_id="sd-scheduler")  # choices: the API's
                 resolution = gr.Number(512, label="Resolution", precision=0, minimum=8, elem_id="sd-resolution")
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="sd-seed")
             with gr.Row():
@@ -174,7 +194,9 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
         "safety": safety,
         "job": job_id,
     }
-    persist(ctx, "generate-sd", fields, key, before=refresh, before_outputs=[vocab])
+    # Model (its suggestions only) and the rest from generate_sd; count keeps the studio's demo-sized 16.
+    spec = {f: f"generate_sd.{p}" for f, p in SD_PARAMS.items()}
+    persist(ctx, "generate-sd", fields, key, before=refresh, before_outputs=[vocab], spec=spec)
     live_choices(ctx, vocab, list_vocabs)
     inputs = [model, vocab, count, batch, steps, guidance, scheduler, resolution, seed, mode, strength, safety, key]
     go_btn.click(do_submit, [*inputs, *vocab_inline, ctx.dataset, *ctx.imbalance], [job_id, msg], concurrency_limit=1)
@@ -317,7 +339,9 @@ def _gan_panel(ctx: Ctx) -> None:
         "train_job": train_job,
         "sample_job": sample_job,
     }
-    persist(ctx, "generate-gan", fields, key, before=refresh, before_outputs=[gan])
+    spec = {f: f"train_gan.{p}" for f, p in GAN_PARAMS.items()}
+    spec |= {"count": "generate_gan.count", "sample_seed": "generate_gan.seed"}
+    persist(ctx, "generate-gan", fields, key, before=refresh, before_outputs=[gan], spec=spec)
     live_choices(ctx, gan, list_gans)
     gr.on([gan.change, count.change, sample_seed.change, epoch.change], new_key, outputs=sample_key,
           show_progress="hidden")  # fmt: skip

@@ -29,7 +29,15 @@ from backend.ui.common import (
 )
 from backend.ui.tabs.dataset import imbalance_spec
 
-ACQUISITIONS = ["validity_then_bald", "bald", "max_entropy", "variation_ratios", "margin", "target_prob", "random"]
+# form field -> select param whose choices, default, limits and description the API supplies
+SELECT_PARAMS = {
+    "acquisition": "acquisition",
+    "budget": "budget",
+    "per_round": "per_round",
+    "mc": "mc_samples",
+    "model": "model",
+    "epochs": "epochs",
+}
 FILTERS = ["all", "pending", "accepted", "rejected", "near-copies"]
 MARK = {"accepted": "✓", "rejected": "✗", "pending": "·"}
 
@@ -140,7 +148,7 @@ def build(ctx: Ctx) -> None:
             pools = gr.Dropdown(
                 label="Candidate pools", choices=[], multiselect=True, allow_custom_value=True, elem_id="sel-pools"
             )
-            acquisition = gr.Dropdown(ACQUISITIONS, value="validity_then_bald", label="Acquisition", elem_id="sel-acq")
+            acquisition = gr.Dropdown(label="Acquisition", elem_id="sel-acq")  # choices: the API's
             with gr.Row():
                 budget = gr.Number(4950, label="Budget", precision=0, minimum=1, elem_id="sel-budget")
                 per_round = gr.Number(50, label="Per round", precision=0, minimum=1, elem_id="sel-per-round")
@@ -296,7 +304,8 @@ def build(ctx: Ctx) -> None:
         "which": which,
         "job": job_id,
     }
-    persist(ctx, "select", fields, key, before=refresh, before_outputs=[pools, selection])
+    spec = {f: f"select.{p}" for f, p in SELECT_PARAMS.items()}
+    persist(ctx, "select", fields, key, before=refresh, before_outputs=[pools, selection], spec=spec)
     live_choices(ctx, pools, list_pools)
     live_choices(ctx, selection, list_selections)
     run.click(
