@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic.fields import FieldInfo
 
 from backend.config import Settings
 from backend.data.imbalance import ImbalanceSpec
+from backend.data.variants import CLASSICAL
 
-CLASSICAL_VARIANTS = ["imbalanced", "oversample", "oversample_aug", "class_weighted", "logit_adjusted", "full"]
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
@@ -69,90 +70,100 @@ class DatasetConfig(_Section):
     seed: int = Field(0, description="seed of that split")
 
 
-class SDConfig(_Section):
-    """Stable Diffusion candidates (job ``generate_sd``)."""
-
-    enabled: bool = Field(True, description="generate an SD pool (needed by the sd_random and sd_al variants)")
-    model: str = Field(
-        "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        description="Hugging Face id, local pipeline folder, or 'tiny' (random weights, for offline tests)",
-    )
-    count: int = Field(10_000, description="images to generate")
-    steps: int = Field(25, description="denoising steps")
-    guidance: float = Field(7.5, description="classifier-free guidance scale")
-    scheduler: str = Field("dpmpp_2m", description="sampler (see the generate_sd job)")
-    resolution: int = Field(512, description="generation side in pixels; images are stored at the dataset's size")
-    batch_size: int = Field(8, description="images per UNet call")
-    seed: int = Field(0, description="job seed; every image gets its own seed derived from it")
-    vocabulary: str | None = Field(
-        None,
-        description="JSON file with template, slots, negative_prompt (relative to the config); "
-        "default: the built-in vocabulary of generate_sd",
-    )
-    job_params: dict[str, Any] = Field(default_factory=dict, description="any other generate_sd param, verbatim")
+def _overlay(
+    name: str, doc: str, params: type[BaseModel], keys: tuple[str, ...], defaults: dict[str, Any], **own: Any
+) -> type[_Section]:
+    """A config section whose ``keys`` are fields of the job's ``params`` model -- type, limits and
+    description taken from there, their one home -- with the study's defaults where they differ, plus
+    the section's ``own`` keys (``name=(type, Field(...))``)."""
+    fields: dict[str, Any] = {}
+    for key in keys:
+        info = params.model_fields[key]
+        if key in defaults:
+            info = FieldInfo.merge_field_infos(info, default=defaults[key], default_factory=None)
+        fields[key] = (info.annotation, info)
+    return create_model(name, __base__=_Section, __doc__=doc, **fields, **own)
 
 
-class GANConfig(_Section):
-    """DCGAN baseline (jobs ``train_gan`` then ``generate_gan``)."""
+def _kinds() -> dict[str, type[BaseModel]]:
+    from backend.jobs.registry import get_kind, load_kinds
 
-    enabled: bool = Field(True, description="train a GAN and sample a pool (needed by the gan variant)")
-    source_path: str | None = Field(
-        None,
-        description="folder of training images (e.g. cat faces), relative to the config; "
-        "default: the minority images the imbalance keeps",
-    )
-    image_size: Literal[32, 64] = Field(64, description="GAN output side (the study: 64)")
-    epochs: int = Field(300, description="GAN training epochs (the study: 300)")
-    batch_size: int = Field(128, description="GAN batch size")
-    lr: float = Field(5e-5, description="Adam learning rate of both nets (the study's most stable)")
-    width: float = Field(1.0, description="channel multiplier (1.0 = the study's 1024-512-256-128)")
-    seed: int = Field(0, description="training and sampling seed")
-    count: int | None = Field(None, description="images to sample (default: selection.budget)")
-    train_params: dict[str, Any] = Field(default_factory=dict, description="any other train_gan param, verbatim")
-    generate_params: dict[str, Any] = Field(default_factory=dict, description="any other generate_gan param")
+    load_kinds()
+    return {k: get_kind(k).params_model for k in ("generate_sd", "train_gan", "select", "benchmark")}
 
 
-class SelectionConfig(_Section):
-    """Picking SD candidates (job ``select``)."""
+_PARAMS = _kinds()
+SD_KEYS = ("model", "count", "steps", "guidance", "scheduler", "resolution", "batch_size", "seed")
+GAN_KEYS = ("image_size", "epochs", "batch_size", "lr", "width", "seed")
+SELECTION_KEYS = ("budget", "per_round", "acquisition", "mc_samples", "model", "epochs", "seed")
+BENCHMARK_KEYS = ("model", "epochs", "batch_size", "lr", "seeds", "val_fraction", "select_epoch", "precision")
 
-    budget: int = Field(4950, description="synthetic images added by sd_random, sd_al and gan (the study: 4,950)")
-    per_round: int = Field(50, description="active-learning picks per round (the study: 50)")
-    acquisition: str = Field("validity_then_bald", description="acquisition function of the sd_al selection")
-    random_job: bool = Field(
-        True,
-        description="sd_random from a select job with acquisition 'random'; false: the first `budget` SD images "
-        "(also a random sample: every image has its own random prompt and seed)",
-    )
-    mc_samples: int = Field(20, description="MC-dropout passes T")
-    model: Literal["small", "resnet18_cifar"] = Field("small", description="selection classifier")
-    epochs: int = Field(5, description="classifier epochs per round")
-    seed: int = Field(0, description="selection seed")
-    job_params: dict[str, Any] = Field(default_factory=dict, description="any other select param, verbatim")
-
-
-class BenchmarkConfig(_Section):
-    """The classifiers trained on every variant (job ``benchmark``)."""
-
-    variants: list[str] = Field(
-        default_factory=lambda: list(CLASSICAL_VARIANTS),
-        description="classical variants; gan, sd_random and sd_al are added when their stages are enabled",
-    )
-    model: Literal["small", "resnet18_cifar"] | None = Field(
-        None, description="classifier (default: resnet18_cifar on CUDA, small on CPU)"
-    )
-    epochs: int = Field(100, description="training epochs per run (the study: 100)")
-    batch_size: int = Field(256, description="SGD batch size")
-    lr: float = Field(0.1, description="peak learning rate per batch of 256 (cosine schedule with warm-up)")
-    seeds: list[int] = Field(default_factory=lambda: [0], description="one run per variant and seed")
-    val_fraction: float = Field(
-        0.1, description="share of the real kept images held out as one validation split per seed (never the test set)"
-    )
-    select_epoch: Literal["last", "best_balanced"] = Field(
-        "last", description="weights tested: last epoch, or best mean per-class validation accuracy (best_balanced)"
-    )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"
-    )
+SDConfig = _overlay(
+    "SDConfig",
+    "Stable Diffusion candidates (job ``generate_sd``).",
+    _PARAMS["generate_sd"],
+    SD_KEYS,
+    {"count": 10_000},
+    enabled=(bool, Field(True, description="generate an SD pool (needed by the sd_random and sd_al variants)")),
+    vocabulary=(
+        str | None,
+        Field(
+            None,
+            description="JSON file with template, slots, negative_prompt (relative to the config); "
+            "default: the built-in vocabulary of generate_sd",
+        ),
+    ),
+    job_params=(dict[str, Any], Field(default_factory=dict, description="any other generate_sd param, verbatim")),
+)
+GANConfig = _overlay(
+    "GANConfig",
+    "DCGAN baseline (jobs ``train_gan`` then ``generate_gan``).",
+    _PARAMS["train_gan"],
+    GAN_KEYS,
+    {"epochs": 300},  # the study's
+    enabled=(bool, Field(True, description="train a GAN and sample a pool (needed by the gan variant)")),
+    source_path=(
+        str | None,
+        Field(
+            None,
+            description="folder of training images (e.g. cat faces), relative to the config; "
+            "default: the minority images the imbalance keeps",
+        ),
+    ),
+    count=(int | None, Field(None, ge=1, description="images to sample (default: selection.budget)")),
+    train_params=(dict[str, Any], Field(default_factory=dict, description="any other train_gan param, verbatim")),
+    generate_params=(dict[str, Any], Field(default_factory=dict, description="any other generate_gan param")),
+)
+SelectionConfig = _overlay(
+    "SelectionConfig",
+    "Picking SD candidates (job ``select``).",
+    _PARAMS["select"],
+    SELECTION_KEYS,
+    {},
+    random_job=(
+        bool,
+        Field(
+            True,
+            description="sd_random from a select job with acquisition 'random'; false: the first `budget` SD "
+            "images (also a random sample: every image has its own random prompt and seed)",
+        ),
+    ),
+    job_params=(dict[str, Any], Field(default_factory=dict, description="any other select param, verbatim")),
+)
+BenchmarkConfig = _overlay(
+    "BenchmarkConfig",
+    "The classifiers trained on every variant (job ``benchmark``).",
+    _PARAMS["benchmark"],
+    BENCHMARK_KEYS,
+    {"epochs": 100},  # the study's
+    variants=(
+        list[str],
+        Field(
+            default_factory=lambda: list(CLASSICAL),
+            description="classical variants; gan, sd_random and sd_al are added when their stages are enabled",
+        ),
+    ),
+)
 
 
 class ExperimentConfig(_Section):
@@ -172,9 +183,9 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
-        unknown = [v for v in self.benchmark.variants if v not in CLASSICAL_VARIANTS]
+        unknown = [v for v in self.benchmark.variants if v not in CLASSICAL]
         if unknown:
-            raise ValueError(f"benchmark.variants: unknown {unknown}; choose from {CLASSICAL_VARIANTS}")
+            raise ValueError(f"benchmark.variants: unknown {unknown}; choose from {list(CLASSICAL)}")
         if self.dataset.source == "imagefolder" and not self.dataset.path:
             raise ValueError("dataset.path is required for source 'imagefolder'")
         return self
@@ -285,29 +296,14 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
                 "generate_sd",
                 ["dataset"],
                 lambda r: {
-                    "model": sd.model,
-                    "count": sd.count,
-                    "steps": sd.steps,
-                    "guidance": sd.guidance,
-                    "scheduler": sd.scheduler,
-                    "resolution": sd.resolution,
-                    "batch_size": sd.batch_size,
-                    "seed": sd.seed,
+                    **sd.model_dump(include=set(SD_KEYS)),
                     **({"vocabulary": vocab} if vocab else {}),
                     "name": f"{config.name}: SD",
                     **sd.job_params,
                 },
             )
         )
-        common = {
-            "budget": sel.budget,
-            "per_round": sel.per_round,
-            "mc_samples": sel.mc_samples,
-            "model": sel.model,
-            "epochs": sel.epochs,
-            "seed": sel.seed,
-            **sel.job_params,
-        }
+        common = {**sel.model_dump(include=set(SELECTION_KEYS) - {"acquisition"}), **sel.job_params}
 
         def select_params(acquisition: str):
             return lambda r: {
@@ -337,12 +333,7 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
                     "source": {"path": source_path}
                     if source_path
                     else {"dataset_id": r["dataset"]["dataset_id"], "imbalance": imb},
-                    "image_size": gan.image_size,
-                    "epochs": gan.epochs,
-                    "batch_size": gan.batch_size,
-                    "lr": gan.lr,
-                    "width": gan.width,
-                    "seed": gan.seed,
+                    **gan.model_dump(include=set(GAN_KEYS)),
                     "name": f"{config.name}: GAN",
                     **gan.train_params,
                 },
@@ -379,14 +370,7 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
             "dataset_id": r["dataset"]["dataset_id"],
             "imbalance": imb,
             "variants": specs,
-            "model": bench.model,
-            "epochs": bench.epochs,
-            "batch_size": bench.batch_size,
-            "lr": bench.lr,
-            "seeds": bench.seeds,
-            "val_fraction": bench.val_fraction,
-            "select_epoch": bench.select_epoch,
-            "precision": bench.precision,
+            **bench.model_dump(include=set(BENCHMARK_KEYS)),
         }
 
     steps.append(Step("benchmark", "benchmark", needs, benchmark_params))

@@ -48,7 +48,6 @@ SD15_TEXT = {
 }
 
 
-
 def build_random_sd15_pipeline(dir: Path, seed: int = 0, device: str = "cpu") -> Path:
     """Create an SD 1.5-sized pipeline with random weights (fp16 files) in `dir`.
 

@@ -39,7 +39,6 @@ DECODE_THREADS = 4  # Pillow releases the GIL while decoding, so threads use eve
 BATCH = 256  # files per decode task: large enough to amortise scheduling, small enough for smooth progress
 
 
-
 @dataclass
 class DecodedDataset:
     """A decoded dataset. Image arrays are usually read-only memory maps; labels index ``classes``."""

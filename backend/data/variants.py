@@ -16,7 +16,12 @@ import numpy as np
 from backend.data.cache import DecodedDataset
 from backend.data.imbalance import ImbalanceResult
 
-VARIANTS = ("imbalanced", "oversample", "oversample_aug", "class_weighted", "full")
+VARIANTS = ("imbalanced", "oversample", "oversample_aug", "class_weighted", "full")  # those with their own data
+# Every classical remedy a benchmark compares, in the study's table order. ``logit_adjusted`` (Menon et al.
+# 2021) is a loss-side remedy: the imbalanced data, trained with a logit-adjusted loss (LOSS_OF).
+CLASSICAL = ("imbalanced", "oversample", "oversample_aug", "class_weighted", "logit_adjusted", "full")
+LOSS_OF = {"logit_adjusted": "logit_adjusted"}  # variant -> training loss where it is not plain cross-entropy
+DATA_OF = {"logit_adjusted": "imbalanced"}  # variant -> the data variant it trains on, where they differ
 
 
 @dataclass

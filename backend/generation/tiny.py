@@ -68,6 +68,7 @@ TINY_TAESD = {
     "num_decoder_blocks": (1, 1, 1, 1),
 }
 
+
 def build_tokenizer() -> CLIPTokenizer:
     """A byte-level CLIP BPE tokenizer with no merges: every UTF-8 byte is a token, so any prompt
     tokenises (one token per byte) without downloading the real 49k-token vocabulary."""

@@ -31,7 +31,7 @@ from backend.selection.acquisition import ACQUISITIONS, get_heuristic
 from backend.selection.featuremap import build_feature_map, subsample
 from backend.selection.review import DEFAULT_NEAR_COPY_THRESHOLD, nearest_distances
 from backend.selection.scoring import ImageSource, extract_features, score_pool
-from backend.training.models import MODELS
+from backend.training.models import ModelName
 from backend.training.trainer import LOSSES
 
 Progress = Callable[..., None]
@@ -39,7 +39,6 @@ STATE_VERSION = 1
 
 
 AcquisitionName = Literal[tuple(ACQUISITIONS)]  # type: ignore[valid-type]
-ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]
 LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
 
 

@@ -26,6 +26,7 @@ Models
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -78,6 +79,7 @@ def small(num_classes: int, dropout: float = 0.0, widths: tuple[int, ...] = (16,
 
 
 MODELS: dict[str, Callable[..., Classifier]] = {"resnet18_cifar": resnet18_cifar, "small": small}
+ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]  # for params: an enum in their JSON schema
 
 
 def build_model(name: str, num_classes: int, dropout: float = 0.0) -> Classifier:

@@ -212,8 +212,10 @@ def widget_update(prop: dict[str, Any], component: gr.components.Component, valu
         kw["info"] = prop["description"]
     if value and "default" in prop and prop["default"] is not None:
         kw["value"] = prop["default"]
-    if isinstance(component, gr.Dropdown | gr.Radio):
-        options = prop.get("enum") or prop.get("examples")
+    if isinstance(component, gr.Dropdown | gr.Radio | gr.CheckboxGroup):
+        # A list param (CheckboxGroup) offers the values of its default, e.g. every classical variant.
+        listed = prop.get("default") if isinstance(prop.get("default"), list) else None
+        options = prop.get("enum") or prop.get("examples") or listed
         if options:
             kw["choices"] = list(options)
     if isinstance(component, gr.Number | gr.Slider):

@@ -132,6 +132,10 @@ def test_benchmark_job_rows_and_exports(api) -> None:
     held = by[("full", 0)]["validation"]["counts"]["3"]
     assert f"Validation split of seed 0: {size} real images, {held} of the minority class" in r.text
 
+    table = api.client.get(f"/api/benchmarks/{bid}/table.html")  # what the studio shows as Table 1
+    assert table.status_code == 200 and '<th class="minority">3</th>' in table.text
+    assert table.text.count("<tr>") == 1 + len({r["variant"] for r in rows})  # header + one per variant
+
     for name in ("per_class", "minority_vs_synthetic", "curves", "confusion"):
         fig = api.client.get(f"/api/benchmarks/{bid}/figures/{name}.json")
         assert fig.status_code == 200, fig.text

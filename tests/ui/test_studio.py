@@ -264,7 +264,7 @@ def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
     synthetic = params["variants"][-1]
     assert (synthetic["name"], synthetic["pool_id"], synthetic["count"]) == ("sd_random", pool["id"], 8)
     studio.page.locator("#bench-plot .js-plotly-plot").wait_for()
-    studio.page.locator("#bench-table th.rb-minority", has_text="3").wait_for()
+    studio.page.locator("#bench-table th.minority", has_text="3").wait_for()
     rows = studio.page.locator("#bench-table tbody tr")
     assert rows.count() == 3
     assert rows.nth(2).inner_text().startswith("sd_random")

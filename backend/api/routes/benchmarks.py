@@ -15,7 +15,7 @@ from backend.core.types import DbId
 from backend.db.models import Benchmark, BenchmarkRun
 from backend.reports.figures import FIGURES, build_figure
 from backend.reports.html import render_report
-from backend.reports.tables import results_csv
+from backend.reports.tables import results_csv, summarize, summary_html
 from backend.services.benchmarks import load, run_rows
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
@@ -117,6 +117,16 @@ def report(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
         run_rows(runs), info.get("classes", []), info.get("minority", []), title=f"Benchmark {row.id}", meta=meta
     )
     return HTMLResponse(text)
+
+
+@router.get("/{benchmark_id}/table.html", response_class=HTMLResponse)
+def table(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
+    """Table 1 (mean ± std over seeds per variant, minority columns first) as an HTML ``<table>``."""
+    row, runs = load(session, benchmark_id)
+    if not runs:
+        raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
+    classes, minority = (row.info or {}).get("classes", []), (row.info or {}).get("minority", [])
+    return HTMLResponse(summary_html(summarize(run_rows(runs), classes), classes, minority))
 
 
 @router.get("/{benchmark_id}/figures/{name}.json")

@@ -28,7 +28,7 @@ from backend.core.types import DbId
 from backend.data.cache import DecodedDataset
 from backend.data.images import ImageDecodeError, decode_image
 from backend.data.imbalance import ImbalanceResult, ImbalanceSpec
-from backend.data.variants import Variant, with_synthetic
+from backend.data.variants import CLASSICAL, DATA_OF, LOSS_OF, Variant, with_synthetic
 from backend.data.variants import build_variant as build_data_variant
 from backend.db.models import Benchmark, BenchmarkRun
 from backend.jobs.context import JobContext
@@ -36,11 +36,9 @@ from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
 from backend.services import datasets, pools, selections
 from backend.services.rows import row_for_job
-from backend.training.models import MODELS
+from backend.training.models import ModelName
 from backend.training.trainer import CHECKPOINT_KIND, TrainConfig, evaluate, fit, validation_split
 
-CLASSICAL = ("imbalanced", "oversample", "oversample_aug", "class_weighted", "logit_adjusted", "full")
-DEFAULT_VARIANTS = ["imbalanced", "oversample", "oversample_aug", "class_weighted", "logit_adjusted", "full"]
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -78,11 +76,13 @@ class BenchmarkParams(BaseModel):
 
     dataset_id: DbId
     imbalance: ImbalanceSpec | None = Field(None, description="required unless every variant is 'full'")
-    variants: list[VariantItem] = Field(default_factory=lambda: list(DEFAULT_VARIANTS), min_length=1)
-    model: str | None = Field(None, description="resnet18_cifar | small; default resnet18_cifar on CUDA, else small")
-    epochs: int = Field(30, ge=1, le=1000)
-    batch_size: int = Field(256, ge=2, le=8192)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
+    variants: list[VariantItem] = Field(default_factory=lambda: list(CLASSICAL), min_length=1)
+    model: ModelName | None = Field(None, description="classifier; default resnet18_cifar on CUDA, small on CPU")
+    epochs: int = Field(30, ge=1, le=1000, description="training epochs per run (the study: 100)")
+    batch_size: int = Field(256, ge=2, le=8192, description="SGD batch size")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=100, description="one run per variant and seed"
+    )
     lr: float = Field(0.1, gt=0.0, le=10.0, description="peak learning rate per batch of 256 examples")
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="share of the real kept images held out as the one validation split per seed"
@@ -112,13 +112,6 @@ class BenchmarkParams(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"variant names must be unique; repeated: {dupes}")
-        return value
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, value: str | None) -> str | None:
-        if value is not None and value not in MODELS:
-            raise ValueError(f"unknown model {value!r}; choose one of {sorted(MODELS)}")
         return value
 
     @field_validator("seeds")
@@ -221,7 +214,7 @@ def _variant(spec: str | SyntheticVariant, ds: DecodedDataset, imb: ImbalanceRes
         images, provenance, label = synthetic
         return with_synthetic(build_data_variant("imbalanced", ds, imb), images, provenance, label, name=spec.name)
     # logit_adjusted is a loss-side remedy: the imbalanced data, trained with the adjusted loss.
-    data_name = "imbalanced" if spec == "logit_adjusted" else spec
+    data_name = DATA_OF.get(spec, spec)
     return build_data_variant(data_name, ds, None if spec == "full" else imb)
 
 
@@ -300,7 +293,7 @@ def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, d
         epochs=params.epochs,
         batch_size=params.batch_size,
         lr=params.lr,
-        loss="logit_adjusted" if name == "logit_adjusted" else "ce",
+        loss=LOSS_OF.get(name, "ce"),
         select_epoch=params.select_epoch,
         seed=seed,
         device=ctx.settings.device,

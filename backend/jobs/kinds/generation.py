@@ -19,7 +19,7 @@ from backend.core.types import DbId
 from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Vocabulary as VocabularyRow
 from backend.generation.prompts import Vocabulary, default_vocabulary
-from backend.generation.schedulers import SchedulerName
+from backend.generation.schedulers import SCHEDULERS, SchedulerName
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
@@ -53,9 +53,9 @@ class GenerateSDParams(BaseModel):
     )
     count: int = Field(100, ge=1, le=1_000_000, description="images in the pool")
     batch_size: int = Field(8, ge=1, le=512, description="images per UNet call (halved on CUDA OOM)")
-    steps: int = Field(25, ge=1, le=1000)
+    steps: int = Field(25, ge=1, le=1000, description="denoising steps")
     guidance: float = Field(7.5, ge=0.0, le=50.0, description="classifier-free guidance; 0 for few-step models")
-    scheduler: SchedulerName = Field("dpmpp_2m", description="sampler (backend.generation.schedulers)")
+    scheduler: SchedulerName = Field("dpmpp_2m", description=f"sampler: {', '.join(SCHEDULERS)}")
     resolution: int = Field(512, ge=32, le=2048, multiple_of=8, description="generation side in pixels")
     seed: int = Field(0, ge=0, description="job seed; image i's seed is a hash of (seed, i)")
     vocabulary: DbId | InlineVocabulary | None = Field(

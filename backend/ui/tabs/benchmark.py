@@ -3,9 +3,7 @@ study's Table 1 with the minority column highlighted, training curves, and CSV /
 
 from __future__ import annotations
 
-import html
 import json
-import statistics
 from typing import Any
 
 import gradio as gr
@@ -27,8 +25,6 @@ from backend.ui.common import (
 )
 from backend.ui.tabs.dataset import imbalance_spec
 
-CLASSICAL = ["imbalanced", "oversample", "oversample_aug", "class_weighted", "logit_adjusted", "full"]
-
 
 def parse_seeds(text: str) -> tuple[list[int] | None, str]:
     try:
@@ -40,70 +36,13 @@ def parse_seeds(text: str) -> tuple[list[int] | None, str]:
     return seeds, ""
 
 
-def minority_of(bench: dict[str, Any]) -> list[str]:
-    if bench.get("minority"):
-        return [str(m) for m in bench["minority"]]
-    m = ((bench.get("params") or {}).get("imbalance") or {}).get("minority")
-    return [m] if isinstance(m, str) else list(m or [])
-
-
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def table_html(rows: list[dict[str, Any]], minority: list[str]) -> str:
-    """Table 1 of the study: one row per variant (mean ± std over seeds), overall then every class."""
-    if not rows:
+def api_table(api: Any, bench_id: int) -> str:
+    """Table 1 as the reports module renders it (``GET /api/benchmarks/{id}/table.html``)."""
+    try:
+        body = api.get(f"/benchmarks/{bench_id}/table.html")
+    except ApiError:
         return ""
-    classes = list((rows[0].get("per_class") or {}).keys())
-    by_variant: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_variant.setdefault(str(r.get("variant")), []).append(r)
-    head = "".join(
-        f'<th class="{"rb-minority" if c in minority else ""}">{html.escape(c)}</th>' for c in ["overall", *classes]
-    )
-    body = []
-    for variant, runs in by_variant.items():
-        cells = [_mean_std([float(r.get("overall_acc") or 0) for r in runs])]
-        cells += [_mean_std([float((r.get("per_class") or {}).get(c) or 0) for r in runs]) for c in classes]
-        tds = "".join(
-            f'<td class="{"rb-minority" if c in minority else ""}">{v}</td>'
-            for c, v in zip(["overall", *classes], cells, strict=True)
-        )
-        body.append(f"<tr><th>{html.escape(variant)}</th>{tds}</tr>")
-    return (
-        '<table class="rb-table" id="bench-table-1"><thead><tr><th>variant</th>'
-        f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-    )
-
-
-def per_class_figure(rows: list[dict[str, Any]], minority: list[str]) -> go.Figure:
-    """Grouped bars of per-class test accuracy per variant (error bars = std over seeds)."""
-    fig = go.Figure()
-    classes = list((rows[0].get("per_class") or {}).keys()) if rows else []
-    by_variant: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_variant.setdefault(str(r.get("variant")), []).append(r)
-    for variant, runs in by_variant.items():
-        vals = [[float((r.get("per_class") or {}).get(c) or 0) for r in runs] for c in classes]
-        err = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
-        fig.add_bar(name=variant, x=classes, y=[statistics.mean(v) for v in vals], error_y=dict(array=err))
-    for c in minority:
-        if c in classes:
-            fig.add_vrect(x0=classes.index(c) - 0.5, x1=classes.index(c) + 0.5, fillcolor="#fecdd3", opacity=0.35,
-                          line_width=0, layer="below")  # fmt: skip
-    fig.update_layout(
-        barmode="group",
-        height=340,
-        margin=dict(l=40, r=10, t=40, b=40),
-        title="Per-class test accuracy (%)",
-        yaxis=dict(range=[0, 100]),
-        template="plotly_white",
-        legend=dict(orientation="h", y=1.15, x=1, xanchor="right"),
-    )
-    return fig
+    return body.decode() if isinstance(body, bytes) else str(body or "")
 
 
 def api_figure(api: Any, bench_id: int, name: str) -> go.Figure | None:
@@ -132,7 +71,7 @@ def build(ctx: Ctx) -> None:
         with gr.Column(scale=2, elem_classes="rb-card"):
             gr.Markdown("### Train classifiers on every variant")
             variants = gr.CheckboxGroup(
-                CLASSICAL, value=["imbalanced", "oversample", "full"], label="Variants", elem_id="bench-variants"
+                value=["imbalanced", "oversample", "full"], label="Variants", elem_id="bench-variants"
             )
             with gr.Row():
                 sel = gr.Dropdown(
@@ -215,17 +154,15 @@ def build(ctx: Ctx) -> None:
         if not bid:
             return "", None, "", None
         try:
-            b = api.get(f"/benchmarks/{int(bid)}")
+            api.get(f"/benchmarks/{int(bid)}")
         except ApiError as exc:
             return error_html(exc.message), None, "", None
-        rows = b.get("rows") or []
-        minority = minority_of(b)
-        fig = api_figure(api, int(bid), "per_class") or per_class_figure(rows, minority)
+        fig = api_figure(api, int(bid), "per_class")
         links = (
             f'<a class="rb-link" href="api/benchmarks/{int(bid)}/results.csv" download>results.csv</a>'
             f'<a class="rb-link" href="api/benchmarks/{int(bid)}/report.html" target="_blank">report.html</a>'
         )
-        return links, fig, table_html(rows, minority), api_figure(api, int(bid), "curves")
+        return links, fig, api_table(api, int(bid)), api_figure(api, int(bid), "curves")
 
     tick = result_tick(api, "benchmark_id", list_benchmarks)
 
@@ -244,7 +181,14 @@ def build(ctx: Ctx) -> None:
         "bench": bench,
         "job": job_id,
     }
-    persist(ctx, "benchmark", fields, key, before=refresh, before_outputs=[bench, sel, pool])
+    spec = {
+        "variants": "benchmark.variants:choices",  # the studio starts with three; the API lists them all
+        "model": "benchmark.model:choices",
+        "epochs": "benchmark.epochs",
+        "batch": "benchmark.batch_size",
+        "precision": "benchmark.precision",
+    }
+    persist(ctx, "benchmark", fields, key, before=refresh, before_outputs=[bench, sel, pool], spec=spec)
     live_choices(ctx, bench, list_benchmarks)
     live_choices(ctx, sel, list_selections)
     live_choices(ctx, pool, list_pools)
