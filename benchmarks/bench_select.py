@@ -12,7 +12,10 @@
    each in a fresh subprocess; prints the peak resident set while scoring (sampled every 5 ms), its
    growth over the RSS just before scoring, and ru_maxrss (flat = memory does not grow with the pool).
 3. ``--evidence``: the real-data experiment of tests/selection/test_evidence.py for every
-   acquisition function (300 removed cats + 300 other images, 150 picks).
+   acquisition function (300 removed cats + 300 other images, 150 picks), then the batch-aware
+   variants (stochastic sampling, k-center diversity): precision of the picks (real-cat share) and the
+   share of near-duplicate pick pairs (closer than 1% of all pool pairs in round 0's feature space).
+   ``--near-copies`` adds 3 near-copies of 60 cats and 60 others to the pool (a generator's pool).
 """
 
 from __future__ import annotations
@@ -175,17 +178,44 @@ def memory(args: argparse.Namespace) -> None:
     )
 
 
+# (label, acquisition, SelectionSpec knobs): every acquisition as top-k, then the batch-aware variants.
+BATCH_VARIANTS = [
+    ("target_prob + softrank b=2", "target_prob", {"stochastic": "softrank", "beta": 2.0}),
+    ("target_prob + softrank b=4", "target_prob", {"stochastic": "softrank", "beta": 4.0}),
+    ("target_prob + softmax b=20", "target_prob", {"stochastic": "softmax", "beta": 20.0}),
+    ("target_prob + power b=8", "target_prob", {"stochastic": "power", "beta": 8.0}),
+    ("target_prob + k_center x2", "target_prob", {"diversity": "k_center", "spread_factor": 2}),
+    (
+        "target_prob + softrank b=4 + k_center x2",
+        "target_prob",
+        {"stochastic": "softrank", "beta": 4.0, "diversity": "k_center", "spread_factor": 2},
+    ),
+    ("epig + softrank b=2", "epig", {"stochastic": "softrank", "beta": 2.0}),
+    ("epig + k_center x2", "epig", {"diversity": "k_center", "spread_factor": 2}),
+]
+
+
 def evidence(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "selection"))
-    from evidence_setup import ACQUISITION_NAMES, load_evidence_data, run_evidence
+    from evidence_setup import ACQUISITION_NAMES, duplicate_ruler, load_evidence_data, run_picks, with_near_copies
 
     data = load_evidence_data(Path(args.evidence))
-    for name in ACQUISITION_NAMES:
+    if args.near_copies:
+        data = with_near_copies(data)
+        print(f"pool with planted near-copies: {len(data.pool_x)} images, {100 * data.pool_is_cat.mean():.0f}% cats")
+    ruler = duplicate_ruler(data, device=args.device)
+    print(f"near-duplicate pair: centred cosine distance <= {ruler.threshold:.4f} (1% of pool pairs)")
+    print(f"  {'acquisition':42s} {'precision':>9s} {'round 1':>8s} {'round 2':>8s} {'near-dup pairs':>15s}")
+    runs = [(n, n, {}) for n in ACQUISITION_NAMES] + ([] if args.quick else BATCH_VARIANTS)
+    for label, name, knobs in runs:
+        if args.only and not any(o in label for o in args.only.split(",")):
+            continue
         t0 = time.perf_counter()
-        share, rounds = run_evidence(data, name, device=args.device)
+        idx = run_picks(data, name, device=args.device, **knobs)
+        cat = data.pool_is_cat[idx]
         print(
-            f"  {name:20s} real minority share of 150 picks: {100 * share:5.1f}%  "
-            f"per round {[round(100 * r, 1) for r in rounds]}  ({time.perf_counter() - t0:.0f} s)",
+            f"  {label:42s} {100 * cat.mean():8.1f}% {100 * cat[:75].mean():7.1f}% {100 * cat[75:].mean():7.1f}% "
+            f"{100 * ruler.share(idx):14.2f}%  ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
 
@@ -198,6 +228,8 @@ def main() -> None:
     p.add_argument("--t", type=int, default=20, help="MC-dropout samples")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--evidence", metavar="CIFAR10_DIR", help="run the acquisition evidence instead")
+    p.add_argument("--only", help="--evidence: run only the rows whose label contains one of these (comma-separated)")
+    p.add_argument("--near-copies", action="store_true", help="--evidence: add planted near-copy families")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

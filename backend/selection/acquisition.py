@@ -7,6 +7,11 @@ All scores except ``random`` are per-candidate, so they can be computed batch by
 pool and concatenated (``summarize`` does exactly that for the streaming scorer in ``scoring.py``).
 A ``Heuristic`` (baal-style: ``compute_score`` + ``select``) turns those per-candidate summaries into
 a round's picks; ``ACQUISITIONS`` maps each name to its heuristic factory.
+
+``epig`` and ``validity_then_epig`` also read the summary ``"epig"`` (``epig.py``), which the scorer
+only computes when given the target set (the kept real minority images): ``Heuristic.needs_targets``.
+Every heuristic's round can be made batch-aware with a ``BatchPolicy`` (``batch.py``): stochastic
+sampling instead of top-k, and k-center diversity over the top ``spread_factor * k``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from backend.selection.batch import stochastic_order
+from backend.selection.epig import epig
 
 EPS = 1e-12  # keeps log(0) finite; 0 * log(EPS) still contributes ~0
 
@@ -99,19 +107,43 @@ def _validity_score(tp: np.ndarray, mi: np.ndarray, threshold: float) -> np.ndar
     return np.where(tp >= threshold, 2.0 + mi, tp)
 
 
-# Per-candidate scores the streaming scorer keeps (one float each); every heuristic reads only these.
+# Per-candidate scores the streaming scorer keeps (one float each); every heuristic reads only these
+# (plus EPIG_KEY when the scorer was given the target set).
 SUMMARY_KEYS = ("max_entropy", "bald", "variation_ratios", "margin", "target_prob")
+EPIG_KEY = "epig"
 
 
-def summarize(probs: np.ndarray, target: int) -> dict[str, np.ndarray]:
-    """All per-candidate summaries of one batch: probs (T, B, C) -> {key: (B,) float32}."""
-    return {
+def summarize(probs: np.ndarray, target: int, target_probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """All per-candidate summaries of one batch: probs (T, B, C) -> {key: (B,) float32}.
+
+    With ``target_probs`` (T, M, C) -- the target set under the *same* T samples as ``probs`` -- the
+    summary also holds ``"epig"`` (B,).
+    """
+    out = {
         "max_entropy": max_entropy(probs).astype(np.float32),
         "bald": bald(probs).astype(np.float32),
         "variation_ratios": variation_ratios(probs).astype(np.float32),
         "margin": margin(probs).astype(np.float32),
         "target_prob": target_prob(probs, target).astype(np.float32),
     }
+    if target_probs is not None:
+        out[EPIG_KEY] = epig(probs, target_probs).astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a round turns scores into k picks (defaults: today's deterministic top-k).
+
+    stochastic: "none" | "softmax" | "power" | "softrank" sampling with temperature ``1 / beta``;
+    diversity: "none" | "k_center" (greedy farthest-point among the top ``spread_factor * k``).
+    """
+
+    stochastic: str = "none"
+    beta: float = 1.0
+    diversity: str = "none"
+    spread_factor: int = 4
+    seed: int = 0
 
 
 @dataclass
@@ -131,18 +163,31 @@ class Heuristic:
 
     name = "base"
     key = ""
+    needs_targets = False  # True: the scorer must compute EPIG against the target set
+    batch = BatchPolicy()
 
-    def compute_score(self, probs: np.ndarray, target: int) -> np.ndarray:
+    def compute_score(self, probs: np.ndarray, target: int, target_probs: np.ndarray | None = None) -> np.ndarray:
         """Scores (N,) straight from probs (T, N, C); equals ``score_summary(summarize(probs))``."""
-        return self.score_summary(summarize(probs, target))
+        return self.score_summary(summarize(probs, target, target_probs))
 
     def score_summary(self, summary: dict[str, np.ndarray]) -> np.ndarray:
+        if self.key not in summary:
+            raise ValueError(f"acquisition {self.name} needs the summary {self.key!r} (a target set for EPIG)")
         return np.asarray(summary[self.key], dtype=np.float64)
 
     def get_ranks(self, scores: np.ndarray, available: np.ndarray) -> np.ndarray:
         """Available positions, best first (stable, so ties keep pool order)."""
         idx = np.flatnonzero(available)
         return idx[np.argsort(-scores[idx], kind="stable")]
+
+    def _batch(self, ranked: np.ndarray, scores: np.ndarray, k: int, features_fn: FeatureFn | None) -> np.ndarray:
+        """k picks of ``ranked`` (best first) under ``self.batch``: sample an order, then spread it out."""
+        b = self.batch
+        order = stochastic_order(ranked, scores, b.stochastic, b.beta, b.seed)
+        if b.diversity == "none" or features_fn is None or len(order) <= k:
+            return order[:k]
+        top = order[: b.spread_factor * k]
+        return top[k_center(features_fn(top), k)]
 
     def select(
         self,
@@ -152,7 +197,7 @@ class Heuristic:
         features_fn: FeatureFn | None = None,
     ) -> RoundPicks:
         scores = self.score_summary(summary)
-        chosen = self.get_ranks(scores, available)[:k]
+        chosen = self._batch(self.get_ranks(scores, available), scores, k, features_fn)
         return RoundPicks(chosen, scores[chosen])
 
 
@@ -174,6 +219,13 @@ class Margin(Heuristic):
 
 class TargetProb(Heuristic):
     name = key = "target_prob"
+
+
+class Epig(Heuristic):
+    """EPIG against the kept real minority images (``epig.py``)."""
+
+    name = key = EPIG_KEY
+    needs_targets = True
 
 
 class Random(Heuristic):
@@ -198,6 +250,7 @@ class ValidityThenBald(Heuristic):
     """
 
     name = "validity_then_bald"
+    inner = "bald"  # the summary that ranks the valid candidates
 
     def __init__(self, threshold: float = 0.5, spread_factor: int = 4) -> None:
         if not 0.0 <= threshold <= 1.0:
@@ -209,7 +262,9 @@ class ValidityThenBald(Heuristic):
 
     def score_summary(self, summary: dict[str, np.ndarray]) -> np.ndarray:
         tp = np.asarray(summary["target_prob"], dtype=np.float64)
-        mi = np.asarray(summary["bald"], dtype=np.float64)
+        if self.inner not in summary:
+            raise ValueError(f"acquisition {self.name} needs the summary {self.inner!r} (a target set for EPIG)")
+        mi = np.asarray(summary[self.inner], dtype=np.float64)
         return _validity_score(tp, mi, self.threshold)
 
     def select(
@@ -229,12 +284,25 @@ class ValidityThenBald(Heuristic):
                 f"{len(chosen) - n_valid} picks fall back to the highest minority posterior"
             )
             return RoundPicks(chosen, scores[chosen], [note])
-        top = ranked[: min(n_valid, self.spread_factor * k)]
+        valid = ranked[:n_valid]
+        b = self.batch
+        # Stochastic order among the valid ones only (on the inner score), so sampling never lets an
+        # invalid candidate in while enough valid ones exist.
+        valid = stochastic_order(valid, scores - 2.0, b.stochastic, b.beta, b.seed)
+        top = valid[: self.spread_factor * k]
         if features_fn is None or len(top) <= k:
             chosen = top[:k]
         else:
             chosen = top[k_center(features_fn(top), k)]
         return RoundPicks(chosen, scores[chosen])
+
+
+class ValidityThenEpig(ValidityThenBald):
+    """``validity_then_bald`` with EPIG instead of BALD ranking the valid candidates."""
+
+    name = "validity_then_epig"
+    inner = EPIG_KEY
+    needs_targets = True
 
 
 def k_center(features: np.ndarray, k: int) -> np.ndarray:
@@ -266,15 +334,30 @@ ACQUISITIONS: dict[str, Callable[..., Heuristic]] = {
     "target_prob": TargetProb,
     "random": Random,
     "validity_then_bald": ValidityThenBald,
+    "epig": Epig,
+    "validity_then_epig": ValidityThenEpig,
 }
 
 
-def get_heuristic(name: str, *, seed: int = 0, threshold: float = 0.5, spread_factor: int = 4) -> Heuristic:
+def get_heuristic(
+    name: str,
+    *,
+    seed: int = 0,
+    threshold: float = 0.5,
+    spread_factor: int = 4,
+    stochastic: str = "none",
+    beta: float = 1.0,
+    diversity: str = "none",
+) -> Heuristic:
     """Build the heuristic called ``name``; raises ValueError naming ``acquisition`` if unknown."""
     if name not in ACQUISITIONS:
         raise ValueError(f"acquisition must be one of {sorted(ACQUISITIONS)}, got {name!r}")
     if name == "random":
-        return Random(seed)
-    if name == "validity_then_bald":
-        return ValidityThenBald(threshold, spread_factor)
-    return ACQUISITIONS[name]()
+        h: Heuristic = Random(seed)
+    elif name in ("validity_then_bald", "validity_then_epig"):
+        h = ACQUISITIONS[name](threshold, spread_factor)
+    else:
+        h = ACQUISITIONS[name]()
+    # The sampling seed differs from random's so "random" + stochastic is not the same draw twice.
+    h.batch = BatchPolicy(stochastic, beta, diversity, spread_factor, seed + 7919)
+    return h

@@ -28,18 +28,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from backend.core.hooks import Stopped
 from backend.data.transforms import channel_stats
 from backend.selection.acquisition import ACQUISITIONS, get_heuristic
+from backend.selection.batch import STOCHASTIC
 from backend.selection.featuremap import build_feature_map, subsample
+from backend.selection.quality import class_panels, quality_panel
 from backend.selection.review import DEFAULT_NEAR_COPY_THRESHOLD, nearest_distances
 from backend.selection.scoring import ImageSource, extract_features, score_pool
 from backend.training.models import ModelName
-from backend.training.trainer import LOSSES
+from backend.training.trainer import BatchSize, Epochs, LearningRate, LossName
 
 Progress = Callable[..., None]
 STATE_VERSION = 1
 
 
 AcquisitionName = Literal[tuple(ACQUISITIONS)]  # type: ignore[valid-type]
-LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+StochasticName = Literal[tuple(STOCHASTIC)]  # type: ignore[valid-type]
 
 
 class SelectionSpec(BaseModel):
@@ -55,14 +57,29 @@ class SelectionSpec(BaseModel):
     acquisition: AcquisitionName = Field("validity_then_bald", description="how candidates are ranked")
     threshold: float = Field(0.5, ge=0, le=1, description="validity_then_bald: minimum mean minority posterior")
     spread_factor: int = Field(
-        4, ge=1, le=100, description="validity_then_bald: k-center over the top factor x per_round"
+        4,
+        ge=1,
+        le=100,
+        description="k-center over the top factor x per_round (validity_then_*: always; others: diversity)",
+    )
+    stochastic: StochasticName = Field(
+        "none",
+        description="batch acquisition: sample each round from the scores (softmax, power, softrank) "
+        "instead of taking the top per_round (Kirsch et al. 2023); none = top-k",
+    )
+    beta: float = Field(1.0, gt=0, le=1000, description="stochastic: inverse temperature (higher = closer to top-k)")
+    diversity: Literal["none", "k_center"] = Field(
+        "none", description="k_center: spread each round over the top spread_factor x per_round in feature space"
+    )
+    epig_targets: int = Field(
+        256, ge=1, le=10_000, description="epig: kept real minority images used as the target set (subsampled)"
     )
     mc_samples: int = Field(20, ge=1, le=1000, description="T stochastic MC-dropout head passes")
     model: ModelName = Field("small", description="round classifier")
     dropout: float = Field(0.5, gt=0, lt=1, description="head dropout of the MC-dropout classifier")
-    epochs: int = Field(5, ge=1, le=1000, description="classifier epochs per round")
-    batch_size: int = Field(256, ge=1, le=8192, description="classifier training batch")
-    lr: float = Field(0.1, gt=0, le=10, description="classifier learning rate per 256 examples")
+    epochs: Epochs = Field(5, description="classifier epochs per round")
+    batch_size: BatchSize = 256
+    lr: LearningRate = 0.1
     # class_weighted by default: with 50 minority images among thousands a plain cross-entropy model almost
     # never gives the minority a posterior >= 0.5 (0 of 600 candidates in the evidence test).
     loss: LossName = Field("class_weighted", description="round classifier loss")
@@ -72,6 +89,7 @@ class SelectionSpec(BaseModel):
     near_copy_threshold: float = Field(
         DEFAULT_NEAR_COPY_THRESHOLD, ge=0, le=2, description="cosine distance under which a pick is a near-copy"
     )
+    quality_k: int = Field(5, ge=1, le=100, description="quality panel: k of the k-NN radii (precision/recall...)")
 
     @model_validator(mode="after")
     def _rounds(self) -> SelectionSpec:
@@ -87,6 +105,8 @@ class SelectionConfig(SelectionSpec):
     num_classes: int | None = None  # default: max(real_y) + 1
     map_real: int = Field(2000, ge=1)  # feature map: real training images shown (subsampled)
     map_pool: int = Field(2000, ge=1)  # feature map: pool candidates shown (subsampled)
+    quality_real: int = Field(1000, ge=2)  # quality panel: real images per class (subsampled)
+    quality_pool: int = Field(2000, ge=2)  # quality panel: pool candidates (subsampled)
     mean: list[float] | None = None  # normalisation (0-1 units); default: channel stats of real_x
     std: list[float] | None = None
 
@@ -122,6 +142,7 @@ class SelectionResult:
     rounds: list[dict[str, Any]]
     reserve: list[dict[str, Any]] = field(default_factory=list)
     feature_map: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     stopped: bool = False
 
@@ -152,8 +173,10 @@ def _finish(
     mean: Sequence[float],
     std: Sequence[float],
     class_names: Sequence[str] | None,
+    minority_label: int,
 ) -> None:
-    """Reserve, near-copy distances and feature map with the last round's model (writes into state)."""
+    """Reserve, near-copy distances, quality panel and feature map with the last round's model (writes
+    into state)."""
     kw = {"device": cfg.device, "batch_size": cfg.score_batch_size}
     reserve_n = cfg.per_round if cfg.reserve is None else cfg.reserve
     reserve_idx = ranked[:reserve_n]
@@ -184,6 +207,8 @@ def _finish(
     pool_idx = subsample(len(pool_x), cfg.map_pool, cfg.seed + 1)
     names = list(class_names) if class_names is not None else None
     real_labels = [names[int(c)] if names else int(c) for c in np.asarray(real_y)[real_idx]]
+    picks_feats = query[: len(pick_idx)]
+    state["quality"] = _quality(model, real_x, real_y, pool_x, picks_feats, cfg, mean, std, names, minority_label)
     state["feature_map"] = build_feature_map(
         {
             "real": real_feats,
@@ -198,6 +223,39 @@ def _finish(
         fit_groups=("real", "pool"),
     )
     state["done"] = True
+
+
+def _quality(
+    model: nn.Module,
+    real_x: np.ndarray,
+    real_y: np.ndarray,
+    pool_x: ImageSource,
+    pick_feats: np.ndarray,
+    cfg: SelectionConfig,
+    mean: Sequence[float],
+    std: Sequence[float],
+    names: list[str] | None,
+    minority_label: int,
+) -> dict[str, Any]:
+    """Quality panel (``quality.py``) of the pool against each class's real images, and of the picks
+    against the kept real minority images: {"pool": {class: panel}, "picks": panel | None, "target"}."""
+    kw = {"device": cfg.device, "batch_size": cfg.score_batch_size}
+    y = np.asarray(real_y)
+    num = max(int(y.max()), minority_label) + 1
+    names = names or [str(c) for c in range(num)]
+    per_class = [np.flatnonzero(y == c) for c in range(num)]
+    idx = np.concatenate([ids[subsample(len(ids), cfg.quality_real, cfg.seed)] for ids in per_class])
+    real = extract_features(model, real_x, mean, std, indices=idx, **kw)
+    pool_idx = subsample(len(pool_x), cfg.quality_pool, cfg.seed + 2)
+    pool = extract_features(model, pool_x, mean, std, indices=pool_idx, **kw)
+    labels = y[idx]
+    minority = real[labels == minority_label]
+    ok = len(minority) >= 2 and len(pick_feats) >= 2
+    return {
+        "target": names[minority_label],
+        "pool": class_panels(real, labels, pool, names, cfg.quality_k, seed=cfg.seed) if len(pool) >= 2 else {},
+        "picks": quality_panel(minority, pick_feats, cfg.quality_k, seed=cfg.seed) if ok else None,
+    }
 
 
 def run_selection(
@@ -250,6 +308,11 @@ def run_selection(
     state.setdefault("rounds", [])
     state.setdefault("done", False)
     n_rounds = math.ceil(config.budget / config.per_round)
+    # EPIG's target set: the kept real minority images (fixed over the rounds; picks are not targets).
+    minority_idx = np.flatnonzero(np.asarray(real_y) == minority_label)
+    targets = np.asarray(real_x)[minority_idx[subsample(len(minority_idx), config.epig_targets, config.seed)]]
+    if len(targets) == 0 and ACQUISITIONS[config.acquisition].needs_targets:
+        raise ValueError(f"acquisition {config.acquisition} needs kept real images of the minority class")
 
     while not state["done"]:
         r = len(state["rounds"])
@@ -261,6 +324,15 @@ def run_selection(
         def sub(lo: float, hi: float, _r: int = r) -> Callable[..., None]:
             return lambda f, m=None: report((_r + lo + (hi - lo) * f) / n_rounds, f"round {_r + 1}/{n_rounds}: {m}")
 
+        heuristic = get_heuristic(
+            config.acquisition,
+            seed=config.seed * 1000 + r,
+            threshold=config.threshold,
+            spread_factor=config.spread_factor,
+            stochastic=config.stochastic,
+            beta=config.beta,
+            diversity=config.diversity,
+        )
         t0 = time.perf_counter()
         try:
             x, y = _training_set(real_x, real_y, pool_x, picked, minority_label)
@@ -289,6 +361,7 @@ def run_selection(
                 seed=config.seed * 1000 + r,
                 progress=sub(0.5, 0.9),
                 should_stop=stop,
+                targets=targets if heuristic.needs_targets else None,
             )
         except Stopped:  # scoring's or the round trainer's stop
             return _result(state, stopped=True)
@@ -296,12 +369,6 @@ def run_selection(
 
         available = np.ones(len(pool_x), dtype=bool)
         available[picked] = False
-        heuristic = get_heuristic(
-            config.acquisition,
-            seed=config.seed * 1000 + r,
-            threshold=config.threshold,
-            spread_factor=config.spread_factor,
-        )
 
         def features_fn(idx: np.ndarray, _m: nn.Module = model) -> np.ndarray:
             return extract_features(
@@ -359,6 +426,7 @@ def run_selection(
                 mean,
                 std,
                 class_names,
+                minority_label,
             )
         if on_round_end is not None:
             on_round_end(r, copy.deepcopy(state))
@@ -372,6 +440,7 @@ def _result(state: dict[str, Any], stopped: bool = False) -> SelectionResult:
         rounds=state["rounds"],
         reserve=state.get("reserve", []),
         feature_map=state.get("feature_map", {}),
+        quality=state.get("quality", {}),
         state=state,
         stopped=stopped,
     )

@@ -29,7 +29,8 @@ import torch.nn as nn
 
 from backend.core.hooks import Stopped
 from backend.data.transforms import normalize
-from backend.selection.acquisition import SUMMARY_KEYS, summarize
+from backend.selection.acquisition import EPIG_KEY, SUMMARY_KEYS, summarize
+from backend.selection.epig import epig
 
 Progress = Callable[[float, str | None], None]
 
@@ -155,6 +156,43 @@ def _head_passes(model: nn.Module, feats: torch.Tensor, mc_samples: int) -> torc
     return torch.stack([torch.softmax(model.head(feats), dim=1) for _ in range(mc_samples)])
 
 
+def shared_masks(model: nn.Module, mc_samples: int, seed: int, device: str) -> torch.Tensor:
+    """T dropout masks (T, F) for the head's input, scaled by 1 / (1 - p), drawn from their own generator.
+
+    One mask per pass shared by every image is one weight sample theta_t (a dropped feature is a
+    dropped row of the linear layer), which EPIG's joint p(y, y* | theta_t) needs; the per-image masks
+    of ``_head_passes`` are independent across images. The own generator leaves the global RNG (and so
+    every other summary) exactly as without EPIG.
+    """
+    drop, linear = model.head[0], model.head[-1]
+    if not isinstance(drop, nn.modules.dropout._DropoutNd) or not isinstance(linear, nn.Linear):
+        raise ValueError("EPIG needs model.head = Sequential(Dropout(p), Linear(F, C))")
+    gen = torch.Generator().manual_seed(seed)
+    keep = (torch.rand(mc_samples, linear.in_features, generator=gen) >= drop.p).float() / (1.0 - drop.p)
+    return keep.to(device)
+
+
+def shared_mask_probs(model: nn.Module, feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(B, F) features, (T, F) masks -> (T, B, C) probabilities under the T shared weight samples."""
+    return torch.softmax(model.head[-1](feats[None] * masks[:, None]), dim=2)
+
+
+@torch.no_grad()
+def target_probs(
+    model: nn.Module,
+    source: ImageSource,
+    mean: Sequence[float],
+    std: Sequence[float],
+    masks: torch.Tensor,
+    *,
+    device: str = "cpu",
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Shared-mask probabilities (T, M, C) of the target set (the kept real minority images; M small)."""
+    feats = extract_features(model, source, mean, std, device=device, batch_size=batch_size)
+    return shared_mask_probs(model, torch.from_numpy(feats).to(device), masks).cpu().numpy()
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
@@ -237,17 +275,26 @@ def score_pool(
     seed: int = 0,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    targets: ImageSource | None = None,
 ) -> dict[str, np.ndarray]:
     """Stream the pool and return per-candidate summaries {key: (N,) float32} (see ``SUMMARY_KEYS``).
 
     Equal to ``acquisition.summarize(mc_probs(...), target)`` for the same seed and batch size, but the
-    memory held is the summaries plus one batch, whatever the pool size. Raises ``Stopped`` if
-    ``should_stop()`` turns True between batches.
+    memory held is the summaries plus one batch, whatever the pool size. With ``targets`` (uint8
+    (M, H, W, 3), the kept real minority images) the summary also holds ``"epig"`` (N,): the target
+    set's (T, M, C) shared-mask probabilities are computed once and each batch's (T, B, C) is scored
+    against them. Raises ``Stopped`` if ``should_stop()`` turns True between batches.
     """
     if mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
     n = len(source)
-    summary = {key: np.empty(n, dtype=np.float32) for key in SUMMARY_KEYS}
+    keys = (*SUMMARY_KEYS, EPIG_KEY) if targets is not None else SUMMARY_KEYS
+    summary = {key: np.empty(n, dtype=np.float32) for key in keys}
+    masks = targ = None
+    if targets is not None:
+        masks = shared_masks(model, mc_samples, seed + 1, device)
+        with mc_dropout_mode(model):
+            targ = target_probs(model, targets, mean, std, masks, device=device, batch_size=batch_size)
     with mc_dropout_mode(model), seeded(seed, device):
         for start, batch in iter_batches(source, batch_size):
             if should_stop is not None and should_stop():
@@ -256,6 +303,9 @@ def score_pool(
             probs = _head_passes(model, feats, mc_samples).cpu().numpy()
             for key, values in summarize(probs, target).items():
                 summary[key][start : start + len(batch)] = values
+            if masks is not None:
+                shared = shared_mask_probs(model, feats, masks).cpu().numpy()
+                summary[EPIG_KEY][start : start + len(batch)] = epig(shared, targ)
             if progress is not None:
                 progress((start + len(batch)) / max(n, 1), f"scored {start + len(batch)}/{n} candidates")
     return summary

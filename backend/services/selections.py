@@ -14,6 +14,7 @@ from backend.data.images import decode_image
 from backend.data.variants import with_synthetic
 from backend.db.models import Dataset, PoolImage, Selection, SelectionPick
 from backend.selection.review import ReviewOutcome, apply_review
+from backend.selection.slots import reweight, slot_analytics
 from backend.services.datasets import build_variant, open_row
 from backend.services.errors import Invalid, NotFound, NotReady
 from backend.store import FileStore
@@ -162,3 +163,23 @@ def export_selection(
         yield from iter_zip(variant, ds.classes, test=test)
 
     return f"{dataset.name}-selection{selection_id}.zip", stream()
+
+
+def selection_slots(session: Session, selection_id: int, smoothing: float = 1.0) -> dict[str, Any]:
+    """Prompt-slot analytics of a selection (``selection/slots.py``) and the next round's weights.
+
+    Candidates are every image of the selection's pools; picks carry their score and review state.
+    Returns ``{"slots": {slot: [row...]}, "weights": {slot: {value: weight}}, "candidates_with_slots"}``;
+    a pool without slot metadata (GAN, imported) gives empty ``slots``.
+    """
+    sel = get_selection(session, selection_id)
+    pool_ids = list((sel.params or {}).get("pool_ids") or [])
+    metas = dict(session.execute(select(PoolImage.id, PoolImage.meta).where(PoolImage.pool_id.in_(pool_ids))).all())
+    slots_of = {i: (m or {}).get("slots") or {} for i, m in metas.items()}
+    rows = picks(session, selection_id)
+    analytics = slot_analytics(slots_of.values(), ((slots_of.get(r.image_id, {}), r.score, r.review) for r in rows))
+    return {
+        "slots": analytics,
+        "weights": reweight(analytics, smoothing),
+        "candidates_with_slots": sum(1 for v in slots_of.values() if v),
+    }

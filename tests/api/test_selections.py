@@ -214,3 +214,46 @@ def test_bad_params_name_the_field(api, tmp_path: Path) -> None:
     api.submit("select", {"dataset_id": 99, "pool_ids": [1], "imbalance": {"minority": "3", "keep": 5}})
     (done,) = api.run_jobs()
     assert done["status"] == "failed" and "dataset 99 not found" in done["error"]
+
+
+def test_slot_analytics_weights_the_value_whose_images_were_picked(api, selected: dict) -> None:
+    """A planted SD-like pool: every real "3" carries breed=tabby, the other digits siamese or persian,
+    and a place slot unrelated to the digit. The selection picks threes, so tabby has the highest pick
+    rate and the largest next-round weight; smoothing keeps every value above zero."""
+    from backend.db.models import PoolImage
+
+    with api.db.session() as s:
+        for row in s.query(PoolImage).filter(PoolImage.pool_id == selected["pool_id"]):
+            three = row.source_path.startswith("threes/")
+            breed = "tabby" if three else ("siamese" if row.idx % 2 else "persian")
+            row.meta = {**(row.meta or {}), "slots": {"breed": breed, "place": "sofa" if row.idx % 2 else "floor"}}
+        s.commit()
+    sid = selected["selection_id"]
+    picks = api.client.get(f"/api/selections/{sid}").json()["picks"]
+    path_of = {
+        i["id"]: i["source_path"]
+        for i in api.client.get(f"/api/pools/{selected['pool_id']}/images?limit=100").json()["items"]
+    }
+    tabby = [p["image_id"] for p in picks if path_of[p["image_id"]].startswith("threes/")]
+    other = [p["image_id"] for p in picks if not path_of[p["image_id"]].startswith("threes/")]
+    assert api.client.post(f"/api/selections/{sid}/review", json={"accept": tabby[:1], "reject": other[:1]}).is_success
+    r = api.client.get(f"/api/selections/{sid}/slots")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["candidates_with_slots"] == 40
+    breed = {row["value"]: row for row in body["slots"]["breed"]}
+    assert breed["tabby"]["candidates"] == 20 and breed["tabby"]["picks"] == len(tabby)
+    assert sum(row["picks"] for row in breed.values()) == len(picks)
+    assert breed["tabby"]["acceptance_rate"] == 1.0
+    if other:
+        assert 0.0 in (breed["siamese"]["acceptance_rate"], breed["persian"]["acceptance_rate"])
+    w = body["weights"]["breed"]
+    assert max(w, key=w.get) == "tabby" and min(w.values()) > 0 and abs(sum(w.values()) - 1) < 1e-9
+    assert w["tabby"] > 0.5, w
+    assert api.client.get("/api/selections/999/slots").status_code == 404
+    assert api.client.get(f"/api/selections/{sid}/slots", params={"smoothing": 0}).status_code == 422
+    # The quality panel was stored with the selection and comes back in its info.
+    quality = api.client.get(f"/api/selections/{sid}").json()["info"]["quality"]
+    assert quality["target"] == "3" and set(quality["pool"]) >= {"3"}
+    assert 0.0 <= quality["pool"]["3"]["precision"] <= 1.0 and quality["pool"]["3"]["frechet"] >= 0
+    assert quality["picks"]["n_fake"] == 10  # the budget

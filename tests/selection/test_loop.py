@@ -105,3 +105,19 @@ def test_stop_returns_the_last_finished_round(data: dict) -> None:
 def test_bad_config_names_the_field(data: dict, change: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         _run(data, _config(**change))
+
+
+def test_epig_with_batch_knobs_runs_and_stores_the_quality_panel(data: dict, full_run: tuple) -> None:
+    """EPIG (target set: the 6 real greens) with stochastic sampling and k-center runs end to end;
+    the finished state carries the quality panel of the pool per class and of the picks."""
+    cfg = _config(acquisition="validity_then_epig", stochastic="softrank", beta=2.0, diversity="k_center")
+    result = _run(data, cfg)
+    assert len(result.picks) == 6 and len({p["index"] for p in result.picks}) == 6
+    quality = result.quality
+    assert quality["target"] == "2" and set(quality["pool"]) == {"0", "1", "2"}
+    assert quality["picks"]["n_fake"] == 6 and quality["picks"]["n_real"] == 6
+    # The pool is half green: it sits closer to the real greens than to the reds (Fréchet distance).
+    assert quality["pool"]["2"]["frechet"] < quality["pool"]["0"]["frechet"], quality["pool"]
+    assert full_run[0].quality["picks"] is not None  # the default (target_prob) run stores it too
+    with pytest.raises(ValueError, match="minority"):
+        _run({**data, "real_y": np.where(data["real_y"] == GREEN, RED, data["real_y"])}, _config(acquisition="epig"))

@@ -139,6 +139,23 @@ def review_selection(selection_id: DbId, body: ReviewIn, session: SessionDep) ->
     )
 
 
+class SlotsOut(BaseModel):
+    slots: dict[str, list[dict[str, Any]]]  # slot -> rows: value, candidates, picks, mean_score, acceptance_rate...
+    weights: dict[str, dict[str, float]]  # slot -> value -> next round's sampling weight (smoothed, all > 0)
+    candidates_with_slots: int
+
+
+@router.get("/{selection_id}/slots", response_model=SlotsOut)
+def selection_slots(
+    selection_id: DbId,
+    session: ReadSessionDep,
+    smoothing: float = Query(1.0, gt=0, le=1000, description="Laplace smoothing of the next round's weights"),
+) -> SlotsOut:
+    """Per prompt-slot value of an SD pool: candidates, picks, mean pick score and review acceptance rate,
+    plus the reweighted sampling weights a next generation round would use."""
+    return SlotsOut(**service.selection_slots(session, selection_id, smoothing))
+
+
 @router.get("/{selection_id}/export")
 def export_selection(
     selection_id: DbId,

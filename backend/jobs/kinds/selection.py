@@ -74,7 +74,7 @@ def select_job(ctx: JobContext, params: SelectParams) -> dict[str, Any]:
             sel.rounds = state["rounds"]
             if state.get("done"):
                 sel.feature_map = state["feature_map"]
-                sel.info = {**(sel.info or {}), "reserve": state["reserve"]}
+                sel.info = {**(sel.info or {}), "reserve": state["reserve"], "quality": state.get("quality", {})}
         ctx.save_checkpoint(
             {"selection_id": selection_id, "state": {k: v for k, v in state.items() if k != "feature_map"}}
         )

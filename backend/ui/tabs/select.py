@@ -1,5 +1,6 @@
 """Select tab: launch active-learning selection, review the picks in a gallery (accept/reject one by
-one or in bulk, near-copies flagged), the PCA feature map, and export of the rebalanced dataset."""
+one or in bulk, near-copies flagged), the PCA feature map, the quality panel, prompt-slot analytics,
+and export of the rebalanced dataset."""
 
 from __future__ import annotations
 
@@ -37,7 +38,11 @@ SELECT_PARAMS = {
     "mc": "mc_samples",
     "model": "model",
     "epochs": "epochs",
+    "stochastic": "stochastic",
+    "beta": "beta",
+    "diversity": "diversity",
 }
+QUALITY_COLUMNS = ("precision", "recall", "density", "coverage", "frechet")
 FILTERS = ["all", "pending", "accepted", "rejected", "near-copies"]
 MARK = {"accepted": "✓", "rejected": "✗", "pending": "·"}
 
@@ -106,6 +111,53 @@ def feature_figure(fmap: dict[str, Any]) -> go.Figure | None:
     return fig
 
 
+def quality_html(info: dict[str, Any]) -> str:
+    """The quality panel (``selection/quality.py``): the pool against each class's real images, and the
+    picks against the kept real minority, in the round classifier's feature space."""
+    q = (info or {}).get("quality") or {}
+    rows = [(f"pool vs real {name}", panel) for name, panel in (q.get("pool") or {}).items()]
+    if q.get("picks"):
+        rows.append((f"picks vs kept real {q.get('target')}", q["picks"]))
+    if not rows:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in QUALITY_COLUMNS)
+    body = "".join(
+        f"<tr><td>{'<b>' + name + '</b>' if str(q.get('target')) in name else name}</td>"
+        + "".join(f"<td>{float(panel.get(c, 0)):.3f}</td>" for c in QUALITY_COLUMNS)
+        + "</tr>"
+        for name, panel in rows
+    )
+    return (
+        "<div><b>Quality panel</b> (classifier features; Fréchet: lower is closer)"
+        f'<table class="rb-table"><tr><th></th>{head}</tr>{body}</table></div>'
+    )
+
+
+def slots_figure(data: dict[str, Any] | None) -> go.Figure | None:
+    """Per prompt-slot value: share of its candidates picked, review acceptance rate, next-round weight."""
+    slots = (data or {}).get("slots") or {}
+    weights = (data or {}).get("weights") or {}
+    rows = [
+        (f"{name}: {r['value']}", r, weights.get(name, {}).get(r["value"])) for name, rs in slots.items() for r in rs
+    ]
+    if not rows:
+        return None
+    x = [label for label, _, _ in rows]
+    fig = go.Figure()
+    fig.add_bar(x=x, y=[r["pick_rate"] or 0 for _, r, _ in rows], name="picked / candidates")
+    fig.add_bar(x=x, y=[r["acceptance_rate"] for _, r, _ in rows], name="accepted / reviewed")
+    fig.add_scatter(x=x, y=[w for _, _, w in rows], mode="markers", name="next-round weight")
+    fig.update_layout(
+        height=300,
+        margin=dict(l=30, r=10, t=30, b=80),
+        title="Prompt slots",
+        barmode="group",
+        template="plotly_white",
+        legend=dict(orientation="h", y=1.15, x=1, xanchor="right"),
+    )
+    return fig
+
+
 def summary_html(sel: dict[str, Any]) -> str:
     picks = sel.get("picks") or []
     counts = {k: sum(1 for p in picks if p.get("review", "pending") == k) for k in ("pending", "accepted", "rejected")}
@@ -156,10 +208,16 @@ def build(ctx: Ctx) -> None:
             with gr.Row():
                 model = gr.Radio(["small", "resnet18_cifar"], value="small", label="Classifier", elem_id="sel-model")
                 epochs = gr.Number(5, label="Epochs per round", precision=0, minimum=1, elem_id="sel-epochs")
+            with gr.Row():  # batch-aware picks; choices, defaults and limits: the API's
+                stochastic = gr.Dropdown(label="Stochastic batch", elem_id="sel-stochastic")
+                beta = gr.Number(1.0, label="beta", minimum=0, elem_id="sel-beta")
+                diversity = gr.Dropdown(label="Diversity", elem_id="sel-diversity")
             run = gr.Button("Run selection", variant="primary", elem_id="sel-run")
             msg = gr.HTML(elem_id="sel-msg")
             card = gr.HTML(job_card(None), elem_id="sel-job")
             fmap = gr.Plot(label="Feature map", elem_id="sel-fmap")
+            quality = gr.HTML(elem_id="sel-quality")
+            slot_plot = gr.Plot(label="Prompt slots", elem_id="sel-slots")
         with gr.Column(scale=3, elem_classes="rb-card"):
             gr.Markdown("### Review the picks")
             with gr.Row():
@@ -198,7 +256,7 @@ def build(ctx: Ctx) -> None:
         return gr.update(choices=list_pools()), gr.update(choices=list_selections())
 
     def do_run(*args: Any) -> tuple[Any, str]:
-        pls, acq, bud, pr, t, mdl, ep, k, ds, *imb = args
+        pls, acq, bud, pr, t, mdl, ep, sto, bt, div, k, ds, *imb = args
         if not ds:
             return gr.skip(), error_html("dataset_id: choose a dataset on the Dataset tab")
         if not pls:
@@ -213,17 +271,25 @@ def build(ctx: Ctx) -> None:
             "mc_samples": int_or_none(t),
             "model": mdl,
             "epochs": int_or_none(ep),
+            "stochastic": sto or None,
+            "beta": float(bt) if bt is not None else None,
+            "diversity": div or None,
         }
+        params = {name: v for name, v in params.items() if v is not None}  # unset: the API's default
         jid, out = submit(api, "select", params, k)
         return (jid if jid is not None else gr.skip()), out
 
-    def show(sel_id: Any, flt: str, request: gr.Request) -> tuple[Any, list[int], str, Any, str]:
+    def show(sel_id: Any, flt: str, request: gr.Request) -> tuple[Any, list[int], str, Any, str, str, Any]:
         if not sel_id:
-            return [], [], "", None, ""
+            return [], [], "", None, "", "", None
         try:
             sel = api.get(f"/selections/{int(sel_id)}")
         except ApiError as exc:
-            return [], [], error_html(exc.message), None, ""
+            return [], [], error_html(exc.message), None, "", "", None
+        try:
+            slot_data = api.get(f"/selections/{int(sel_id)}/slots")
+        except ApiError:
+            slot_data = None  # analytics are optional: the picks still show
         base = public_base(request)
         picks = filter_picks(sel.get("picks") or [], flt)
         items = [(review_url(base, p["image_id"]), _pick_caption(p)) for p in picks]
@@ -237,6 +303,8 @@ def build(ctx: Ctx) -> None:
                 {**(sel.get("feature_map") or {}), "minority": [(sel.get("info") or {}).get("target_class")]}
             ),
             links,
+            quality_html(sel.get("info") or {}),
+            slots_figure(slot_data),
         )
 
     def on_click(ids: list[int], evt: gr.SelectData) -> tuple[Any, str]:
@@ -300,6 +368,9 @@ def build(ctx: Ctx) -> None:
         "mc": mc,
         "model": model,
         "epochs": epochs,
+        "stochastic": stochastic,
+        "beta": beta,
+        "diversity": diversity,
         "selection": selection,
         "which": which,
         "job": job_id,
@@ -310,11 +381,25 @@ def build(ctx: Ctx) -> None:
     live_choices(ctx, selection, list_selections)
     run.click(
         do_run,
-        [pools, acquisition, budget, per_round, mc, model, epochs, key, ctx.dataset, *ctx.imbalance],
+        [
+            pools,
+            acquisition,
+            budget,
+            per_round,
+            mc,
+            model,
+            epochs,
+            stochastic,
+            beta,
+            diversity,
+            key,
+            ctx.dataset,
+            *ctx.imbalance,
+        ],
         [job_id, msg],
         concurrency_limit=1,
     )
-    view_out = [gallery, shown, stats, fmap, export]
+    view_out = [gallery, shown, stats, fmap, export, quality, slot_plot]
     gr.on([selection.change, which.change], show, [selection, which], view_out, show_progress="hidden")
     gallery.select(on_click, shown, [chosen, chosen_info], show_progress="hidden")
     for button, fn, inputs in (
