@@ -20,6 +20,7 @@ from torchvision.utils import make_grid
 from backend.core.checkpoint import load_state, save_state
 from backend.core.hooks import NO_HOOKS, Hooks
 from backend.generation.oom import halving_batches
+from backend.generation.pixels import to_uint8
 
 MIN_IMAGES = 16  # fewer than this cannot fill a meaningful batch; the job refuses them
 GEN_CHANNELS = (1024, 512, 256, 128)  # generator up-conv blocks (study, section 4.2)
@@ -189,12 +190,6 @@ def latent_noise(seed: int, start: int, count: int, nz: int) -> torch.Tensor:
     """
     rows = [np.random.default_rng((seed, i)).standard_normal(nz, dtype=np.float32) for i in range(start, start + count)]
     return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, nz), np.float32)).view(count, nz, 1, 1)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> uint8 NHWC."""
-    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------- trainer

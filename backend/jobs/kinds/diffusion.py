@@ -1,0 +1,341 @@
+"""Job kinds `train_diffusion` (a class-conditional diffusion model trained here) and `generate_diffusion`.
+
+Params extend the core's own settings (``backend.generation.ddpm_config``): each setting's default,
+limits and description live there once. Torch and diffusers are imported inside the handlers, so
+registering these kinds (the API process does) stays cheap. Files: see ``backend.services.diffusions``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ConfigDict, Field
+
+from backend.config import PathNotAllowed
+from backend.core.types import DbId
+from backend.data.sources import find_dataset_root
+from backend.db.models import Diffusion
+from backend.generation.ddpm_config import DiffusionConfig, SampleConfig
+from backend.generation.imagefiles import encode_png
+from backend.generation.prompts import image_seed
+from backend.jobs.context import JobContext
+from backend.jobs.errors import JobError
+from backend.jobs.kinds.gan import SOURCE_FORMS, DatasetSource, PathSource, Source
+from backend.jobs.registry import job_kind
+from backend.services.datasets import extract_upload, imbalance_of, open_dataset
+from backend.services.diffusions import (
+    get_diffusion,
+    model_path,
+    prune_before,
+    samples_path,
+    sampling_model,
+    state_path,
+)
+from backend.services.errors import Invalid
+from backend.services.pools import PoolWriter, dropped_if_left_empty, pool_for_job
+from backend.services.rows import row_for_job
+
+MAX_CLASSES = 1000  # class folders a folder source may have (one embedding each)
+MAX_SKIPPED_LISTED = 200  # file names kept in the model's info; the count is always exact
+
+
+# ------------------------------------------------------------------------------------------------ params
+
+
+class TrainDiffusionParams(DiffusionConfig):
+    """The model's own settings (``DiffusionConfig``: defaults, limits, descriptions) plus its training images."""
+
+    source: Source = Field(
+        description=f"{SOURCE_FORMS}; a dataset trains on all classes of its imbalanced training set, a folder "
+        "or upload on its <class>/ subfolders (their names are the model's classes)"
+    )
+    name: str | None = Field(None, max_length=255)
+
+    def config(self) -> DiffusionConfig:
+        return DiffusionConfig(**self.model_dump(include=set(DiffusionConfig.model_fields)))
+
+
+class GenerateDiffusionParams(SampleConfig):
+    """The sampler's own settings (``SampleConfig``) plus which model, class and pool."""
+
+    # `class` is a Python keyword: the field is class_name, read and written as "class".
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    diffusion_id: DbId
+    class_name: str = Field(alias="class", min_length=1, max_length=255, description="a class name of the model")
+    count: int = Field(100, ge=1, le=1_000_000, description="images in the pool")
+    output_size: int | None = Field(None, ge=8, le=1024, description="default: the dataset's size, else the model's")
+    review_size: int = Field(256, ge=32, le=1024)
+    chunk_size: int = Field(64, ge=1, le=10_000, description="images committed per checkpoint")
+    name: str | None = Field(None, max_length=255, description="pool name")
+
+    def sample_config(self) -> SampleConfig:
+        return SampleConfig(**self.model_dump(include=set(SampleConfig.model_fields)))
+
+
+# ---------------------------------------------------------------------------------------- training data
+
+
+def _class_folders(ctx: JobContext, folder: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Images, labels and class names from ``<class>/`` subfolders (decoded square at ``size``), and skips."""
+    root = find_dataset_root(folder)
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    if not dirs:
+        raise Invalid("source", f"{root.name}/ has no <class>/ subfolders; put each class's images in its own folder")
+    if len(dirs) > MAX_CLASSES:
+        raise Invalid("source", f"{len(dirs)} class folders; at most {MAX_CLASSES} are supported")
+    from backend.generation.gan_images import load_image_folder
+
+    images, labels, skipped = [], [], []
+    for c, d in enumerate(dirs):
+        loaded = load_image_folder(d, size, hooks=ctx.hooks.scaled(c / len(dirs), (c + 1) / len(dirs)))
+        images.append(loaded.images)
+        labels.append(np.full(len(loaded.images), c, np.int64))
+        skipped += [f"{d.name}/{s['path']}: {s['reason']}" for s in loaded.skipped]
+    empty = [d.name for d, x in zip(dirs, images, strict=True) if len(x) == 0]
+    if empty:
+        raise Invalid("source", f"class folders without a readable image: {empty}")
+    return np.concatenate(images), np.concatenate(labels), [d.name for d in dirs], skipped
+
+
+def _training_data(
+    ctx: JobContext, params: TrainDiffusionParams
+) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any]]:
+    """(uint8 NHWC images, labels, class names, JSON summary of the source)."""
+    source = params.source
+    if isinstance(source, DatasetSource):
+        with ctx.session() as s:
+            ds = open_dataset(s, ctx.store, source.dataset_id)
+        imb = imbalance_of(ds, source.imbalance, "source.imbalance")
+        idx = np.sort(imb.kept_idx)
+        labels = np.asarray(ds.train_y[idx], dtype=np.int64)
+        info = {
+            "kind": "dataset",
+            "dataset_id": source.dataset_id,
+            "imbalance": source.imbalance.model_dump(mode="json"),
+            "dataset_image_size": ds.image_size[0],
+            "counts": dict(zip(ds.classes, np.bincount(labels, minlength=len(ds.classes)).tolist(), strict=True)),
+        }
+        return np.asarray(ds.train_x[idx]), labels, list(ds.classes), info
+    skipped: list[str] = []
+    if isinstance(source, PathSource):
+        try:
+            folder = ctx.settings.is_allowed(source.path)
+        except PathNotAllowed as exc:
+            raise JobError(f"source.path: {exc}") from exc
+        if not Path(folder).is_dir():
+            raise Invalid("source.path", f"{source.path!r} is not a directory")
+        info: dict[str, Any] = {"kind": "path", "path": str(folder)}
+    else:
+        folder, extract_skips = extract_upload(ctx.store, source.upload_id, ctx.hooks)
+        skipped = [f"{name}: {why}" for name, why in extract_skips]
+        info = {"kind": "upload", "upload_id": source.upload_id}
+    ctx.progress(0.0, "decoding source images")
+    images, labels, classes, decode_skips = _class_folders(ctx, Path(folder), params.image_size)
+    skipped += decode_skips
+    counts = np.bincount(labels, minlength=len(classes)).tolist()
+    info |= {"counts": dict(zip(classes, counts, strict=True)), "skipped_count": len(skipped)}
+    return images, labels, classes, info | {"skipped": skipped[:MAX_SKIPPED_LISTED]}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # JSON (and PostgreSQL) has no NaN
+
+
+def _save_model_folder(ctx: JobContext, model: Any, rel: str) -> None:
+    """Write the diffusers folder next to its final place, then rename: a crash never leaves half a model."""
+    final = ctx.store.path(rel)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    shutil.rmtree(final, ignore_errors=True)  # an epoch redone after a crash replaces its own folder
+    os.replace(tmp, final)
+
+
+# -------------------------------------------------------------------------------------- train_diffusion
+
+
+@job_kind("train_diffusion", TrainDiffusionParams)
+def train_diffusion(ctx: JobContext, params: TrainDiffusionParams) -> dict[str, Any]:
+    """Train a class-conditional diffusion model, saving a model and a per-class grid every epoch; resumable."""
+    from backend.generation.ddpm import DiffusionTrainer
+    from backend.generation.ddpm_sample import class_grid
+
+    with ctx.session() as s:
+        diffusion_id = row_for_job(
+            s,
+            Diffusion,
+            ctx.job_id,
+            lambda: Diffusion(
+                name=params.name or f"diffusion {params.image_size}px",
+                job_id=ctx.job_id,
+                params=params.model_dump(mode="json"),
+                classes=[],
+                epochs_done=0,
+                history=[],
+                info={},
+            ),
+        ).id
+    images, labels, classes, source_info = _training_data(ctx, params)
+    source_info["images"] = len(images)
+    try:
+        trainer = DiffusionTrainer(params.config(), images, labels, classes, ctx.settings.device)
+    except ValueError as exc:
+        raise JobError(str(exc)) from exc
+    del images  # the trainer holds its own (resized, on-device) copy
+
+    start = int(ctx.checkpoint.get("epoch", 0))
+    if start:
+        rel = state_path(diffusion_id, start)
+        if not ctx.store.exists(rel):
+            raise JobError(f"checkpoint {rel} of diffusion {diffusion_id} is missing; cannot resume")
+        trainer.restore(ctx.store.path(rel).read_bytes())
+        ctx.log(f"diffusion {diffusion_id}: resuming after epoch {start}")
+    with ctx.session() as s:
+        row = s.get(Diffusion, diffusion_id)
+        row.classes = classes
+        row.info = {**(row.info or {}), "source": source_info, "device": ctx.settings.device}
+        row.info["block_channels"] = list(trainer.config.block_channels)
+
+    epochs = params.epochs
+    for epoch in range(trainer.epoch + 1, epochs + 1):
+        # A stop drops the epoch in flight; the last finished one is kept and resumed from.
+        t0 = time.monotonic()
+        stats = trainer.train_epoch(ctx.hooks.scaled((epoch - 1) / epochs, epoch / epochs, f"epoch {epoch}/{epochs}"))
+        rate = trainer.steps_per_epoch * trainer.batch_size / max(time.monotonic() - t0, 1e-9)
+        # Files first, then the row, then the checkpoint: a crash in between redoes this epoch.
+        ctx.store.write_bytes(state_path(diffusion_id, epoch), trainer.state_bytes())
+        _save_model_folder(ctx, trainer.model(), model_path(diffusion_id, epoch))
+        # One row per class (the first 16), grid_per_class EMA samples each, from fixed noise.
+        grid = class_grid(trainer.model()) if trainer.config.grid_per_class else None
+        if grid is not None:
+            ctx.store.write_bytes(samples_path(diffusion_id, epoch), encode_png(grid))
+        with ctx.session() as s:
+            row = s.get(Diffusion, diffusion_id)
+            row.epochs_done = epoch
+            row.history = [{"epoch": h.epoch, "loss": _finite(h.loss), "steps": h.steps} for h in trainer.history]
+        ctx.save_checkpoint({"epoch": epoch, "diffusion_id": diffusion_id})
+        prune_before(ctx.store, diffusion_id, epoch)  # only the newest epoch must be resumable and sampled
+        ctx.log(f"epoch {epoch}/{epochs}: loss {stats.loss:.4f}, {rate:.1f} images/s")
+    return {
+        "diffusion_id": diffusion_id,
+        "epochs_done": trainer.epoch,
+        "model_path": model_path(diffusion_id, trainer.epoch),
+    }
+
+
+# ----------------------------------------------------------------------------------- generate_diffusion
+
+
+def _start_images(ctx: JobContext, row: Diffusion, class_name: str, size: int) -> tuple[np.ndarray, list[int] | None]:
+    """The real training images of ``class_name`` for SDEdit, and their dataset indices (dataset sources)."""
+    source = (row.info or {}).get("source", {})
+    if source.get("kind") == "dataset":
+        with ctx.session() as s:
+            ds = open_dataset(s, ctx.store, source["dataset_id"])
+        imb = imbalance_of(ds, source["imbalance"], "source.imbalance")
+        c = ds.classes.index(class_name)
+        idx = np.sort(imb.kept_idx[np.asarray(ds.train_y[imb.kept_idx]) == c])
+        images = np.asarray(ds.train_x[idx])
+        index: list[int] | None = idx.tolist()
+    elif source.get("kind") == "path":
+        from backend.generation.gan_images import load_image_folder
+
+        folder = find_dataset_root(Path(source["path"])) / class_name
+        images, index = load_image_folder(folder, size, hooks=ctx.hooks.scaled(0.0, 0.0)).images, None
+    else:
+        raise Invalid("strength", "starting from real images needs a model trained on a dataset or folder source")
+    if len(images) == 0:
+        raise Invalid("strength", f"diffusion {row.id} has no real image of class {class_name!r} to start from")
+    return images, index
+
+
+@job_kind("generate_diffusion", GenerateDiffusionParams)
+def generate_diffusion(ctx: JobContext, params: GenerateDiffusionParams) -> dict[str, Any]:
+    """Sample one class of a trained diffusion model into a candidate pool (chunked, resumable, per-index seeds)."""
+    from backend.generation.ddpm import fit_square, load_model
+    from backend.generation.ddpm_sample import generate
+
+    with ctx.session() as s:
+        row = get_diffusion(s, params.diffusion_id)
+        s.expunge(row)
+    rel = sampling_model(ctx.store, row, params.class_name)
+    model = load_model(ctx.store.path(rel), ctx.settings.device)
+    config = params.sample_config()
+    source = (row.info or {}).get("source", {})
+    size = model.config.image_size
+    output_size = params.output_size or source.get("dataset_image_size") or size
+    starts = start_index = None
+    if config.strength < 1.0:
+        starts, start_index = _start_images(ctx, row, params.class_name, size)
+    label = model.class_index(params.class_name)
+
+    with ctx.session() as s:
+        pool_id, done = pool_for_job(
+            s,
+            ctx.job_id,
+            name=params.name or f"{row.name} epoch {model.epoch}: {params.class_name}",
+            kind="diffusion",
+            params=params.model_dump(mode="json") | {"epoch": model.epoch, "output_size": output_size},
+        )
+    with dropped_if_left_empty(ctx.session, pool_id):  # a run that fails before its first image leaves no pool
+        todo = [i for i in range(params.count) if i not in done]
+        if done:
+            ctx.log(f"resuming pool {pool_id}: {len(done)} images exist, {len(todo)} to go")
+        base = {
+            "generator": "ddpm",
+            "diffusion_id": row.id,
+            "epoch": model.epoch,
+            "class": params.class_name,
+            "sampler": config.sampler,
+            "steps": config.steps,
+            "guidance": config.guidance,
+            "job_seed": config.seed,
+            "job_id": ctx.job_id,
+            "output_size": output_size,
+        }
+        if starts is not None:
+            base["strength"] = config.strength
+        batch_size = config.batch_size
+
+        def smaller_batch(new_size: int, message: str) -> None:
+            nonlocal batch_size
+            batch_size = new_size  # later chunks start at the size that fitted
+            ctx.log(message, "warning")
+
+        t0, made = time.monotonic(), 0
+        with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
+            for c in range(0, len(todo), params.chunk_size):
+                chunk = todo[c : c + params.chunk_size]
+                lo, hi = (len(done) + made) / params.count, (len(done) + made + len(chunk)) / params.count
+                try:
+                    review = generate(
+                        model,
+                        [label] * len(chunk),
+                        chunk,
+                        config.model_copy(update={"batch_size": batch_size}),
+                        start_images=starts,
+                        hooks=ctx.hooks.scaled(lo, hi),
+                        on_batch_size=smaller_batch,
+                    )
+                except ValueError as exc:
+                    raise JobError(str(exc)) from exc
+                small = review if output_size == size else fit_square(review, output_size).permute(0, 2, 3, 1).numpy()
+                for j, idx in enumerate(chunk):
+                    meta = base | {"index": idx, "seed": image_seed(config.seed, idx)}
+                    if start_index is not None:
+                        meta["init_image_index"] = start_index[idx % len(start_index)]
+                    writer.add(idx, small[j], review[j], meta)
+                writer.flush()
+                made += len(chunk)
+                ctx.save_checkpoint({"pool_id": pool_id, "done": len(done) + made})
+                rate = made / max(time.monotonic() - t0, 1e-9)
+                total = len(done) + made
+                ctx.progress(total / params.count, f"{total}/{params.count} images, {rate:.2f} images/s")
+    return {"pool_id": pool_id, "count": params.count, "diffusion_id": row.id, "epoch": model.epoch}
