@@ -227,3 +227,26 @@ def test_vocabulary_crud_and_preview(api) -> None:
 
     assert c.delete(f"/api/vocabularies/{vocab['id']}").status_code == 204
     assert c.get(f"/api/vocabularies/{vocab['id']}").status_code == 404
+
+
+def test_progress_rate_and_images_show_while_the_job_runs(api) -> None:
+    """Issue 20: the card must not sit at 0% until the end; images appear as they are written."""
+    job = api.submit("generate_sd", TINY | {"count": 6, "chunk_size": 64, "vocabulary": CAT})
+    ctx = context_for(api, job["id"])
+    seen: list[tuple[float, str, int]] = []
+    report = ctx.progress
+
+    def recording(fraction: float, message: str | None = None) -> None:
+        report(fraction, message)
+        with api.db.read_session() as s:
+            stored = s.scalar(select(func.count()).select_from(PoolImage)) or 0
+        seen.append((fraction, message or "", stored))
+
+    ctx.progress = recording
+    generate_sd(ctx, GenerateSDParams.model_validate(job["params"]))
+    during = [(f, m, n) for f, m, n in seen if 0 < f < 1]
+    # Three batches of 2 inside one 64-image chunk: two reports before the end, each with its images stored.
+    assert [(round(f, 3), n) for f, _, n in during] == [(0.333, 2), (0.667, 4)], seen
+    assert all("images/s" in m for _, m, _ in during)
+    logs = [text for _, text in ctx.take_pending()[1]]
+    assert any(t.startswith("loading tiny") for t in logs) and any(t.startswith("6/6 images in pool") for t in logs)

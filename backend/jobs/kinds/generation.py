@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -18,11 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from backend.core.types import DbId
 from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Vocabulary as VocabularyRow
-from backend.generation.prompts import Vocabulary, default_vocabulary
+from backend.generation.prompts import PromptItem, Vocabulary, default_vocabulary
 from backend.generation.schedulers import SCHEDULERS, SchedulerName
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
+from backend.services.concepts import usable_concept
 from backend.services.datasets import minority_images, open_dataset
 from backend.services.pools import PoolWriter, dropped_if_left_empty, pool_for_job
 
@@ -65,6 +66,12 @@ class GenerateSDParams(BaseModel):
     review_size: int = Field(256, ge=32, le=1024)
     mode: Literal["txt2img", "img2img"] = "txt2img"
     strength: float = Field(0.75, gt=0.0, le=1.0, description="img2img: how far from the real image")
+    strengths: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="img2img: several strengths, image i uses strengths[i % n] (DA-Fusion); replaces strength",
+    )
     dataset_id: DbId | None = None
     imbalance: ImbalanceSpec | None = None
     vae: str | None = Field(None, description="optional VAE / TAESD decoder: id, local dir, or 'tiny'")
@@ -73,6 +80,11 @@ class GenerateSDParams(BaseModel):
     compile: bool = Field(False, description="torch.compile the UNet (CUDA)")
     chunk_size: int = Field(64, ge=1, le=10_000, description="images committed per checkpoint")
     name: str | None = Field(None, max_length=255, description="pool name")
+    concept_id: DbId | None = Field(
+        None,
+        description="a concept from personalize_sd (GET /api/concepts) trained on `model`; prompts use its token "
+        "(default vocabulary: built around the token)",
+    )
 
     @field_validator("model", "vae")
     @classmethod
@@ -92,8 +104,12 @@ class GenerateSDParams(BaseModel):
         if self.mode == "img2img":
             if self.dataset_id is None or self.imbalance is None:
                 raise ValueError("img2img needs dataset_id and imbalance (it starts from the kept minority images)")
-            if int(self.steps * self.strength) < 1:
+            if int(self.steps * min(self.strengths or [self.strength])) < 1:
                 raise ValueError("steps x strength must give at least one denoising step")
+        elif self.strengths is not None:
+            raise ValueError("strengths are for mode img2img")
+        if self.concept_id is not None and self.compile:
+            raise ValueError("compile cannot be combined with concept_id (concept weights are swapped into the UNet)")
         return self
 
 
@@ -122,6 +138,11 @@ def _init_images(ctx: JobContext, params: GenerateSDParams) -> tuple[np.ndarray,
 
 
 _PIPELINE_CACHE: dict[tuple, Any] = {}  # one loaded pipeline per worker: consecutive jobs reuse it
+
+
+def release_pipeline() -> None:
+    """Drop this worker's cached pipeline (a training job on the same device needs the memory)."""
+    _PIPELINE_CACHE.clear()
 
 
 def _pipeline(ctx: JobContext, params: GenerateSDParams) -> Any:
@@ -163,6 +184,31 @@ def _pipeline(ctx: JobContext, params: GenerateSDParams) -> Any:
     return pipe
 
 
+def _concept_token(folder: Path) -> str:
+    from backend.generation.personalize import read_concept
+
+    return str(read_concept(folder)["token"])
+
+
+def _use_concept(pipe: Any, folder: Path | None) -> None:
+    """Load the job's concept into the cached pipeline (or unload the previous job's)."""
+    from backend.generation.personalize import apply_concept
+
+    try:
+        apply_concept(pipe, folder)
+    except (OSError, ValueError, KeyError) as exc:
+        _PIPELINE_CACHE.clear()  # a half-swapped concept must not reach the next job
+        raise JobError(f"concept_id: cannot load {folder}: {exc}") from exc
+
+
+def _by_strength(chunk: list[PromptItem], strengths: list[float]) -> list[list[PromptItem]]:
+    """The chunk's items grouped by their img2img strength (one pipeline call takes one strength)."""
+    groups: dict[float, list[PromptItem]] = {}
+    for item in chunk:
+        groups.setdefault(strengths[item.index % len(strengths)], []).append(item)
+    return list(groups.values())
+
+
 @job_kind("generate_sd", GenerateSDParams)
 def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
     """Generate a pool of candidate images with Stable Diffusion from a prompt vocabulary."""
@@ -177,7 +223,12 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
         with ctx.session() as s:
             dataset_side = open_dataset(s, ctx.store, params.dataset_id).image_size[0]
     output_size = params.output_size or dataset_side or 32
-    vocab = _vocabulary(ctx, params, minority)
+    concept_dir, token = None, None
+    if params.concept_id is not None:
+        with ctx.session() as s:  # before any pool exists: a wrong concept fails the job at once
+            concept_dir = ctx.store.path(usable_concept(s, ctx.store, params.concept_id, params.model))
+        token = _concept_token(concept_dir)
+    vocab = _vocabulary(ctx, params, token or minority)
 
     with ctx.session() as session:
         pool_id, done = pool_for_job(
@@ -194,7 +245,10 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
         if not todo:
             return {"pool_id": pool_id, "count": params.count}
 
+        ctx.log(f"loading {params.model} ({params.mode}, {params.scheduler}, {params.steps} steps)")
         pipe = _pipeline(ctx, params)
+        _use_concept(pipe, concept_dir)
+        ctx.log(f"generating {len(todo)} images into pool {pool_id}, batches of {params.batch_size}")
         batch_size = params.batch_size
 
         def smaller_batch(size: int, message: str) -> None:
@@ -215,44 +269,53 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
         }
         if params.mode == "img2img":
             base |= {"strength": params.strength, "dataset_id": params.dataset_id}
+        strengths = params.strengths or [params.strength]
+        if params.concept_id is not None:
+            base |= {"concept_id": params.concept_id, "concept_token": token}
         t0, made = time.monotonic(), 0
         with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
             for c in range(0, len(todo), params.chunk_size):
                 chunk = [vocab.item(i, params.seed) for i in todo[c : c + params.chunk_size]]
-                for b in range(0, len(chunk), batch_size):
-                    batch = chunk[b : b + batch_size]
-                    init = None
-                    if init_pixels is not None:
-                        init = [init_pixels[item.index % len(init_pixels)] for item in batch]
-                    try:
-                        images = generate(
-                            pipe,
-                            batch,
-                            steps=params.steps,
-                            guidance=params.guidance,
-                            resolution=params.resolution,
-                            output_size=output_size,
-                            negative_prompt=vocab.negative_prompt,
-                            init_images=init,
-                            strength=params.strength if init is not None else None,
-                            batch_size=batch_size,
-                            review_size=params.review_size,
-                            hooks=ctx.hooks,
-                            on_batch_size=smaller_batch,
-                        )
-                    except ValueError as exc:
-                        raise JobError(str(exc)) from exc
-                    for g in images:
-                        meta = base | {"index": g.item.index, "prompt": g.item.prompt, "slots": g.item.slots}
-                        meta |= {"seed": g.item.seed, "output_size": output_size}
-                        if init_idx is not None:
-                            meta["init_image_index"] = int(init_idx[g.item.index % len(init_idx)])
-                        writer.add(g.item.index, g.image, g.review, meta)
-                    made += len(images)
-                    ctx.stop_point()  # the writer's exit keeps the finished images
-                writer.flush()
+                for group in _by_strength(chunk, strengths):
+                    strength = strengths[group[0].index % len(strengths)]
+                    for b in range(0, len(group), batch_size):
+                        batch = group[b : b + batch_size]
+                        init = None
+                        if init_pixels is not None:
+                            init = [init_pixels[item.index % len(init_pixels)] for item in batch]
+                        try:
+                            images = generate(
+                                pipe,
+                                batch,
+                                steps=params.steps,
+                                guidance=params.guidance,
+                                resolution=params.resolution,
+                                output_size=output_size,
+                                negative_prompt=vocab.negative_prompt,
+                                init_images=init,
+                                strength=strength if init is not None else None,
+                                batch_size=batch_size,
+                                review_size=params.review_size,
+                                hooks=ctx.hooks,
+                                on_batch_size=smaller_batch,
+                            )
+                        except ValueError as exc:
+                            raise JobError(str(exc)) from exc
+                        for g in images:
+                            meta = base | {"index": g.item.index, "prompt": g.item.prompt, "slots": g.item.slots}
+                            meta |= {"seed": g.item.seed, "output_size": output_size}
+                            if init_idx is not None:
+                                meta["init_image_index"] = int(init_idx[g.item.index % len(init_idx)])
+                                meta["strength"] = strength
+                            writer.add(g.item.index, g.image, g.review, meta)
+                        made += len(images)
+                        # Rows per batch, not per chunk: the pool's count and newest thumbnails, the
+                        # progress bar and its ETA move while the job runs.
+                        writer.flush()
+                        rate = made / max(time.monotonic() - t0, 1e-9)
+                        total = len(done) + made
+                        ctx.progress(total / params.count, f"{total}/{params.count} images, {rate:.2f} images/s")
+                        ctx.stop_point()  # the writer's exit keeps the finished images
                 ctx.save_checkpoint({"pool_id": pool_id, "done": len(done) + made})
-                rate = made / max(time.monotonic() - t0, 1e-9)
-                total = len(done) + made
-                ctx.progress(total / params.count, f"{total}/{params.count} images, {rate:.2f} images/s")
+                ctx.log(f"{len(done) + made}/{params.count} images in pool {pool_id} ({rate:.2f} images/s)")
         return {"pool_id": pool_id, "count": params.count}

@@ -25,6 +25,7 @@ from backend.ui.common import (
     safe_items,
     submit,
 )
+from backend.ui.tabs import personalize
 from backend.ui.tabs.dataset import imbalance_spec
 from backend.ui.tabs.prompts import vocabulary_body
 
@@ -113,17 +114,24 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
                 )
             with gr.Row():
                 count = gr.Number(16, label="Images", precision=0, minimum=1, elem_id="sd-count")
-                batch = gr.Number(8, label="Batch", precision=0, minimum=1, elem_id="sd-batch")
-                steps = gr.Number(25, label="Steps", precision=0, minimum=1, elem_id="sd-steps")
-                guidance = gr.Number(7.5, label="Guidance", minimum=0, elem_id="sd-guidance")
+                batch = gr.Number(label="Batch", precision=0, elem_id="sd-batch")
+                steps = gr.Number(label="Steps", precision=0, elem_id="sd-steps")
+                guidance = gr.Number(label="Guidance", elem_id="sd-guidance")
             with gr.Row():
                 scheduler = gr.Dropdown(label="Scheduler", elem_id="sd-scheduler")  # choices: the API's
-                resolution = gr.Number(512, label="Resolution", precision=0, minimum=8, elem_id="sd-resolution")
+                resolution = gr.Number(label="Resolution", precision=0, elem_id="sd-resolution")
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="sd-seed")
             with gr.Row():
                 mode = gr.Radio(["txt2img", "img2img"], value="txt2img", label="Mode", elem_id="sd-mode")
                 strength = gr.Slider(0.05, 1.0, 0.75, step=0.05, label="Strength (img2img)", elem_id="sd-strength")
                 safety = gr.Checkbox(False, label="Safety checker", elem_id="sd-safety")
+            concept = gr.Dropdown(
+                [],
+                value=None,
+                label="Concept (from Personalise; prompts use its token)",
+                allow_custom_value=True,
+                elem_id="sd-concept",
+            )
             go_btn = gr.Button("Generate", variant="primary", elem_id="sd-submit")
             msg = gr.HTML(elem_id="sd-msg")
         with gr.Column(scale=3, elem_classes="rb-card"):
@@ -140,7 +148,7 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
         return gr.update(choices=list_vocabs())
 
     def do_submit(*args: Any) -> tuple[Any, str]:
-        (mdl, voc, n, bs, st, gd, sch, res, sd, md, strg, safe, k, tpl, sl, neg, ds, *imb) = args
+        (mdl, voc, n, bs, st, gd, sch, res, sd, md, strg, safe, cpt, k, tpl, sl, neg, ds, *imb) = args
         params: dict[str, Any] = {
             "model": (mdl or "").strip(),
             "count": int_or_none(n),
@@ -152,6 +160,7 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
             "seed": int_or_none(sd) or 0,
             "mode": md,
             "safety_checker": bool(safe),
+            "concept_id": int(cpt) if cpt else None,
         }
         if voc in (None, INLINE):
             body, err = vocabulary_body("", tpl, sl, neg)
@@ -192,13 +201,16 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
         "mode": mode,
         "strength": strength,
         "safety": safety,
+        "concept": concept,
         "job": job_id,
     }
     # Model (its suggestions only) and the rest from generate_sd; count keeps the studio's demo-sized 16.
     spec = {f: f"generate_sd.{p}" for f, p in SD_PARAMS.items()}
     persist(ctx, "generate-sd", fields, key, before=refresh, before_outputs=[vocab], spec=spec)
     live_choices(ctx, vocab, list_vocabs)
-    inputs = [model, vocab, count, batch, steps, guidance, scheduler, resolution, seed, mode, strength, safety, key]
+    live_choices(ctx, concept, lambda: personalize.list_concepts(api))
+    inputs = [model, vocab, count, batch, steps, guidance, scheduler, resolution, seed, mode, strength, safety]
+    inputs += [concept, key]
     go_btn.click(do_submit, [*inputs, *vocab_inline, ctx.dataset, *ctx.imbalance], [job_id, msg], concurrency_limit=1)
     ctx.timer.tick(tick, [job_id, shown], [card, gallery, shown], show_progress="hidden")
 
@@ -222,10 +234,10 @@ def _gan_panel(ctx: Ctx) -> None:
             path = gr.Textbox(label="Folder", visible=False, elem_id="gan-path")
             with gr.Row():
                 size = gr.Radio([32, 64], value=64, label="Image size", elem_id="gan-size")
-                epochs = gr.Number(25, label="Epochs", precision=0, minimum=1, elem_id="gan-epochs")
-                batch = gr.Number(128, label="Batch", precision=0, minimum=1, elem_id="gan-batch")
+                epochs = gr.Number(label="Epochs", precision=0, elem_id="gan-epochs")
+                batch = gr.Number(label="Batch", precision=0, elem_id="gan-batch")
             with gr.Row():
-                width = gr.Number(1.0, label="Width (channel scale)", minimum=0.01, elem_id="gan-width")
+                width = gr.Number(label="Width (channel scale)", elem_id="gan-width")
                 lr = gr.Number(5e-5, label="Learning rate", elem_id="gan-lr")
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="gan-seed")
             train = gr.Button("Train GAN", variant="primary", elem_id="gan-train")
@@ -238,7 +250,7 @@ def _gan_panel(ctx: Ctx) -> None:
             epoch = gr.Number(1, label="Epoch", precision=0, minimum=1, elem_id="gan-epoch")
             grid = gr.HTML(elem_id="gan-grid")
             with gr.Row():
-                count = gr.Number(64, label="Images", precision=0, minimum=1, elem_id="gan-count")
+                count = gr.Number(label="Images", precision=0, elem_id="gan-count")
                 sample_seed = gr.Number(0, label="Seed", precision=0, elem_id="gan-sample-seed")
                 sample = gr.Button("Sample into a pool", elem_id="gan-sample")
             sample_msg = gr.HTML(elem_id="gan-sample-msg")
@@ -367,6 +379,8 @@ def build(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
     with gr.Tabs():
         with gr.Tab("Stable Diffusion", elem_id="gen-sd"):
             _sd_panel(ctx, vocab_inline)
+        with gr.Tab("Personalise", elem_id="gen-personalize"):
+            personalize.panel(ctx)
         with gr.Tab("GAN", elem_id="gen-gan"):
             _gan_panel(ctx)
     gr.HTML(note_html("Images are made by jobs; follow every job on the Jobs tab."))
