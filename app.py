@@ -77,11 +77,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from backend.server import create_app, start_workers, stop_workers
+    from backend.server import create_app, start_experiment_driver, start_workers, stop_workers
 
     db = prepare(settings)
     app = create_app(settings, db)
     procs = start_workers(settings, settings.workers)
+    driver = start_experiment_driver(settings, db)  # studies launched from the browser move on unwatched
     print(
         f"Rebalance on http://{settings.host}:{settings.port}  (API docs: /api/docs; "
         f"workspace {settings.workspace_dir}; {settings.workers} worker(s); device {settings.device})",
@@ -90,6 +91,7 @@ def serve(settings: Settings) -> None:
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
+        driver.set()
         stop_workers(procs)
 
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_worker(settings)
         elif args.command == "experiment":
-            from backend.experiment import run_experiment_cli
+            from backend.experiment_cli import run_experiment_cli
 
             return run_experiment_cli(args.config, args.out, settings)
         else:

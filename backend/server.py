@@ -6,13 +6,17 @@ knows the URL of the API it talks to.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
+import threading
 
 from fastapi import FastAPI
 
 from backend.api.app import create_api
 from backend.config import Settings
 from backend.db.session import Database
+
+log = logging.getLogger("rebalance.server")
 
 # Hosts that mean "every interface" when binding; the studio reaches its own server over loopback then.
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
@@ -62,3 +66,21 @@ def stop_workers(procs: list[mp.Process], timeout: float = 30.0) -> None:
         p.join(timeout)
         if p.is_alive():
             p.kill()
+
+
+def start_experiment_driver(settings: Settings, db: Database, every_s: float = 2.0) -> threading.Event:
+    """Advance running experiments in the background (submit each stage when its inputs are done), so a
+    study launched from the browser runs to its report while nobody watches. Set the event to stop."""
+    from backend import experiment_runs
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            try:
+                experiment_runs.advance_running(db, settings)
+            except Exception:  # a transient DB error must not end the driver
+                log.exception("advancing experiments failed")
+
+    threading.Thread(target=loop, name="experiment-driver", daemon=True).start()
+    return stop

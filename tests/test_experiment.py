@@ -23,8 +23,8 @@ from backend.experiment import (
     load_config,
     parse_config,
     plan,
-    run_experiment,
 )
+from backend.experiment_cli import run_experiment
 from backend.reports.tables import read_results_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,3 +148,23 @@ def test_missing_dataset_path_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"dataset": {"source": "imagefolder", "path": "nope.tar.gz"}}), "utf-8")
     with pytest.raises(ExperimentError, match="dataset.path: .*nope.tar.gz does not exist"):
         run_experiment(path, tmp_path / "out", Settings(workspace=tmp_path / "ws", workers=0), quiet=True)
+
+
+def test_personalize_section_feeds_the_sd_stage(tmp_path: Path) -> None:
+    config = parse_config({"sd": {"model": "tiny"}, "personalize": {"enabled": True, "method": "lora", "steps": 3}})
+    steps = plan(config, tmp_path, None)
+    check_plan(steps)  # the personalize_sd params pass the job's own validation
+    names = [s.name for s in steps]
+    assert names.index("dataset") < names.index("personalize") < names.index("sd")
+    built = {s.name: s for s in steps}
+    concept = built["personalize"].build({"dataset": {"dataset_id": 4}})
+    assert (concept["model"], concept["method"], concept["steps"]) == ("tiny", "lora", 3)
+    assert concept["source"]["dataset_id"] == 4
+    assert built["sd"].build({"dataset": {"dataset_id": 4}, "personalize": {"concept_id": 9}})["concept_id"] == 9
+    assert "concept_id" not in [s for s in plan(parse_config({}), tmp_path, None) if s.name == "sd"][0].build(
+        {"dataset": {"dataset_id": 4}}
+    )
+    with pytest.raises(ExperimentError, match="personalize.enabled needs sd.enabled"):
+        parse_config({"sd": {"enabled": False}, "personalize": {"enabled": True}})
+    with pytest.raises(ExperimentError, match="personalize.rank"):
+        parse_config({"personalize": {"rank": 0}})

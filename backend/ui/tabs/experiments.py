@@ -1,0 +1,195 @@
+"""Experiments tab: a whole study (dataset → generation → selection → benchmark → report) as one thing.
+
+Start from a recipe (``GET /api/experiments/templates``), a past experiment, or an uploaded or pasted
+YAML; edit it as YAML (the keys are the CLI's, listed in README.md); launch it, watch its stages, open
+the report inline, and find past experiments with their headline minority accuracy. A reload returns
+to the experiment.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import yaml
+
+from backend.ui.client import ApiError
+from backend.ui.common import Ctx, error_html, job_card, note_html, ok_html, persist, public_base
+
+COLUMNS = ["id", "name", "status", "progress", "minority acc (best variant)", "created"]
+
+
+def _headline(exp: dict[str, Any]) -> str:
+    """The study's number: the best variant's mean accuracy on the minority class."""
+    heads = exp.get("headline") or {}
+    if not heads:
+        return ""
+    best = max(heads, key=heads.get)
+    base = f"; imbalanced {heads['imbalanced']:.1f}%" if "imbalanced" in heads and best != "imbalanced" else ""
+    return f"{heads[best]:.1f}% ({best}{base})"
+
+
+def rows(items: list[dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            e["id"],
+            e["name"],
+            e["status"],
+            f"{float(e.get('progress') or 0) * 100:.0f}%",
+            _headline(e),
+            str(e.get("created_at", ""))[:19].replace("T", " "),
+        ]
+        for e in items
+    ]
+
+
+def stages_html(exp: dict[str, Any] | None) -> str:
+    """Each stage as a card in dependency order, with the stages it waits for."""
+    if not exp:
+        return '<div class="rb-job rb-empty">No experiment yet.</div>'
+    status = exp["status"]
+    head = (
+        f'<div class="rb-exp-head" data-status="{status}"><b>{html.escape(exp["name"])} #{exp["id"]}</b> '
+        f'<span class="rb-badge rb-badge-{status}">{status}</span></div>'
+    )
+    if exp.get("error"):
+        head += error_html(exp["error"])
+    cards = []
+    for s in exp["stages"]:
+        needs = f" ← {', '.join(s['needs'])}" if s["needs"] else ""
+        card = (
+            job_card({"kind": s["kind"], "id": s["job_id"], **{k: s[k] for k in ("status", "progress", "message")}})
+            if s["job_id"]
+            else note_html(f"{s['kind']}: waiting for {', '.join(s['needs'])}")
+        )
+        cards.append(
+            f'<div class="rb-stage" data-stage="{s["name"]}" data-status="{s["status"]}">'
+            f"<b>{html.escape(s['name'])}</b>{html.escape(needs)}{card}</div>"
+        )
+    return head + "".join(cards)
+
+
+def report_html(base: str, exp: dict[str, Any] | None) -> str:
+    if not exp or exp.get("status") != "succeeded":
+        return ""
+    url = f"{base}/api/experiments/{exp['id']}/report.html"
+    return (
+        f'<p><a href="{url}" target="_blank">Open the report</a> · '
+        f'<a href="{base}/api/experiments/{exp["id"]}/results.csv">results.csv</a></p>'
+        f'<iframe id="exp-report-frame" src="{url}" style="width:100%;height:720px;border:0"></iframe>'
+    )
+
+
+def build(ctx: Ctx) -> None:
+    api = ctx.api
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, elem_classes="rb-card"):
+            with gr.Row():
+                template = gr.Dropdown([], label="Start from a recipe", elem_id="exp-template", scale=2)
+                upload = gr.File(label="…or upload a YAML", file_types=[".yaml", ".yml"], elem_id="exp-upload", scale=1)
+            text = gr.Textbox(
+                label="Config (YAML; the keys of `python app.py experiment`, listed in README.md)",
+                lines=18,
+                max_lines=40,
+                elem_id="exp-yaml",
+            )
+            with gr.Row():
+                launch = gr.Button("Launch experiment", variant="primary", elem_id="exp-launch")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="exp-cancel")
+                resume = gr.Button("Resume", elem_id="exp-resume")
+                copy = gr.Button("Copy its config", elem_id="exp-copy")
+            msg = gr.HTML(elem_id="exp-msg")
+        with gr.Column(scale=2, elem_classes="rb-card"):
+            exp_id = gr.Number(None, label="Experiment id", precision=0, elem_id="exp-id")
+            stages = gr.HTML(stages_html(None), elem_id="exp-stages")
+    report = gr.HTML(elem_id="exp-report")
+    shown = gr.State(None)  # the experiment whose report the iframe shows, so ticks do not reload it
+    table = gr.Dataframe(
+        headers=COLUMNS, value=[], interactive=False, label="Experiments (click a row to open it)", elem_id="exp-table"
+    )
+    key = gr.State(None)
+
+    recipes: dict[str, str] = {}
+
+    def load_templates() -> Any:
+        try:
+            recipes.update({t["name"]: t["yaml"] for t in api.get("/experiments/templates")})
+        except ApiError:
+            pass
+        return gr.update(choices=list(recipes))
+
+    def from_template(name: str | None) -> Any:
+        return recipes.get(name or "", gr.skip())
+
+    def from_upload(path: str | None) -> Any:
+        # Gradio saved the upload under the workspace's temp dir; the text goes to the API on launch.
+        return Path(path).read_text("utf-8", errors="replace") if path else gr.skip()
+
+    def do_launch(config: str) -> tuple[Any, str]:
+        try:
+            exp = api.post("/experiments", {"yaml": config or ""})
+        except ApiError as exc:
+            return gr.skip(), error_html(exc.message)
+        return exp["id"], ok_html(f"experiment #{exp['id']} launched: {len(exp['stages'])} stages")
+
+    def copy_config(eid: Any) -> tuple[Any, str]:
+        """A past experiment's config (defaults filled in) as the starting point of a new one."""
+        if not eid:
+            return gr.skip(), error_html("experiment: launch one or click a row first")
+        try:
+            exp = api.get(f"/experiments/{int(eid)}")
+        except ApiError as exc:
+            return gr.skip(), error_html(exc.message)
+        return yaml.safe_dump(exp["config"], sort_keys=False), ok_html(f"config of experiment #{exp['id']} copied")
+
+    def act(verb: str) -> Any:
+        def run(eid: Any) -> str:
+            if not eid:
+                return error_html("experiment: launch one or click a row first")
+            try:
+                exp = api.post(f"/experiments/{int(eid)}/{verb}")
+            except ApiError as exc:
+                return error_html(exc.message)
+            return ok_html(f"experiment #{exp['id']}: {exp['status']}")
+
+        return run
+
+    def tick(eid: Any, last: Any, request: gr.Request) -> tuple[str, Any, Any]:
+        exp = None
+        if eid:
+            try:
+                exp = api.get(f"/experiments/{int(eid)}")
+            except ApiError:
+                exp = None
+        done = exp["id"] if exp and exp["status"] == "succeeded" else None
+        if done == last:
+            return stages_html(exp), gr.skip(), gr.skip()
+        return stages_html(exp), report_html(public_base(request), exp), done
+
+    def listing() -> Any:
+        try:
+            return rows(api.items("/experiments", limit=50))
+        except ApiError:
+            return gr.skip()
+
+    def on_row(evt: gr.SelectData, data: Any) -> Any:
+        row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
+        try:
+            return int(data.iloc[row, 0]) if hasattr(data, "iloc") else int(data[row][0])
+        except (IndexError, ValueError, TypeError, KeyError):
+            return gr.skip()
+
+    ctx.demo.load(load_templates, outputs=template, show_progress="hidden")
+    ctx.demo.load(listing, outputs=table, show_progress="hidden")
+    persist(ctx, "experiments", {"yaml": text, "experiment": exp_id}, key)
+    template.input(from_template, template, text, show_progress="hidden")
+    upload.upload(from_upload, upload, text, show_progress="hidden")
+    launch.click(do_launch, text, [exp_id, msg]).then(listing, outputs=table, show_progress="hidden")
+    cancel.click(act("cancel"), exp_id, msg)
+    resume.click(act("resume"), exp_id, msg)
+    copy.click(copy_config, exp_id, [text, msg])
+    table.select(on_row, table, exp_id, show_progress="hidden")
+    gr.on([exp_id.change, ctx.timer.tick], tick, [exp_id, shown], [stages, report, shown], show_progress="hidden")
+    ctx.list_timer.tick(listing, outputs=table, show_progress="hidden")
