@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from backend import __version__
 from backend.api.errors import domain_error_handler, validation_handler
@@ -23,10 +28,11 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
         title="Rebalance API",
         version=__version__,
         description="Repair class imbalance with synthetic images: datasets, generation, selection, benchmarks.",
-        docs_url="/api/docs",
+        docs_url=None,  # served by ``_offline_docs`` from local assets instead of a CDN
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
+    _offline_docs(app)
     app.state.settings = settings
     app.state.db = db
     app.state.store = FileStore(settings.workspace_dir)
@@ -42,3 +48,30 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     if settings.auth:
         app.add_middleware(BasicAuthMiddleware, credentials=settings.auth)
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /api/docs and ReDoc at /api/redoc from assets shipped in a PyPI package
+    (fastapi-offline), so the docs render on a machine without internet access."""
+    assets = "/api/docs-assets"
+    app.mount(assets, StaticFiles(directory=str(resources.files("fastapi_offline") / "static")), name="docs-assets")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/api/openapi.json",
+            title=f"{app.title} - docs",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon.png",
+        )
+
+    @app.get("/api/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/api/openapi.json",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{assets}/favicon.png",
+            with_google_fonts=False,
+        )

@@ -14,6 +14,7 @@ merely warn about is an ``ImageDecodeError`` here, and PIL's ``DecompressionBomb
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,33 @@ class ImageDecodeError(ValueError):
 def is_image_name(name: str) -> bool:
     """True when the file name has an image extension we try to decode."""
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_files(folder: Path, skipped: list[tuple[str, str]], relative_to: Path | None = None) -> list[Path]:
+    """Every image file under ``folder``, recursively, in sorted order: the one folder walker.
+
+    Hidden files and folders are ignored; other non-image files and links that lead outside
+    ``relative_to`` (default ``folder``) are appended to ``skipped`` as (path relative to it, reason),
+    so a link can never read outside the directory the operator allowed.
+    """
+    root = Path(relative_to or folder)
+    inside = root.resolve()
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            # A name that is not UTF-8 (e.g. Latin-1 from an old zip) is shown with U+FFFD, JSON-safe.
+            rel = path.relative_to(root).as_posix().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if name.startswith("."):
+                continue
+            if not is_image_name(name):
+                skipped.append((rel, "not an image file"))
+            elif path.is_symlink() and not path.resolve().is_relative_to(inside):
+                skipped.append((rel, "link leads outside the folder"))
+            else:
+                files.append(path)
+    return files
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:

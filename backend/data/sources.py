@@ -7,7 +7,6 @@ be decoded (``FolderListing``); ``backend.data.cache.build_cache`` turns both in
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.data.images import is_image_name, resize_rgb
+from backend.data.images import image_files, resize_rgb
 
 DEFAULT_SIZE = (32, 32)  # used when a folder's images disagree on size and none was requested
 MAX_NATIVE_SIDE = 512  # larger images need an explicit image_size: the cache stores every pixel
@@ -113,25 +112,6 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
 
 
-def _class_files(class_dir: Path, root: Path, skipped: list[tuple[str, str]]) -> list[Path]:
-    """Image files under ``class_dir`` (recursively, sorted); other files are reported as skipped."""
-    files = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fname in sorted(filenames):
-            path = Path(dirpath) / fname
-            rel = str(path.relative_to(root))
-            if fname.startswith("."):
-                continue
-            if not is_image_name(fname):
-                skipped.append((rel, "not an image file"))
-            elif path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
-                skipped.append((rel, "link leads outside the folder"))
-            else:
-                files.append(path)
-    return files
-
-
 def _class_dirs(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
@@ -188,7 +168,7 @@ def scan_imagefolder(
     for part, base in parts.items():
         files, labels = [], []
         for ci, cname in enumerate(classes):
-            found = _class_files(base / cname, root, skipped)
+            found = image_files(base / cname, skipped, relative_to=root)
             files += found
             labels += [ci] * len(found)
         listed[part] = (files, np.asarray(labels, dtype=np.int64))

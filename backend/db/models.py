@@ -230,3 +230,52 @@ class BenchmarkRun(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("benchmark_id", "variant", "seed", name="uq_benchmark_runs_unit"),)
+
+
+class Diffusion(Base):
+    """A class-conditional diffusion model trained here (job `train_diffusion`)."""
+
+    __tablename__ = "diffusions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    classes: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the model's class names, by label index
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # per epoch: epoch, loss, steps
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Experiment(Base):
+    """A whole study launched as one thing: its config, the job of each stage, and its results."""
+
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # validated, defaults filled in
+    base_dir: Mapped[str] = mapped_column(Text, default="")  # relative config paths resolve against this
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | succeeded | failed | cancelled
+    error: Mapped[str | None] = mapped_column(Text)
+    jobs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # stage name -> job id, once submitted
+    rows: Mapped[list[Any]] = mapped_column(JSON, default=list)  # results rows once succeeded
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # results.csv/report.html paths
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Concept(Base):
+    """Stable Diffusion personalised on real images: a token or LoRA weights (job `personalize_sd`)."""
+
+    __tablename__ = "concepts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(32))  # textual_inversion | lora
+    base_model: Mapped[str] = mapped_column(Text)  # the `model` it was trained on; generation must match it
+    token: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    steps_done: Mapped[int] = mapped_column(Integer, default=0)
+    history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # per stretch: step, loss
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from backend.core.hooks import NO_HOOKS, Hooks
-from backend.data.images import ImageDecodeError, decode_image
+from backend.data.images import ImageDecodeError, decode_image, image_files
 
 MAX_FILES = 200_000  # bounds memory: 200k x 64 x 64 x 3 bytes = 2.4 GB
 
@@ -46,14 +46,6 @@ def center_square(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
-def _walk(root: Path) -> list[Path]:
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        files.extend(Path(dirpath) / name for name in sorted(filenames))
-    return files
-
-
 def load_image_folder(
     root: Path,
     size: int,
@@ -62,25 +54,23 @@ def load_image_folder(
 ) -> FolderImages:
     """Decode every image under `root` (recursively, in sorted order) to `size` x `size` RGB.
 
-    Symbolic links are skipped (they could point outside the directories the operator allowed);
-    files that are not images or fail to decode are listed in `skipped` with the reason.
+    Files that are not images, links that lead outside `root` and images that fail to decode are
+    listed in `skipped` with the reason.
     A stop request raises ``Stopped``.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"source path {str(root)!r} is not a directory")
-    files = _walk(root)
+    refused: list[tuple[str, str]] = []
+    files = image_files(root, refused)
     if len(files) > max_files:
-        raise ValueError(f"source folder has {len(files)} files; at most {max_files} are supported")
+        raise ValueError(f"source folder has {len(files)} image files; at most {max_files} are supported")
     images: list[np.ndarray] = []
     paths: list[str] = []
-    skipped: list[dict[str, str]] = []
+    skipped = [{"path": name, "reason": why} for name, why in refused]
     for i, path in enumerate(files):
         hooks.stop_point("while loading source images")
         name = display_name(path, root)
-        if path.is_symlink():
-            skipped.append({"path": name, "reason": "symbolic link"})
-            continue
         try:
             images.append(center_square(decode_image(path), size))
             paths.append(name)

@@ -19,28 +19,25 @@ algorithms per shape, so runs agree closely but not bitwise.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import train_test_split
 
 from backend.core.hooks import NO_HOOKS, Hooks
 from backend.data.transforms import normalize, random_crop_flip, strong_augment
 from backend.training.metrics import mean_class_accuracy, overall_accuracy, per_class_accuracy
-from backend.training.models import MODELS, Classifier, build_model
+from backend.training.models import Classifier, ModelName, build_model
 
-LOSSES = ("ce", "class_weighted", "logit_adjusted")
-PRECISIONS = ("auto", "fp32", "bf16")
-SELECT_EPOCHS = ("last", "best_balanced")
 CHECKPOINT_KIND = "trainer"  # the ``kind`` of ``backend.core.checkpoint.save_state`` for a fit state
 
 
@@ -68,49 +65,52 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
 # Configuration
 
 
-@dataclass
-class TrainConfig:
+# The knobs users set, as types the benchmark and selection params reuse: each limit and meaning lives here.
+Epochs = Annotated[int, Field(ge=1, le=1000, description="passes over the training split")]
+# ge=2: BatchNorm cannot train on a single example.
+BatchSize = Annotated[int, Field(ge=2, le=8192, description="examples per SGD step (a partial last batch is dropped)")]
+LearningRate = Annotated[float, Field(gt=0, le=10, description="peak learning rate per batch of 256 examples")]
+LossName = Literal["ce", "class_weighted", "logit_adjusted"]
+LOSSES = get_args(LossName)
+SelectEpoch = Annotated[
+    Literal["last", "best_balanced"],
+    Field(description="weights kept: last = end of schedule; best_balanced = best mean per-class validation accuracy"),
+]
+Precision = Annotated[
+    Literal["auto", "fp32", "bf16"],
+    Field(description="autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"),
+]
+
+
+class TrainConfig(BaseModel):
     """Every hyperparameter of a training run, with its unit. Stored with every result and checkpoint."""
 
-    model: str = "small"  # classifier name in backend.training.models.MODELS
-    epochs: int = 30  # passes over the training split
-    batch_size: int = 256  # examples per SGD step (the last partial batch of an epoch is dropped)
-    lr: float = 0.1  # peak learning rate per batch of 256 examples; scaled linearly with batch_size
-    momentum: float = 0.9  # SGD heavy-ball momentum
-    weight_decay: float = 5e-4  # L2 coefficient applied by SGD to every parameter, per step
-    warmup_epochs: int | None = None  # linear warm-up, in epochs; None -> min(5, epochs // 10)
-    label_smoothing: float = 0.0  # share of each target's probability mass spread uniformly over classes
-    loss: Literal["ce", "class_weighted", "logit_adjusted"] = "ce"  # see ``make_loss``
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelName = "small"  # classifier name in backend.training.models.MODELS
+    epochs: Epochs = 30
+    batch_size: BatchSize = 256
+    lr: LearningRate = 0.1  # scaled linearly with batch_size
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD heavy-ball momentum
+    weight_decay: float = Field(5e-4, ge=0)  # L2 coefficient applied by SGD to every parameter, per step
+    warmup_epochs: int | None = Field(None, ge=0)  # linear warm-up, in epochs; None -> min(5, epochs // 10)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # share of each target's mass spread uniformly over classes
+    loss: LossName = "ce"  # see ``make_loss``
     logit_adjust_tau: float = 1.0  # weight of the log-prior offset for loss="logit_adjusted" (Menon et al.: 1)
-    dropout: float = 0.0  # dropout probability in the classifier head (MC-dropout uses > 0)
-    select_epoch: Literal["last", "best_balanced"] = "last"  # which epoch's weights ``fit`` returns
+    dropout: float = Field(0.0, ge=0, lt=1)  # dropout probability in the classifier head (MC-dropout uses > 0)
+    select_epoch: SelectEpoch = "last"  # which epoch's weights ``fit`` returns
     seed: int = 0  # seeds weights, data order, augmentation and dropout
     device: str = "cpu"  # "cpu" or "cuda"; channels_last memory format on both
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # autocast dtype; see ``uses_bf16``
-    eval_batch_size: int = 1024  # examples per forward pass during evaluation
+    precision: Precision = "auto"  # autocast dtype; see ``uses_bf16``
+    eval_batch_size: int = Field(1024, ge=1)  # examples per forward pass during evaluation
 
-    def __post_init__(self) -> None:
-        choices = {"model": (self.model, sorted(MODELS)), "loss": (self.loss, LOSSES)}
-        choices |= {"precision": (self.precision, PRECISIONS), "select_epoch": (self.select_epoch, SELECT_EPOCHS)}
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{name}: unknown value {value!r}; choose one of {list(allowed)}")
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "warmup_epochs": self.warmup_epochs is None or 0 <= self.warmup_epochs <= self.epochs,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "dropout": 0 <= self.dropout < 1,
-            "eval_batch_size": self.eval_batch_size >= 1,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid training config value for {', '.join(bad)}: " + str(self.to_dict()))
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.warmup_epochs is not None and self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
+        return self
 
     @property
     def warmup(self) -> int:
@@ -118,13 +118,12 @@ class TrainConfig:
         return min(5, self.epochs // 10) if self.warmup_epochs is None else self.warmup_epochs
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a plain dict; unknown keys raise ValueError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(cls.model_fields))
         if unknown:
             raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
         return cls(**values)

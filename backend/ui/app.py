@@ -13,10 +13,10 @@ from fastapi import FastAPI
 
 from backend.ui.client import ApiClient
 from backend.ui.common import LIST_POLL_S, POLL_S, Ctx
-from backend.ui.tabs import benchmark, dataset, generate, jobs, prompts, select
+from backend.ui.tabs import benchmark, dataset, experiments, generate, jobs, prompts, select
 
 ASSETS = Path(__file__).resolve().parents[2] / "frontend_assets"
-TABS = ("Dataset", "Prompts", "Generate", "Select", "Benchmark", "Jobs")
+TABS = ("Dataset", "Prompts", "Generate", "Select", "Benchmark", "Experiments", "Jobs")
 
 THEME = gr.themes.Soft(
     primary_hue="indigo",
@@ -31,7 +31,8 @@ def _header() -> str:
     logo = (ASSETS / "logo.svg").read_text()
     return (
         f'<div id="rb-header">{logo}<div><h1>Rebalance studio</h1>'
-        "<p>Repair class imbalance with synthetic images: dataset → prompts → generate → select → benchmark.</p>"
+        "<p>Repair class imbalance with synthetic images: dataset → prompts → generate → select → benchmark."
+        ' Everything here is also scriptable through the <a href="api/docs" target="_blank">REST API</a>.</p>'
         "</div></div>"
     )
 
@@ -44,6 +45,7 @@ def build_ui(api: ApiClient) -> gr.Blocks:
         "Generate": lambda c: generate.build(c, vocab_inline),
         "Select": select.build,
         "Benchmark": benchmark.build,
+        "Experiments": experiments.build,
         "Jobs": jobs.build,
     }
     vocab_inline: list[gr.components.Component] = []
@@ -76,6 +78,10 @@ def build_ui(api: ApiClient) -> gr.Blocks:
                 outputs=every,
                 show_progress="hidden",
             )
+    # The studio's event handlers are its own plumbing, not an API: hide them from Gradio's API page and
+    # clients (the browser still calls them), so scripts use the documented REST API at /api/docs.
+    for fn in demo.fns.values():
+        fn.api_visibility = "private"
     return demo
 
 
@@ -93,4 +99,5 @@ def mount_ui(app: FastAPI, api: ApiClient, max_file_size: int) -> FastAPI:
         favicon_path=str(ASSETS / "favicon.png"),
         max_file_size=max_file_size,
         ssr_mode=False,
+        footer_links=["gradio", "settings"],  # no "Use via API": the REST API is the API
     )

@@ -206,21 +206,25 @@ def _resolve(prop: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
 
 def widget_update(prop: dict[str, Any], component: gr.components.Component, value: bool = True) -> Any:
     """A ``gr.update`` giving ``component`` the param's choices, default (unless ``value`` is False),
-    limits and description."""
+    and description with its limits."""
     kw: dict[str, Any] = {}
-    if prop.get("description"):
-        kw["info"] = prop["description"]
+    # Limits go into the help text, not the widget: a Gradio Number's own minimum check shows a toast
+    # that names no field and blocks the form, while the API's 422 names the field inline.
+    low = prop.get("minimum", prop.get("exclusiveMinimum"))
+    high = prop.get("maximum", prop.get("exclusiveMaximum"))
+    limits = f"{low:g} to {high:g}" if low is not None and high is not None else None
+    if prop.get("description") or limits:
+        kw["info"] = "; ".join(t for t in (prop.get("description"), limits) if t)
     if value and "default" in prop and prop["default"] is not None:
         kw["value"] = prop["default"]
     if isinstance(component, gr.Dropdown | gr.Radio | gr.CheckboxGroup):
-        # A list param (CheckboxGroup) offers the values of its default, e.g. every classical variant.
-        listed = prop.get("default") if isinstance(prop.get("default"), list) else None
-        options = prop.get("enum") or prop.get("examples") or listed
+        examples = prop.get("examples") or []
+        if examples and isinstance(examples[0], list):  # a list param: its example lists every value
+            examples = examples[0]
+        options = prop.get("enum") or examples
         if options:
             kw["choices"] = list(options)
-    if isinstance(component, gr.Number | gr.Slider):
-        low = prop.get("minimum", prop.get("exclusiveMinimum"))
-        high = prop.get("maximum", prop.get("exclusiveMaximum"))
+    if isinstance(component, gr.Slider):  # a slider cannot show a value outside its range anyway
         if low is not None:
             kw["minimum"] = low
         if high is not None:

@@ -238,7 +238,7 @@ def test_precision_param_reaches_the_trainer(api) -> None:
         ({"variants": [{"name": "gan", "pool_id": 1}]}, "variants", "count is required"),
         ({"variants": [{"name": "gan", "pool_id": 1, "selection_id": 2, "count": 3}]}, "variants", "exactly one"),
         ({"variants": ["full", "full"]}, "variants", "repeated"),
-        ({"model": "vgg"}, "model", "unknown model"),
+        ({"model": "vgg"}, "model", "Input should be 'resnet18_cifar' or 'small'"),
         ({"precision": "fp16"}, "precision", ""),
         ({"seeds": []}, "seeds", ""),
         ({"epochs": 0}, "epochs", ""),

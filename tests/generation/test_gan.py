@@ -222,7 +222,9 @@ def test_folder_loader_handles_modes_sizes_and_corrupt_files(tmp_path: Path) -> 
     (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not an image")
-    (tmp_path / "link.png").symlink_to(tmp_path / "palette.png")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    outside.write_bytes((tmp_path / "palette.png").read_bytes())
+    (tmp_path / "link.png").symlink_to(outside)  # a link out of the allowed folder is never followed
     with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"), "wb") as fh:  # Latin-1 name, not UTF-8
         Image.fromarray(rgb).save(fh, format="PNG")
 
@@ -233,7 +235,7 @@ def test_folder_loader_handles_modes_sizes_and_corrupt_files(tmp_path: Path) -> 
     )
     skipped = {s["path"]: s["reason"] for s in loaded.skipped}
     assert set(skipped) == {"truncated.jpg", "empty.png", "notes.txt", "link.png"}
-    assert "symbolic link" in skipped["link.png"]
+    assert skipped["link.png"] == "link leads outside the folder" and skipped["notes.txt"] == "not an image file"
     gray = loaded.images[loaded.paths.index("a/deep/gray.png")]
     assert np.array_equal(gray[..., 0], gray[..., 1])  # grayscale became RGB
 

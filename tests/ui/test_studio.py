@@ -172,6 +172,24 @@ def test_register_digits_and_pick_minority(studio: Studio) -> None:
     studio.shot("dataset")
 
 
+def test_api_docs_render_offline_and_gradio_handlers_are_not_an_api(studio: Studio) -> None:
+    """This machine has no internet: Swagger UI and ReDoc must come from the app itself."""
+    page = studio.page.context.browser.new_page()
+    try:
+        page.goto(studio.base + "/api/docs")
+        page.locator(".opblock-summary").first.wait_for()  # Swagger UI rendered the operations
+        assert page.locator(".opblock-summary").count() > 30
+        page.screenshot(path=str(studio.shots / "api-docs.png"))
+        page.goto(studio.base + "/api/redoc")
+        page.get_by_text("/api/jobs/{job_id}/cancel").first.wait_for()  # ReDoc rendered the operations
+    finally:
+        page.close()
+    # The studio's own handlers are hidden: no "Use via API" footer, nothing named in Gradio's API info.
+    assert studio.page.get_by_text("Use via API").count() == 0
+    info = _get(studio.base + "/gradio_api/info")
+    assert info["named_endpoints"] == {} and info["unnamed_endpoints"] == {}
+
+
 def test_save_vocabulary_with_live_preview(studio: Studio) -> None:
     studio.tab("Prompts")
     studio.fill("pr-name", "digit-three")
@@ -416,3 +434,60 @@ def test_img2img_starts_from_the_kept_minority_images(studio: Studio) -> None:
     srcs = studio.wait_images("#sd-gallery", 4)
     assert len(srcs) >= 4
     studio.shot("generate-img2img")
+
+
+EXPERIMENT_YAML = """\
+name: browser-digits
+device: cpu
+dataset: {source: digits}
+imbalance: {minority: "3", keep: 5, seed: 0}
+sd: {enabled: false}
+gan: {enabled: false}
+benchmark: {variants: [imbalanced, full], model: small, epochs: 1, batch_size: 64}
+"""
+
+
+def _post(url: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else b""
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_experiment_from_the_tab_survives_a_reload_and_opens_its_report(studio: Studio) -> None:
+    # A long SD job holds the server's one worker, so the experiment is certainly mid-run at the reload.
+    blocker = _post(
+        f"{studio.base}/api/jobs",
+        {"kind": "generate_sd", "params": {"model": "tiny", "count": 5000, "batch_size": 1, "resolution": 32}},
+    )
+    studio.page.reload()
+    studio.tab("Experiments")
+    # The study's recipes come from the API (never from files read by the studio).
+    studio.pick("exp-template", "cifar10_cat_cpu")
+    box = studio.page.locator("#exp-yaml textarea")
+    studio.page.wait_for_function("el => el.value.includes('cifar10-jpg.tar.gz')", arg=box.element_handle())
+    studio.fill("exp-yaml", EXPERIMENT_YAML)
+    studio.click("exp-launch")
+    studio.page.locator("#exp-msg", has_text="launched: 2 stages").wait_for()
+    studio.page.locator("#exp-stages .rb-exp-head", has_text="browser-digits").wait_for()
+    exp_id = int(studio.page.locator("#exp-id input").input_value())
+
+    # Mid-run reload: the tab comes back to the same experiment, its first stage queued behind the blocker.
+    studio.page.reload()
+    studio.tab("Experiments")
+    studio.page.locator("#exp-stages .rb-exp-head[data-status='running']", has_text=f"#{exp_id}").wait_for()
+    studio.page.locator("#exp-stages .rb-stage[data-stage='dataset'][data-status='queued']").wait_for()
+    studio.page.locator("#exp-stages .rb-stage[data-stage='benchmark'][data-status='waiting']").wait_for()
+    _post(f"{studio.base}/api/jobs/{blocker['id']}/cancel")
+    # The stages progress in order as the worker frees up, and the tab follows them.
+    stage = "#exp-stages .rb-stage[data-stage='{}'][data-status='succeeded'] .rb-job[data-status='succeeded']"
+    studio.page.locator(stage.format("dataset")).wait_for(timeout=JOB_TIMEOUT_MS)
+    studio.page.locator(stage.format("benchmark")).wait_for(timeout=JOB_TIMEOUT_MS)
+    studio.page.locator("#exp-stages .rb-exp-head[data-status='succeeded']").wait_for()
+    # The finished report opens inline, and the list shows the headline minority accuracy.
+    studio.page.frame_locator("#exp-report-frame").locator("th.minority", has_text="3").first.wait_for()
+    studio.page.locator("#exp-table", has_text="browser-digits").wait_for(timeout=15_000)
+    studio.page.locator("#exp-table", has_text="% (").wait_for(timeout=15_000)
+    exp = studio.api(f"/experiments/{exp_id}")
+    assert exp["status"] == "succeeded" and [r["variant"] for r in exp["rows"]] == ["imbalanced", "full"]
+    studio.shot("experiments")

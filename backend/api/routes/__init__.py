@@ -2,7 +2,19 @@
 
 from fastapi import APIRouter
 
-from backend.api.routes import benchmarks, datasets, gans, health, jobs, pools, selections, vocabularies
+from backend.api.routes import (
+    benchmarks,
+    concepts,
+    datasets,
+    diffusions,
+    experiments,
+    gans,
+    health,
+    jobs,
+    pools,
+    selections,
+    vocabularies,
+)
 
 ROUTERS: list[APIRouter] = [
     health.router,
@@ -12,6 +24,9 @@ ROUTERS: list[APIRouter] = [
     pools.router,
     pools.images_router,
     gans.router,
+    diffusions.router,
+    concepts.router,
     selections.router,
     benchmarks.router,
+    experiments.router,
 ]

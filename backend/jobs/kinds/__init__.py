@@ -1,3 +1,12 @@
 """Built-in job kinds; importing this package registers them all."""
 
-from backend.jobs.kinds import benchmark, datasets, gan, generation, pools, selection  # noqa: F401
+from backend.jobs.kinds import (  # noqa: F401
+    benchmark,
+    datasets,
+    diffusion,
+    gan,
+    generation,
+    personalize,
+    pools,
+    selection,
+)

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import re
 import shutil
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
@@ -37,7 +37,18 @@ from backend.jobs.registry import job_kind
 from backend.services import datasets, pools, selections
 from backend.services.rows import row_for_job
 from backend.training.models import ModelName
-from backend.training.trainer import CHECKPOINT_KIND, TrainConfig, evaluate, fit, validation_split
+from backend.training.trainer import (
+    CHECKPOINT_KIND,
+    BatchSize,
+    Epochs,
+    LearningRate,
+    Precision,
+    SelectEpoch,
+    TrainConfig,
+    evaluate,
+    fit,
+    validation_split,
+)
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -76,24 +87,24 @@ class BenchmarkParams(BaseModel):
 
     dataset_id: DbId
     imbalance: ImbalanceSpec | None = Field(None, description="required unless every variant is 'full'")
-    variants: list[VariantItem] = Field(default_factory=lambda: list(CLASSICAL), min_length=1)
+    variants: list[VariantItem] = Field(
+        default_factory=lambda: list(CLASSICAL),
+        min_length=1,
+        description="classical variant names, or {name, selection_id} / {name, pool_id, count} for synthetic ones",
+        examples=[list(CLASSICAL)],
+    )
     model: ModelName | None = Field(None, description="classifier; default resnet18_cifar on CUDA, small on CPU")
-    epochs: int = Field(30, ge=1, le=1000, description="training epochs per run (the study: 100)")
-    batch_size: int = Field(256, ge=2, le=8192, description="SGD batch size")
+    epochs: Epochs = Field(30, description="training epochs per run (the study: 100)")
+    batch_size: BatchSize = 256
     seeds: list[int] = Field(
         default_factory=lambda: [0], min_length=1, max_length=100, description="one run per variant and seed"
     )
-    lr: float = Field(0.1, gt=0.0, le=10.0, description="peak learning rate per batch of 256 examples")
+    lr: LearningRate = 0.1
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="share of the real kept images held out as the one validation split per seed"
     )
-    select_epoch: Literal["last", "best_balanced"] = Field(
-        "last",
-        description="weights kept: last = end of the schedule; best_balanced = best mean per-class validation accuracy",
-    )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="autocast: auto = bf16 on CUDA and on CPUs with native bf16, else fp32"
-    )
+    select_epoch: SelectEpoch = "last"
+    precision: Precision = "auto"
 
     @field_validator("variants")
     @classmethod

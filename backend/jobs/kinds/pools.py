@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from backend.config import PathNotAllowed
-from backend.data.images import ImageDecodeError, decode_image, is_image_name
+from backend.data.images import ImageDecodeError, decode_image, image_files
 from backend.db.models import Pool
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
@@ -53,12 +53,6 @@ class ImportPoolParams(BaseModel):
         return self
 
 
-def _image_files(root: Path) -> list[Path]:
-    """Every image file under ``root`` (recursively), sorted by relative path: a stable index order."""
-    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and is_image_name(p.name)]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
 def _import_root(ctx: JobContext, params: ImportPoolParams) -> tuple[Path, list[tuple[str, str]]]:
     if params.path is not None:
         try:
@@ -76,7 +70,8 @@ def _import_root(ctx: JobContext, params: ImportPoolParams) -> tuple[Path, list[
 def import_pool(ctx: JobContext, params: ImportPoolParams) -> dict[str, Any]:
     """Turn a folder or uploaded zip of images made elsewhere into a pool (source_path kept per image)."""
     root, skipped = _import_root(ctx, params)
-    files = _image_files(root)
+    skipped = list(skipped)
+    files = image_files(root, skipped)
     if not files:
         raise JobError("no image files found (png, jpg, jpeg, webp, bmp, ...)")
     with ctx.session() as session:
