@@ -117,7 +117,8 @@ def test_crashes_then_resume_give_exactly_count_images(api, monkeypatch) -> None
         pool_id = s.scalars(select(Pool.id).where(Pool.job_id == job["id"])).one()
     assert [row.idx for row in _pool_rows(api, pool_id)] == [0, 1, 2]
 
-    # Attempt 2 dies mid-chunk, after the first batch of chunk 2: files may exist, rows do not.
+    # Attempt 2 dies inside chunk 2 after both its batches' rows are written (rows go in per batch, so the
+    # pool and its thumbnails grow while a job runs) but before any checkpoint.
     ctx = context_for(api, job["id"])
     calls = {"n": 0}
 
@@ -129,9 +130,10 @@ def test_crashes_then_resume_give_exactly_count_images(api, monkeypatch) -> None
     monkeypatch.setattr(ctx, "stop_point", die_on_second_batch)
     with pytest.raises(Killed):
         generate_sd(ctx, parsed)
-    assert [row.idx for row in _pool_rows(api, pool_id)] == [0, 1, 2]
+    assert [row.idx for row in _pool_rows(api, pool_id)] == [0, 1, 2, 3, 4, 5]
+    assert "done" not in context_for(api, job["id"]).checkpoint  # never checkpointed: the rows say what exists
 
-    # Attempt 3 runs to the end.
+    # Attempt 3 skips the stored images and runs to the end.
     result = generate_sd(context_for(api, job["id"]), parsed)
     assert result["pool_id"] == pool_id
     rows = _pool_rows(api, pool_id)
