@@ -8,6 +8,8 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.db.models import Job
+
 T = TypeVar("T")
 
 
@@ -21,3 +23,12 @@ def row_for_job(session: Session, model: type[T], job_id: int, create: Callable[
         session.add(row)
         session.flush()
     return row
+
+
+def job_statuses(session: Session, job_ids: list[int | None]) -> dict[int, str]:
+    """The status of each job that made a row (``queued`` … ``succeeded``), so lists can tell a usable
+    result from a failed or unfinished one."""
+    ids = sorted({i for i in job_ids if i is not None})
+    if not ids:
+        return {}
+    return {i: status for i, status in session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all()}

@@ -156,6 +156,18 @@ def review_url(base: str, image_id: int) -> str:
 
 
 # -- choices ----------------------------------------------------------------------------------------
+def when(row: dict[str, Any]) -> str:
+    """A row's creation time for a label, e.g. ``11-29 23:41 UTC`` (the API stores UTC)."""
+    text = str(row.get("created_at") or "")
+    return f"{text[5:10]} {text[11:16]} UTC" if len(text) >= 16 else ""
+
+
+def status_mark(row: dict[str, Any]) -> str:
+    """`` · failed`` (or cancelled, running…) for a row whose job did not succeed; empty when it did."""
+    status = row.get("status")
+    return "" if status in (None, "succeeded") else f" · {status}"
+
+
 def choices(rows: Sequence[dict[str, Any]], label: Callable[[dict[str, Any]], str]) -> list[tuple[str, int]]:
     return [(label(r), int(r["id"])) for r in rows]
 

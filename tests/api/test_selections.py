@@ -257,3 +257,19 @@ def test_slot_analytics_weights_the_value_whose_images_were_picked(api, selected
     assert quality["target"] == "3" and set(quality["pool"]) >= {"3"}
     assert 0.0 <= quality["pool"]["3"]["precision"] <= 1.0 and quality["pool"]["3"]["frechet"] >= 0
     assert quality["picks"]["n_fake"] == 10  # the budget
+
+
+def test_a_failed_selection_is_listed_as_failed_and_not_offered(api, selected: dict) -> None:
+    """Issue 20.4: a select that fails after its row exists (budget over the pool) is marked, not usable."""
+    from backend.ui.tabs.benchmark import usable_selections
+
+    params = {"dataset_id": 1, "imbalance": {"minority": "3", "keep": 8, "seed": 0}}
+    api.submit("select", params | {"pool_ids": [selected["pool_id"]], "budget": 500, "per_round": 50})
+    (done,) = api.run_jobs()
+    assert done["status"] == "failed" and done["error"].startswith("budget: 500 exceeds the 40 images"), done
+    listing = {s["id"]: s for s in api.client.get("/api/selections").json()}
+    failed = [s for s in listing.values() if s["job_id"] == done["id"]]
+    assert len(failed) == 1 and failed[0]["status"] == "failed" and failed[0]["picks"] == 0
+    assert listing[selected["selection_id"]]["status"] == "succeeded"
+    offered = [i for _, i in usable_selections(list(listing.values()))]
+    assert offered == [selected["selection_id"]]

@@ -100,3 +100,20 @@ def test_job_card_summarises_a_finished_jobs_result() -> None:
     assert "rb-job-result" not in running
     assert result_summary({"name": "<b>x</b>"}) == "name <b>x</b>"  # escaped by job_card, not here
     assert "&lt;b&gt;" in job_card({"id": 1, "kind": "k", "status": "succeeded", "result": {"name": "<b>x</b>"}})
+
+
+def test_lists_say_what_failed_and_when() -> None:
+    from backend.ui.tabs.benchmark import bench_label, usable_selections
+
+    stamp = "2026-11-29T23:41:07"
+    ok = {"id": 2, "params": {"variants": ["imbalanced", {"name": "sd_al"}]}, "runs_done": 4, "runs_total": 4}
+    assert bench_label(ok | {"status": "succeeded", "created_at": stamp}) == "#2 imbalanced, sd_al · 11-29 23:41 UTC"
+    partial = bench_label(ok | {"runs_done": 3, "status": "failed", "created_at": stamp})
+    assert partial == "#2 imbalanced, sd_al · 3/4 runs · failed · 11-29 23:41 UTC"
+    rows = [
+        {"id": 1, "status": "failed", "picks": 0, "params": {}, "created_at": stamp},
+        {"id": 3, "status": "running", "picks": 5, "params": {}, "created_at": stamp},
+        {"id": 4, "status": "succeeded", "picks": 0, "params": {}, "created_at": stamp},
+        {"id": 5, "status": "succeeded", "picks": 50, "params": {"acquisition": "bald"}, "created_at": stamp},
+    ]
+    assert usable_selections(rows) == [("#5 bald · 50 picks · 11-29 23:41 UTC", 5)]

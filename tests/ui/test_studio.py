@@ -273,7 +273,7 @@ def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
     studio.radio("bench-precision", "fp32")
     # Plus a synthetic variant: 8 random images of the SD pool made above.
     pool = next(p for p in studio.api("/pools") if p["kind"] == "sd")
-    studio.pick("bench-pool", f"#{pool['id']} {pool['name']} ({pool['count']})")
+    studio.pick("bench-pool", f"#{pool['id']} {pool['name']} · {pool['count']} images")
     studio.fill("bench-pool-count", 8)
     studio.click("bench-run")
     job_id = studio.wait_job("bench-job")

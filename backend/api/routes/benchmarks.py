@@ -17,6 +17,7 @@ from backend.reports.figures import FIGURES, build_figure
 from backend.reports.html import render_report
 from backend.reports.tables import results_csv, summarize, summary_html
 from backend.services.benchmarks import load, run_rows
+from backend.services.rows import job_statuses
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
 
@@ -31,6 +32,7 @@ class BenchmarkSummary(BaseModel):
     model: str | None
     runs_done: int
     runs_total: int
+    status: str  # the benchmark job's status; a failed one may hold only some runs
     created_at: datetime
 
 
@@ -54,7 +56,7 @@ class BenchmarkOut(BenchmarkSummary):
     rows: list[RunOut]
 
 
-def _summary(row: Benchmark, runs_done: int) -> BenchmarkSummary:
+def _summary(row: Benchmark, runs_done: int, status: str) -> BenchmarkSummary:
     info = row.info or {}
     return BenchmarkSummary(
         id=row.id,
@@ -66,6 +68,7 @@ def _summary(row: Benchmark, runs_done: int) -> BenchmarkSummary:
         model=info.get("model"),
         runs_done=runs_done,
         runs_total=len(info.get("variants", [])) * len(info.get("seeds", [])),
+        status=status,
         created_at=row.created_at,
     )
 
@@ -76,7 +79,8 @@ def list_benchmarks(session: ReadSessionDep) -> list[BenchmarkSummary]:
         session.execute(select(BenchmarkRun.benchmark_id, func.count()).group_by(BenchmarkRun.benchmark_id)).all()
     )
     rows = session.scalars(select(Benchmark).order_by(Benchmark.id.desc())).all()
-    return [_summary(r, counts.get(r.id, 0)) for r in rows]
+    statuses = job_statuses(session, [r.job_id for r in rows])
+    return [_summary(r, counts.get(r.id, 0), statuses.get(r.job_id, "unknown")) for r in rows]
 
 
 @router.get("/{benchmark_id}", response_model=BenchmarkOut)
@@ -90,7 +94,8 @@ def get_benchmark(benchmark_id: DbId, session: ReadSessionDep) -> BenchmarkOut:
         )
         for r, run in zip(run_rows(runs), runs, strict=True)
     ]
-    return BenchmarkOut(**_summary(row, len(runs)).model_dump(), rows=out)
+    status = job_statuses(session, [row.job_id]).get(row.job_id, "unknown")
+    return BenchmarkOut(**_summary(row, len(runs), status).model_dump(), rows=out)
 
 
 @router.get("/{benchmark_id}/results.csv", response_class=PlainTextResponse)

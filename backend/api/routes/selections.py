@@ -16,6 +16,7 @@ from backend.api.routes.datasets import zip_response
 from backend.core.types import DbId
 from backend.db.models import Selection, SelectionPick
 from backend.services import selections as service
+from backend.services.rows import job_statuses
 
 router = APIRouter(prefix="/selections", tags=["selections"])
 
@@ -39,6 +40,7 @@ class SelectionSummary(BaseModel):
     job_id: int | None
     params: dict[str, Any]
     picks: int
+    status: str  # the select job's status: only "succeeded" selections with picks are usable variants
     created_at: datetime
 
 
@@ -106,6 +108,7 @@ def list_selections(session: ReadSessionDep) -> list[SelectionSummary]:
         session.execute(select(SelectionPick.selection_id, func.count()).group_by(SelectionPick.selection_id)).all()
     )
     rows = session.scalars(select(Selection).order_by(Selection.id.desc())).all()
+    statuses = job_statuses(session, [s.job_id for s in rows])
     return [
         SelectionSummary(
             id=s.id,
@@ -113,6 +116,7 @@ def list_selections(session: ReadSessionDep) -> list[SelectionSummary]:
             job_id=s.job_id,
             params=s.params or {},
             picks=int(counts.get(s.id, 0)),
+            status=statuses.get(s.job_id, "unknown"),
             created_at=s.created_at,
         )
         for s in rows

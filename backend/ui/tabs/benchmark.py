@@ -21,7 +21,9 @@ from backend.ui.common import (
     persist,
     result_tick,
     safe_items,
+    status_mark,
     submit,
+    when,
 )
 from backend.ui.tabs.dataset import imbalance_spec
 
@@ -56,10 +58,19 @@ def api_figure(api: Any, bench_id: int, name: str) -> go.Figure | None:
     return pio.from_json(json.dumps(body)) if body else None
 
 
-def _label(b: dict[str, Any]) -> str:
+def bench_label(b: dict[str, Any]) -> str:
+    """``#3 imbalanced, full · 4/5 runs · failed · 11-29 23:41 UTC``: a failed or partial benchmark says so."""
     variants = (b.get("params") or {}).get("variants") or []
     names = [v if isinstance(v, str) else v.get("name", "?") for v in variants]
-    return f"#{b['id']} {', '.join(names)[:60]}"
+    runs = f" · {b.get('runs_done')}/{b.get('runs_total')} runs" if b.get("runs_done") != b.get("runs_total") else ""
+    return f"#{b['id']} {', '.join(names)[:60]}{runs}{status_mark(b)} · {when(b)}"
+
+
+def usable_selections(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """Selections a benchmark variant can use: finished, with picks (a failed or empty one is not offered)."""
+    usable = [s for s in rows if s.get("status") == "succeeded" and int(s.get("picks") or 0) > 0]
+    acquisition = lambda s: (s.get("params") or {}).get("acquisition", "selection")  # noqa: E731
+    return choices(usable, lambda s: f"#{s['id']} {acquisition(s)} · {s['picks']} picks · {when(s)}")
 
 
 def build(ctx: Ctx) -> None:
@@ -102,13 +113,13 @@ def build(ctx: Ctx) -> None:
             curves = gr.Plot(label="Training curves", elem_id="bench-curves")
 
     def list_benchmarks() -> list[tuple[str, int]]:
-        return choices(safe_items(api, "/benchmarks"), _label)
+        return choices(safe_items(api, "/benchmarks"), bench_label)
 
     def list_selections() -> list[tuple[str, int]]:
-        return choices(safe_items(api, "/selections"), lambda s: f"#{s['id']} selection")
+        return usable_selections(safe_items(api, "/selections"))
 
     def list_pools() -> list[tuple[str, int]]:
-        return choices(safe_items(api, "/pools"), lambda p: f"#{p['id']} {p.get('name')} ({p.get('count')})")
+        return choices(safe_items(api, "/pools"), lambda p: f"#{p['id']} {p.get('name')} · {p.get('count')} images")
 
     def refresh() -> tuple[Any, Any, Any]:
         return (

@@ -26,7 +26,9 @@ from backend.ui.common import (
     result_tick,
     review_url,
     safe_items,
+    status_mark,
     submit,
+    when,
 )
 from backend.ui.tabs.dataset import imbalance_spec
 
@@ -184,7 +186,8 @@ def export_links(sel: dict[str, Any]) -> str:
 
 
 def _sel_label(s: dict[str, Any]) -> str:
-    return f"#{s['id']} {(s.get('params') or {}).get('acquisition', 'selection')} ({s.get('picks')} picks)"
+    acquisition = (s.get("params") or {}).get("acquisition", "selection")
+    return f"#{s['id']} {acquisition} ({s.get('picks')} picks){status_mark(s)} · {when(s)}"
 
 
 def build(ctx: Ctx) -> None:
