@@ -53,6 +53,7 @@ class ApiClient:
         self._auth = (user, password) if auth else None
         # ``http``: anything with httpx.Client's ``request()``; tests pass a FastAPI TestClient (in-process app).
         self._http = http or httpx.Client(timeout=timeout)
+        self._kinds: list[dict[str, Any]] | None = None
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -66,6 +67,13 @@ class ApiClient:
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
         return response.content
+
+    def job_kinds(self) -> list[dict[str, Any]]:
+        """``GET /jobs/kinds``, asked once: the kinds and their schemas are fixed while a server runs
+        (plugins load at start), so every form of every page load shares one answer."""
+        if self._kinds is None:
+            self._kinds = self.get("/jobs/kinds")
+        return self._kinds
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

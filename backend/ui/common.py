@@ -197,7 +197,7 @@ def safe_items(api: ApiClient, path: str, **params: Any) -> list[dict[str, Any]]
 def param_specs(api: ApiClient, kind: str) -> dict[str, dict[str, Any]]:
     """The JSON-schema property of every param of job ``kind`` (``GET /api/jobs/kinds``): the one source
     of the studio's choices, defaults, limits and help texts."""
-    for k in api.get("/jobs/kinds"):
+    for k in api.job_kinds():
         if k["name"] == kind:
             schema = k["params_schema"]
             return {name: _resolve(prop, schema) for name, prop in schema.get("properties", {}).items()}

@@ -322,7 +322,7 @@ def test_reload_keeps_forms_and_results(studio: Studio) -> None:
     keep = studio.page.locator("#ds-keep input").first
     assert keep.input_value() == "20"
     studio.tab("Benchmark")
-    studio.page.locator("#bench-plot .js-plotly-plot").wait_for()
+    studio.page.locator("#bench-plot .js-plotly-plot").wait_for(timeout=90_000)  # every form reloads at once
 
 
 def _class_folder(root: Path, per_class: int = 12) -> Path:
