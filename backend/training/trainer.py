@@ -80,6 +80,20 @@ Precision = Annotated[
     Literal["auto", "fp32", "bf16"],
     Field(description="autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"),
 ]
+# DiffuLT (Shao et al. 2024) down-weights generated examples in the loss; 1 treats them as real ones.
+SyntheticWeight = Annotated[
+    float,
+    Field(gt=0, le=10, description="loss weight of a synthetic example relative to a real one (DiffuLT uses < 1)"),
+]
+# SYNAuG (Ye-Bin et al. 2023): after training on the mix, re-fit only the classifier layer on real images.
+FinetuneRealEpochs = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=1000,
+        description="after the mixed training, epochs fitting only the last layer on real images (SYNAuG); 0 = off",
+    ),
+]
 
 
 class TrainConfig(BaseModel):
@@ -103,6 +117,9 @@ class TrainConfig(BaseModel):
     device: str = "cpu"  # "cpu" or "cuda"; channels_last memory format on both
     precision: Precision = "auto"  # autocast dtype; see ``uses_bf16``
     eval_batch_size: int = Field(1024, ge=1)  # examples per forward pass during evaluation
+    # Recipes for training on synthetic images (recorded with every result):
+    synthetic_weight: SyntheticWeight = 1.0  # loss weight of a synthetic example relative to a real one
+    finetune_real_epochs: FinetuneRealEpochs = 0  # last-layer epochs on real images only, after ``epochs``
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -170,6 +187,7 @@ class _Data:
     images: np.ndarray  # uint8 (N, H, W, 3)
     labels: np.ndarray  # int64 (N,)
     strong_mask: np.ndarray  # bool (N,): apply strong_augment at train time
+    synthetic: np.ndarray  # bool (N,): a generated example (``Variant.origin == "synthetic"``)
     class_weights: np.ndarray | None
     num_classes: int | None
 
@@ -179,12 +197,13 @@ def _unpack(data: Any) -> _Data:
     if isinstance(data, tuple | list):
         images, labels = data[0], data[1]
         strong = data[2] if len(data) > 2 else None
-        weights, classes = None, None
+        weights, classes, origin = None, None, None
     else:
         images, labels = data.images, data.labels
         strong = getattr(data, "strong_aug_mask", None)
         weights = getattr(data, "class_weights", None)
         classes = getattr(data, "classes", None)
+        origin = getattr(data, "origin", None)
     images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
@@ -194,6 +213,7 @@ def _unpack(data: Any) -> _Data:
         images=images,
         labels=labels,
         strong_mask=np.zeros(n, bool) if strong is None else np.asarray(strong, dtype=bool),
+        synthetic=np.zeros(n, bool) if origin is None else np.asarray(origin) == "synthetic",
         class_weights=None if weights is None else np.asarray(weights, dtype=np.float32),
         num_classes=len(classes) if classes is not None else None,
     )
@@ -245,7 +265,7 @@ def _to_device_nchw(images: np.ndarray, device: torch.device) -> torch.Tensor:
 def make_loss(
     config: TrainConfig, train_labels: np.ndarray, num_classes: int, class_weights: np.ndarray | None, device
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy with the configured imbalance remedy.
+    """Cross-entropy with the configured imbalance remedy, optionally weighted per example.
 
     ce: plain cross-entropy; a variant that carries ``class_weights`` is still trained with them.
     class_weighted: per-class weights, inverse frequency (N / (K n_c), absent classes 0) unless the
@@ -265,11 +285,17 @@ def make_loss(
         prior = np.maximum(counts, 1) / counts.sum()
         offset = config.logit_adjust_tau * torch.as_tensor(np.log(prior), dtype=torch.float32, device=device)
 
-    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()
         if offset is not None:
             logits = logits + offset
-        return F.cross_entropy(logits, targets, weight=w, label_smoothing=config.label_smoothing)
+        if sample_weight is None:
+            return F.cross_entropy(logits, targets, weight=w, label_smoothing=config.label_smoothing)
+        # Per-example weights (synthetic_weight): the weighted mean, normalised like cross_entropy's own
+        # class-weighted mean, so a batch of only real examples gives exactly the unweighted loss.
+        per = F.cross_entropy(logits, targets, weight=w, label_smoothing=config.label_smoothing, reduction="none")
+        norm = sample_weight if w is None else sample_weight * w[targets]
+        return (per * sample_weight).sum() / norm.sum().clamp_min(1e-12)
 
     return loss_fn
 
@@ -418,28 +444,64 @@ def fit(
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = config.warmup * steps_per_epoch
     generator = torch.Generator().manual_seed(config.seed)  # data order + augmentation, drawn on CPU
+    synthetic = d.synthetic[keep]
+    sample_weight = None  # None keeps the plain loss (and bitwise results) when the recipe is off
+    if config.synthetic_weight != 1.0 and synthetic.any():
+        sample_weight = torch.from_numpy(np.where(synthetic, config.synthetic_weight, 1.0).astype(np.float32))
+        sample_weight = sample_weight.to(device)
+
+    # The optional real-only last-layer phase (SYNAuG): the backbone frozen in eval mode, the head re-fit on
+    # the real images with the configured loss under their own prior, from a tenth of the peak lr, cosine.
+    real = np.flatnonzero(~synthetic)
+    if config.finetune_real_epochs and len(real) < 2:
+        raise ValueError("finetune_real_epochs: needs at least 2 real training images")
+    ft_bs = min(config.batch_size, max(len(real), 1))
+    ft_steps_per_epoch = max(len(real) // ft_bs, 1)
+    ft_total_steps = ft_steps_per_epoch * config.finetune_real_epochs
+    ft_loss_fn = make_loss(config, d.labels[keep][real], k, d.class_weights, device) if ft_total_steps else None
+    real_t = torch.from_numpy(real).to(device)
+    head_optimizer = torch.optim.SGD(
+        model.head.parameters(), lr=peak_lr / 10, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    all_steps = total_steps + ft_total_steps
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "model": None}  # kept only for select_epoch="best_balanced"
     start_epoch = 0
     if resume is not None:
-        start_epoch = _restore(resume, config, model, optimizer, generator, history, best)
+        start_epoch = _restore(resume, config, model, optimizer, head_optimizer, generator, history, best)
 
     # -- loop ------------------------------------------------------------------------------------------
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
+    total_epochs = config.epochs + config.finetune_real_epochs
+    for epoch in range(start_epoch, total_epochs):
         t0 = time.perf_counter()
+        finetune = epoch >= config.epochs
+        if finetune:  # BatchNorm statistics and features stay those of the mixed training
+            model.eval()
+            model.head.train()
+            pool, batch, steps, opt = real_t, ft_bs, ft_steps_per_epoch, head_optimizer
+        else:
+            model.train()
+            pool, batch, steps, opt = None, bs, steps_per_epoch, optimizer
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        perm = torch.randperm(n, generator=generator).to(device)
-        for i in range(steps_per_epoch):
+        perm = torch.randperm(n if pool is None else len(pool), generator=generator).to(device)
+        if pool is not None:
+            perm = pool[perm]
+        for i in range(steps):
             hooks.stop_point(f"during epoch {epoch + 1}")
-            step = epoch * steps_per_epoch + i
-            lr = lr_at(step, total_steps, warmup_steps, peak_lr)
-            for group in optimizer.param_groups:
+            if finetune:
+                ft_step = (epoch - config.epochs) * steps + i
+                lr = lr_at(ft_step, ft_total_steps, 0, peak_lr / 10)
+                done = total_steps + ft_step + 1
+            else:
+                step = epoch * steps + i
+                lr = lr_at(step, total_steps, warmup_steps, peak_lr)
+                done = step + 1
+            for group in opt.param_groups:
                 group["lr"] = lr
-            idx = perm[i * bs : (i + 1) * bs]
+            idx = perm[i * batch : (i + 1) * batch]
             xb, yb = x_train[idx], y_train[idx]
             if any_strong:
                 mask = strong[idx]
@@ -447,16 +509,29 @@ def fit(
                     xb[mask] = strong_augment(xb[mask], generator=generator)
             xb = _prepare(random_crop_flip(xb, pad=4, flip=True, generator=generator), mean_t, std_t)
             with _autocast(device, bf16):
-                logits = model(xb)
-            loss = loss_fn(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
+                if finetune:
+                    with torch.no_grad():
+                        feats = model.features(xb)
+                    logits = model.head(feats)
+                else:
+                    logits = model(xb)
+            if finetune:
+                loss = ft_loss_fn(logits, yb)
+            else:
+                loss = loss_fn(logits, yb, None if sample_weight is None else sample_weight[idx])
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            opt.step()
             # Accumulate on the device: a .item() per step would stall the GPU pipeline.
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-            hooks.progress((step + 1) / total_steps, f"epoch {epoch + 1}/{config.epochs}")
+            label = (
+                f"real-only fine-tune {epoch + 1 - config.epochs}/{config.finetune_real_epochs}"
+                if finetune
+                else (f"epoch {epoch + 1}/{config.epochs}")
+            )
+            hooks.progress(done / all_steps, label)
 
         scores = None
         if len(vy):
@@ -479,12 +554,13 @@ def fit(
                 "val_balanced": None if scores is None else scores.balanced,
                 "lr": lr,
                 "seconds": time.perf_counter() - t0,
+                "phase": "finetune_real" if finetune else "train",
             }
         )
         if config.select_epoch != "last" and chosen_epoch(history, config.select_epoch) == epoch + 1:
             best = {"epoch": epoch + 1, "model": _cpu_copy(model.state_dict())}
         if hooks.checkpoint is not None:
-            hooks.checkpoint(_snapshot(epoch + 1, config, model, optimizer, generator, history, best))
+            hooks.checkpoint(_snapshot(epoch + 1, config, model, optimizer, head_optimizer, generator, history, best))
 
     if best["model"] is not None:
         model.load_state_dict(best["model"])
@@ -518,12 +594,13 @@ def _clone_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _snapshot(epoch, config, model, optimizer, generator, history, best) -> dict[str, Any]:
+def _snapshot(epoch, config, model, optimizer, head_optimizer, generator, history, best) -> dict[str, Any]:
     return {
         "epoch": epoch,
         "config": config.to_dict(),
         "model": _cpu_copy(model.state_dict()),
         "optimizer": _clone_optimizer_state(optimizer.state_dict()),
+        "head_optimizer": _clone_optimizer_state(head_optimizer.state_dict()),
         "rng": {
             "data": generator.get_state(),
             "torch": torch.get_rng_state(),
@@ -534,15 +611,19 @@ def _snapshot(epoch, config, model, optimizer, generator, history, best) -> dict
     }
 
 
-def _restore(state, config, model, optimizer, generator, history, best) -> int:
+def _restore(state, config, model, optimizer, head_optimizer, generator, history, best) -> int:
     """Load a snapshot into the live objects; returns the number of epochs already done."""
-    saved = {k: v for k, v in state["config"].items() if k != "device"}
+    # A state saved before a setting existed was trained with that setting's default.
+    defaults = TrainConfig().to_dict()
+    saved = {k: v for k, v in {**defaults, **state["config"]}.items() if k != "device"}
     now = {k: v for k, v in config.to_dict().items() if k != "device"}
     if saved != now:
         diff = sorted(k for k in now.keys() | saved.keys() if saved.get(k) != now.get(k))
         raise ValueError(f"resume state was saved with a different config ({', '.join(diff)})")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if "head_optimizer" in state:
+        head_optimizer.load_state_dict(state["head_optimizer"])
     generator.set_state(state["rng"]["data"])
     torch.set_rng_state(state["rng"]["torch"])
     if torch.device(config.device).type == "cuda" and state["rng"]["cuda"] is not None:

@@ -258,3 +258,66 @@ def test_bf16_and_fp32_both_learn_and_differ(toy) -> None:
     # bf16 autocast really ran: its rounding moves the training loss away from fp32's.
     assert _history(fp32) != _history(bf16)
     assert fp32.config["precision"] == "fp32" and bf16.config["precision"] == "bf16"
+
+
+def test_synthetic_weight_is_a_normalised_per_example_weight() -> None:
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [0.3, -0.2, 1.0]])
+    target = torch.tensor([2, 0, 1])
+    sw = torch.tensor([0.25, 1.0, 1.0])  # the first example is synthetic
+    per = -torch.log_softmax(logits, 1)[[0, 1, 2], target]
+    ce = make_loss(TrainConfig(), labels, 3, None, "cpu")
+    assert torch.allclose(ce(logits, target, sw), (per * sw).sum() / sw.sum())
+    assert torch.allclose(ce(logits, target, torch.ones(3)), ce(logits, target))
+    # With class weights both weights multiply; the normaliser is their product too.
+    w = torch.tensor([10 / 18, 10 / 9, 10 / 3])
+    cw = make_loss(TrainConfig(loss="class_weighted"), labels, 3, None, "cpu")
+    assert torch.allclose(cw(logits, target, sw), (per * w[target] * sw).sum() / (w[target] * sw).sum())
+
+
+def _mixed(toy, synthetic_every: int = 3):
+    """The toy set as a Variant with every third image marked synthetic."""
+    x, y, *_ = toy
+    origin = np.where(np.arange(len(y)) % synthetic_every == 0, "synthetic", "real").astype(object)
+    return SimpleNamespace(images=x, labels=y, strong_aug_mask=None, class_weights=None, classes=None, origin=origin)
+
+
+def test_synthetic_weight_reaches_training_only_when_there_are_synthetic_images(toy) -> None:
+    x, y, *_ = toy
+    plain = fit(_mixed(toy), _cfg(epochs=1), mean=MEAN, std=STD)
+    weighted = fit(_mixed(toy), _cfg(epochs=1, synthetic_weight=0.3), mean=MEAN, std=STD)
+    assert weighted.history[0]["train_loss"] != plain.history[0]["train_loss"]
+    real_only = SimpleNamespace(**{**vars(_mixed(toy)), "origin": np.full(len(y), "real", dtype=object)})
+    a = fit(real_only, _cfg(epochs=1), mean=MEAN, std=STD)
+    b = fit(real_only, _cfg(epochs=1, synthetic_weight=0.3), mean=MEAN, std=STD)
+    assert all(torch.equal(_weights(a)[k], _weights(b)[k]) for k in _weights(a))
+
+
+def test_finetune_real_refits_only_the_head_after_the_mixed_training(toy) -> None:
+    _, _, tx, ty, val = toy
+    base = fit(_mixed(toy), _cfg(), mean=MEAN, std=STD, val=val)
+    states: list[dict] = []
+    tuned = fit(
+        _mixed(toy), _cfg(finetune_real_epochs=2), mean=MEAN, std=STD, val=val, hooks=Hooks(checkpoint=states.append)
+    )
+    assert [h["phase"] for h in tuned.history] == ["train"] * 3 + ["finetune_real"] * 2 and tuned.epoch == 5
+    before, after = _weights(base), _weights(tuned)
+    # The backbone (BatchNorm running statistics included) is exactly that of the mixed training ...
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("head."))
+    # ... and the head moved.
+    assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
+    assert _test(tuned, tx, ty).accuracy > 60
+    # Resuming inside the fine-tune phase continues exactly (its own optimizer state travels in the state).
+    saved = load_state(save_state(states[3], CHECKPOINT_KIND), CHECKPOINT_KIND)
+    resumed = fit(_mixed(toy), _cfg(finetune_real_epochs=2), mean=MEAN, std=STD, val=val, resume=saved)
+    assert _history(resumed) == _history(tuned)
+    assert all(torch.equal(after[k], _weights(resumed)[k]) for k in after)
+
+
+def test_finetune_real_needs_real_images(toy) -> None:
+    x, y, *_ = toy
+    all_synthetic = SimpleNamespace(**{**vars(_mixed(toy)), "origin": np.full(len(y), "synthetic", dtype=object)})
+    with pytest.raises(ValueError, match="finetune_real_epochs"):
+        fit(all_synthetic, _cfg(finetune_real_epochs=1), mean=MEAN, std=STD)
+    with pytest.raises(ValueError):
+        TrainConfig(synthetic_weight=0)

@@ -41,9 +41,11 @@ from backend.training.trainer import (
     CHECKPOINT_KIND,
     BatchSize,
     Epochs,
+    FinetuneRealEpochs,
     LearningRate,
     Precision,
     SelectEpoch,
+    SyntheticWeight,
     TrainConfig,
     evaluate,
     fit,
@@ -105,6 +107,9 @@ class BenchmarkParams(BaseModel):
     )
     select_epoch: SelectEpoch = "last"
     precision: Precision = "auto"
+    # Recipes for the variants with synthetic images (classical variants train without them):
+    synthetic_weight: SyntheticWeight = 1.0
+    finetune_real_epochs: FinetuneRealEpochs = 0
 
     @field_validator("variants")
     @classmethod
@@ -250,6 +255,8 @@ def benchmark(ctx: JobContext, params: BenchmarkParams) -> dict[str, Any]:
         "variants": params.variant_names(),
         "seeds": params.seeds,
         "select_epoch": params.select_epoch,
+        "synthetic_weight": params.synthetic_weight,
+        "finetune_real_epochs": params.finetune_real_epochs,
     }
     with ctx.session() as s:
         benchmark_id = row_for_job(
@@ -299,6 +306,7 @@ def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, d
     """Fit one (variant, seed) with per-epoch checkpoints, evaluate it once on the test set, store the row."""
     run_dir = _run_dir(benchmark_id, name, seed)
     i, total = position
+    has_synthetic = bool((np.asarray(variant.origin) == "synthetic").any())
     config = TrainConfig(
         model=model,
         epochs=params.epochs,
@@ -309,6 +317,8 @@ def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, d
         seed=seed,
         device=ctx.settings.device,
         precision=params.precision,
+        synthetic_weight=params.synthetic_weight if has_synthetic else 1.0,
+        finetune_real_epochs=params.finetune_real_epochs if has_synthetic else 0,
     )
     state_file = f"{run_dir}/state.safetensors"
     resume = None
