@@ -3,11 +3,15 @@
     python benchmarks/bench_select.py [--device cuda] [--quick] [--model small|resnet18_cifar]
     python benchmarks/bench_select.py --evidence PATH/TO/cifar10   # cat share of picks per acquisition
 
-1. Throughput: a pool of 20,000 random 32x32 images, T = 20. The fast path (``score_pool``: backbone
-   once, head T times, streamed) runs over the whole pool once; then fast and the naive baseline
-   (``full_pass_probs``: T full passes per batch) alternate on the same 1,000-image slice (the naive
-   path is T times slower; per-image throughput does not depend on the pool size), best of 3 each,
-   so a shared machine's changing load does not land in the ratio.
+1. Throughput, every side over the WHOLE pool (``--pool``, default 5,000 random 32x32 images, T = 20),
+   alternated (A B C D A B C D ...) ``--reps`` times after a warm-up; ratios are medians of per-round
+   ratios, so a shared machine's changing load stays out of them. Sides:
+   - ``score_pool`` (backbone once, the T head passes as one call, bf16 where native, streamed);
+   - "today": the same with the T head passes as T calls (the previous code path);
+   - naive: ``full_pass_probs`` (T full passes per batch) + ``summarize``;
+   - baal 2.1: ``MCDropoutModule`` + ``ModelWrapper.predict_on_dataset`` + ``BALD``, same weights, on
+     the same images pre-normalised (untimed), batch ``--batch`` // T images replicated T times in memory
+     (baal's default), no loader workers (the tensors are in memory already).
 2. Memory: ``score_pool`` over 20,000 and 80,000 images read from a ``.npy`` file with ``NpyRows``,
    each in a fresh subprocess; prints the peak resident set while scoring (sampled every 5 ms), its
    growth over the RSS just before scoring, and ru_maxrss (flat = memory does not grow with the pool).
@@ -21,9 +25,11 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,35 +63,83 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _baal_bald(model: torch.nn.Module, pool: np.ndarray, args: argparse.Namespace) -> float:
+    """Seconds for baal 2.1's MC-dropout BALD over ``pool`` (normalisation untimed)."""
+    from baal.active.heuristics import BALD
+    from baal.bayesian.dropout import MCDropoutModule
+    from baal.modelwrapper import ModelWrapper, TrainingArgs
+    from torch.utils.data import TensorDataset
+
+    from backend.selection.scoring import to_input
+
+    x = torch.cat([to_input(pool[i : i + 1024], MEAN, STD, "cpu") for i in range(0, len(pool), 1024)])
+    data = TensorDataset(x.contiguous(), torch.zeros(len(x), dtype=torch.long))
+    wrapper = ModelWrapper(
+        MCDropoutModule(copy.deepcopy(model)),  # baal patches dropout layers in place: keep ours as is
+        TrainingArgs(batch_size=max(1, args.batch // args.t), use_cuda=args.device.startswith("cuda"), workers=0),
+    )
+    t0 = time.perf_counter()
+    preds = wrapper.predict_on_dataset(data, iterations=args.t, verbose=False)  # (N, C, T)
+    BALD().compute_score(preds)
+    _sync(args.device)
+    return time.perf_counter() - t0
+
+
+def _today(model, pool, kw) -> float:
+    """Seconds for ``score_pool`` with the T head passes as T calls (the code before batching them)."""
+    import backend.selection.scoring as scoring
+
+    batched = scoring._head_passes
+    scoring._head_passes = scoring._head_passes_sequential
+    try:
+        t0 = time.perf_counter()
+        score_pool(model, pool, MEAN, STD, target=3, **kw)
+        return time.perf_counter() - t0
+    finally:
+        scoring._head_passes = batched
+
+
 def throughput(args: argparse.Namespace) -> None:
-    n, n_naive = (2000, 200) if args.quick else (20000, 1000)
+    from backend.selection.acquisition import summarize
+    from backend.selection.scoring import scoring_precision
+
+    n = args.pool or (1000 if args.quick else 5000)
     model = _model(args.model, args.device)
     pool = _pool(n)
     kw = {"mc_samples": args.t, "device": args.device, "batch_size": args.batch}
+    print(
+        f"pool {n} x 32x32 (whole pool on every side), T={args.t}, model={args.model}, device={args.device}, "
+        f"threads={torch.get_num_threads()}, backbone precision {scoring_precision(args.device)}, "
+        f"load average {os.getloadavg()[0]:.1f} (shared machine)"
+    )
+
+    def fast() -> float:
+        t0 = time.perf_counter()
+        score_pool(model, pool, MEAN, STD, target=3, **kw)
+        _sync(args.device)
+        return time.perf_counter() - t0
+
+    def naive() -> float:
+        t0 = time.perf_counter()
+        summarize(full_pass_probs(model, pool, MEAN, STD, **kw), 3)
+        _sync(args.device)
+        return time.perf_counter() - t0
+
+    sides = {"score_pool": fast, "today (T head calls)": lambda: _today(model, pool, kw)}
+    if not args.no_naive:
+        sides["naive T full passes"] = naive
+    if not args.no_baal:
+        sides["baal 2.1 MCDropout+BALD"] = lambda: _baal_bald(model, pool, args)
     score_pool(model, pool[:256], MEAN, STD, target=3, **kw)  # warm-up
-    _sync(args.device)
-    t0 = time.perf_counter()
-    score_pool(model, pool, MEAN, STD, target=3, **kw)
-    _sync(args.device)
-    whole = n / (time.perf_counter() - t0)
-    # Paired comparison on the same slice, alternating fast and naive and keeping each one's best of 3:
-    # on a shared machine the load changes from minute to minute, and this keeps it out of the ratio.
-    fast_s, naive_s = [], []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        score_pool(model, pool[:n_naive], MEAN, STD, target=3, **kw)
-        _sync(args.device)
-        fast_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        full_pass_probs(model, pool[:n_naive], MEAN, STD, **kw)
-        _sync(args.device)
-        naive_s.append(time.perf_counter() - t0)
-    fast, naive = n_naive / min(fast_s), n_naive / min(naive_s)
-    print(f"pool {n} x 32x32, T={args.t}, model={args.model}, device={args.device}, threads={torch.get_num_threads()}")
-    print(f"  head-only scoring, whole pool:  {whole:10.1f} images/s  ({n} images, one pass)")
-    print(f"  head-only scoring (fast):       {fast:10.1f} images/s  ({n_naive} images, best of 3)")
-    print(f"  T full passes (naive):          {naive:10.1f} images/s  ({n_naive} images, best of 3)")
-    print(f"ratio fast/naive: {fast / naive:.1f}x (target >= 10x)")
+    rounds: list[dict[str, float]] = []
+    for _ in range(args.reps):
+        rounds.append({name: fn() for name, fn in sides.items()})
+        print("  round: " + ", ".join(f"{k} {n / v:.0f} img/s" for k, v in rounds[-1].items()), flush=True)
+    for name in sides:
+        med = statistics.median(r[name] for r in rounds)
+        ratio = statistics.median(r[name] / r["score_pool"] for r in rounds)
+        print(f"  {name:28s} {n / med:10.1f} images/s   score_pool is {ratio:6.2f}x this")
+    print("targets: >= 1.5x today, keep >> baal")
 
 
 def _rss_mb() -> float:
@@ -227,6 +281,11 @@ def main() -> None:
     p.add_argument("--model", default="small", choices=["small", "resnet18_cifar"])
     p.add_argument("--t", type=int, default=20, help="MC-dropout samples")
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--pool", type=int, help="throughput pool size (default 5,000; --quick 1,000)")
+    p.add_argument("--reps", type=int, default=2, help="alternated throughput rounds")
+    p.add_argument("--no-naive", action="store_true", help="skip the T-full-passes side (slowest)")
+    p.add_argument("--no-baal", action="store_true", help="skip the baal side")
+    p.add_argument("--no-memory", action="store_true", help="skip the 20k/80k memory check")
     p.add_argument("--evidence", metavar="CIFAR10_DIR", help="run the acquisition evidence instead")
     p.add_argument("--only", help="--evidence: run only the rows whose label contains one of these (comma-separated)")
     p.add_argument("--near-copies", action="store_true", help="--evidence: add planted near-copy families")
@@ -239,7 +298,8 @@ def main() -> None:
         evidence(args)
         return
     throughput(args)
-    memory(args)
+    if not args.no_memory:
+        memory(args)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
-"""Training throughput: Rebalance's trainer vs a plain torchvision DataLoader with per-image PIL transforms.
+"""Training throughput: Rebalance's trainer vs the textbook peer, in the same precision, and vs the model.
 
-Both sides train the same model with the same SGD step on the same images; only the input pipeline
-differs. The trainer keeps uint8 tensors on the device and augments whole batches (pad-4 crop, flip,
-normalise); the baseline decodes every sample through PIL (RandomCrop(32, padding=4),
-RandomHorizontalFlip, ToTensor, Normalize) and collates in a DataLoader.
+Peer: torchvision-style training -- a ``DataLoader(num_workers=2)`` whose workers run per-image PIL
+transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize), default collate, and
+the same model with the same SGD step in the same precision (fp32, or bf16 autocast) as the trainer run
+it is paired with. Both precisions are measured on every device (on a CPU without native bf16, bf16 is
+emulated and slower than fp32 for both sides). The trainer keeps uint8 tensors on the device and
+augments whole batches.
 
-Data are random uint8 32x32 images (speed does not depend on pixel values); labels are random too.
+"Model alone" is the floor: forward + backward + SGD step of the same model, precision and memory format
+as the trainer, on one pre-made normalised batch, ``steps`` times -- how close the trainer runs to it
+is how much its data path and bookkeeping cost.
 
-    python benchmarks/bench_train.py                     # CPU, `small`, 8,192 images
+Each measure is the second of two epochs. Trainer, peer and model alone alternate (A B C A B C ...)
+``--reps`` times and the ratios printed are medians of the per-round ratios, so a shared machine's
+changing load stays out of them. Data are random uint8 32x32 images (speed does not depend on pixel
+values); labels are random too.
+
+    python benchmarks/bench_train.py                     # CPU, `small`, 10,240 images, fp32 and bf16
     python benchmarks/bench_train.py --quick             # CPU, 2,048 images
     python benchmarks/bench_train.py --device cuda --model resnet18_cifar   # 50,000 images (CIFAR-10 sized)
 """
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,8 +61,10 @@ class PilDataset(Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def baseline_epoch_seconds(images, labels, model_name: str, device: torch.device, batch: int, workers: int) -> float:
-    """Seconds for one epoch of the DataLoader pipeline (after one warm-up epoch)."""
+def baseline_epoch_seconds(
+    images, labels, model_name: str, device: torch.device, batch: int, workers: int, bf16: bool
+) -> float:
+    """Seconds for one epoch of the DataLoader pipeline (after one warm-up epoch), bf16 autocast or fp32."""
     torch.manual_seed(0)
     model = build_model(model_name, 10).to(device)
     if device.type == "cuda":
@@ -75,7 +87,7 @@ def baseline_epoch_seconds(images, labels, model_name: str, device: torch.device
             y = y.to(device, non_blocking=True)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -87,9 +99,40 @@ def baseline_epoch_seconds(images, labels, model_name: str, device: torch.device
     return seconds[-1]
 
 
-def base_precision(device: torch.device) -> str:
-    """The baseline's arithmetic: textbook fp32 NCHW on CPU; bf16 + channels_last on CUDA, as the trainer."""
-    return "bf16 autocast, channels_last" if device.type == "cuda" else "fp32, NCHW"
+def model_only_seconds(model_name: str, device: torch.device, batch: int, steps: int, bf16: bool) -> float:
+    """Seconds for ``steps`` forward + backward + SGD steps on one resident batch (the trainer's floor).
+
+    Same model, memory format (channels_last), precision and optimizer settings as the trainer; no data
+    path at all. One warm-up step is not timed.
+    """
+    torch.manual_seed(0)
+    model = build_model(model_name, 10).to(device).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def base_format(device: torch.device) -> str:
+    """The peer's memory format: textbook NCHW on CPU; channels_last on CUDA, as the trainer."""
+    return "channels_last" if device.type == "cuda" else "NCHW"
 
 
 def pipeline_seconds(images, labels, device: torch.device, batch: int, workers: int) -> tuple[float, float]:
@@ -128,37 +171,51 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default=None, help="default: small on CPU, resnet18_cifar on CUDA")
-    parser.add_argument("--images", type=int, default=None, help="default: 8,192 on CPU, 50,000 on CUDA")
+    parser.add_argument("--images", type=int, default=None, help="default: 10,240 on CPU, 50,000 on CUDA")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for the baseline")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for the peer")
+    parser.add_argument("--precision", choices=["both", "fp32", "bf16"], default="both")
+    parser.add_argument("--reps", type=int, default=2, help="alternated rounds (trainer, peer, model alone)")
     parser.add_argument("--quick", action="store_true", help="2,048 images")
     args = parser.parse_args()
     device = torch.device(args.device)
     model_name = args.model or ("resnet18_cifar" if device.type == "cuda" else "small")
-    n = 2048 if args.quick else args.images or (50_000 if device.type == "cuda" else 8192)
+    n = 2048 if args.quick else args.images or (50_000 if device.type == "cuda" else 10_240)
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int64)
-    trained = (n // args.batch_size) * args.batch_size
+    steps = n // args.batch_size
+    trained = steps * args.batch_size
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"model {model_name}, {n:,} random uint8 32x32 images, batch {args.batch_size}, {where}")
+    native = "native bf16" if uses_bf16("auto", device) else "no native bf16: bf16 is emulated here"
+    print(f"model {model_name}, {n:,} random uint8 32x32 images, batch {args.batch_size}, {where} ({native})")
+    print(f"peer: DataLoader({args.workers} workers) + PIL transforms + SGD, {base_format(device)}, same precision")
 
-    bf16 = uses_bf16("auto", device)
-    fast = trainer_epoch_seconds(images, labels, model_name, device, args.batch_size)
-    fp32 = trainer_epoch_seconds(images, labels, model_name, device, args.batch_size, "fp32") if bf16 else fast
-    base = baseline_epoch_seconds(images, labels, model_name, device, args.batch_size, args.workers)
-    auto = "bf16 autocast" if bf16 else "fp32 (no native bf16 here)"
-    print(f"trainer, precision auto = {auto}: epoch {fast:8.2f} s  {trained / fast:9.0f} images/s")
-    if bf16:
-        print(f"trainer, precision fp32:               epoch {fp32:8.2f} s  {trained / fp32:9.0f} images/s")
-    print(
-        f"DataLoader + PIL ({args.workers} workers), {base_precision(device)}: epoch {base:8.2f} s"
-        f"  {trained / base:9.0f} images/s"
-    )
-    print(f"ratio: trainer (auto) is {base / fast:.2f}x the DataLoader baseline's images/s")
-    if bf16:
-        print(f"ratio: trainer (fp32) is {base / fp32:.2f}x the DataLoader baseline's images/s")
+    for precision in ["fp32", "bf16"] if args.precision == "both" else [args.precision]:
+        bf16 = precision == "bf16"
+        rounds = []
+        for _ in range(args.reps):
+            fast = trainer_epoch_seconds(images, labels, model_name, device, args.batch_size, precision)
+            base = baseline_epoch_seconds(images, labels, model_name, device, args.batch_size, args.workers, bf16)
+            floor = model_only_seconds(model_name, device, args.batch_size, steps, bf16)
+            rounds.append((fast, base, floor))
+            print(
+                f"  [{precision}] trainer {trained / fast:7.0f} img/s | peer {trained / base:7.0f} img/s"
+                f" | model alone {trained / floor:7.0f} img/s",
+                flush=True,
+            )
+        fast, base, floor = (statistics.median(r[i] for r in rounds) for i in range(3))
+        vs_peer = statistics.median(r[1] / r[0] for r in rounds)
+        vs_floor = statistics.median(r[2] / r[0] for r in rounds)
+        print(
+            f"{precision}: trainer epoch {fast:6.2f} s ({trained / fast:.0f} img/s), peer {base:6.2f} s"
+            f" ({trained / base:.0f} img/s), model alone {floor:6.2f} s ({trained / floor:.0f} img/s)"
+        )
+        print(
+            f"{precision}: ratio trainer / peer {vs_peer:.2f}x (target >= 3x); trainer runs at {100 * vs_floor:.0f}%"
+            " of the model-alone speed (median of rounds)"
+        )
     p_fast, p_base = pipeline_seconds(images, labels, device, args.batch_size, args.workers)
     print(
         f"input pipeline alone (no model): batched {trained / p_fast:.0f} images/s, PIL {trained / p_base:.0f} images/s"

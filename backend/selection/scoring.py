@@ -4,7 +4,9 @@ Models follow the contract of ``backend.training.models``: ``model.features(x) -
 dropout inside, and ``model.head = Sequential(Dropout(p), Linear(F, C))``. With the backbone in eval
 mode the features are deterministic, so T stochastic passes of the whole network equal one backbone
 pass plus T stochastic head passes -- at the cost of one ``Linear`` per extra pass instead of a whole
-CNN. ``full_pass_probs`` is the naive reference (tests and the benchmark compare against it).
+CNN, and the T head passes run as one call on T stacked copies of the features. The backbone runs under
+bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere (``scoring_precision``).
+``full_pass_probs`` is the naive reference (tests and the benchmark compare against it).
 
 Memory: ``score_pool`` streams the pool in batches of ``batch_size`` images from any uint8 NHWC source
 (an array, a ``np.memmap`` or ``NpyRows``), normalises each batch on the fly, and keeps only the
@@ -142,17 +144,46 @@ def seeded(seed: int, device: str) -> Iterator[None]:
         yield
 
 
-def _backbone(model: nn.Module, x: torch.Tensor, device: str) -> torch.Tensor:
-    # bf16 autocast on CUDA: the convolutions dominate, the head then runs in float32 on the features.
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+def scoring_bf16(device: str) -> bool:
+    """Whether the backbone runs under bf16 autocast: on CUDA, and on CPUs with native bf16 (AVX512-BF16
+    or AMX), where oneDNN's bf16 convolutions beat fp32; elsewhere bf16 would be emulated, so fp32."""
+    if device.startswith("cuda"):
+        return True
+    from backend.training.trainer import cpu_has_native_bf16  # the one definition of "native"
+
+    return cpu_has_native_bf16()
+
+
+def scoring_precision(device: str) -> str:
+    """``"bf16"`` or ``"fp32"``: the backbone arithmetic ``score_pool`` uses on ``device``."""
+    return "bf16" if scoring_bf16(device) else "fp32"
+
+
+def _backbone(model: nn.Module, x: torch.Tensor, device: str, bf16: bool | None = None) -> torch.Tensor:
+    # bf16 autocast where it is native (see ``scoring_bf16``): the convolutions dominate; the head then
+    # runs in float32 on the features.
+    bf16 = scoring_bf16(device) if bf16 is None else bf16
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
         feats = model.features(x)
     return feats.float()
 
 
 def _head_passes(model: nn.Module, feats: torch.Tensor, mc_samples: int) -> torch.Tensor:
-    """(B, F) features -> (T, B, C) probabilities, one dropout mask per pass."""
-    # A loop over T (not one head call on T stacked copies) draws the masks in the same order as T full
-    # passes would, which keeps head-only scoring exactly equal to the naive reference.
+    """(B, F) features -> (T, B, C) probabilities: the T dropout passes as one head call.
+
+    The head sees T stacked copies of the features, so each (pass, image) row gets its own dropout mask,
+    as in T separate passes; one call instead of T small ones (on a 2-core CPU the loop cost as much as
+    the backbone). The masks come from the same RNG in a different order than T full passes draw them,
+    so results equal ``full_pass_probs`` in distribution, not bitwise (``_head_passes_sequential`` does).
+    """
+    b = feats.shape[0]
+    logits = model.head(feats.repeat(mc_samples, 1))  # row t * B + i: pass t, image i
+    return torch.softmax(logits.float(), dim=1).view(mc_samples, b, -1)
+
+
+def _head_passes_sequential(model: nn.Module, feats: torch.Tensor, mc_samples: int) -> torch.Tensor:
+    """(B, F) -> (T, B, C), one head call per pass: draws the masks in the same order as T full passes,
+    which makes head-only scoring bitwise equal to the naive reference (the tests' exact check)."""
     return torch.stack([torch.softmax(model.head(feats), dim=1) for _ in range(mc_samples)])
 
 
@@ -225,13 +256,18 @@ def mc_probs(
     device: str = "cpu",
     batch_size: int = 512,
     seed: int = 0,
+    sequential: bool = False,
 ) -> np.ndarray:
-    """Head-only MC-dropout probabilities (T, N, C) of a small source (the whole tensor is returned)."""
+    """Head-only MC-dropout probabilities (T, N, C) of a small source (the whole tensor is returned).
+
+    ``sequential``: one head call per pass, bitwise equal to ``full_pass_probs`` (see ``_head_passes``).
+    """
     out = []
+    passes = _head_passes_sequential if sequential else _head_passes
     with mc_dropout_mode(model), seeded(seed, device):
         for _, batch in iter_batches(source, batch_size):
             feats = _backbone(model, to_input(batch, mean, std, device), device)
-            out.append(_head_passes(model, feats, mc_samples).cpu().numpy())
+            out.append(passes(model, feats, mc_samples).cpu().numpy())
     return np.concatenate(out, axis=1)
 
 
@@ -249,12 +285,13 @@ def full_pass_probs(
 ) -> np.ndarray:
     """Naive reference: T full stochastic forward passes per batch -> (T, N, C)."""
     out = []
+    bf16 = scoring_bf16(device)  # the same arithmetic as score_pool's backbone
     with mc_dropout_mode(model), seeded(seed, device):
         for _, batch in iter_batches(source, batch_size):
             x = to_input(batch, mean, std, device)
             passes = []
             for _ in range(mc_samples):
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                     logits = model(x)
                 passes.append(torch.softmax(logits.float(), dim=1))
             out.append(torch.stack(passes).cpu().numpy())
@@ -295,11 +332,12 @@ def score_pool(
         masks = shared_masks(model, mc_samples, seed + 1, device)
         with mc_dropout_mode(model):
             targ = target_probs(model, targets, mean, std, masks, device=device, batch_size=batch_size)
+    bf16 = scoring_bf16(device)
     with mc_dropout_mode(model), seeded(seed, device):
         for start, batch in iter_batches(source, batch_size):
             if should_stop is not None and should_stop():
                 raise Stopped("stopped while scoring the pool")
-            feats = _backbone(model, to_input(batch, mean, std, device), device)
+            feats = _backbone(model, to_input(batch, mean, std, device), device, bf16)
             probs = _head_passes(model, feats, mc_samples).cpu().numpy()
             for key, values in summarize(probs, target).items():
                 summary[key][start : start + len(batch)] = values

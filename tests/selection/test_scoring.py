@@ -51,12 +51,49 @@ def test_head_only_equals_full_passes(make) -> None:
     torch.manual_seed(0)
     x = _images(23)
     model = _warm_bn(make(), x)
-    head = scoring.mc_probs(model, x, MEAN, STD, mc_samples=6, batch_size=8, seed=3)
+    head = scoring.mc_probs(model, x, MEAN, STD, mc_samples=6, batch_size=8, seed=3, sequential=True)
     full = scoring.full_pass_probs(model, x, MEAN, STD, mc_samples=6, batch_size=8, seed=3)
     assert head.shape == full.shape == (6, 23, head.shape[2])
     np.testing.assert_allclose(head, full, rtol=1e-5, atol=1e-6)
     assert head.std(axis=0).max() > 1e-3  # the passes really differ: dropout is active
     assert model.training  # the caller's mode is restored
+
+
+def test_batched_passes_match_full_passes_in_distribution() -> None:
+    """The default path runs the T passes as one head call (masks drawn in another order): over many
+    passes its per-image mean and spread match T full passes, and masks stay independent across passes
+    (spread > 0) and across the images of one pass (no correlation between two images' outputs)."""
+    torch.manual_seed(0)
+    x = _images(3)
+    model = _warm_bn(TinyNet(num_classes=3, p=0.5), _images(16))
+    t = 2000
+    batched = scoring.mc_probs(model, x, MEAN, STD, mc_samples=t, seed=1)
+    # The sequential head passes stand for T full passes: bitwise equal to them (the test above).
+    full = scoring.mc_probs(model, x, MEAN, STD, mc_samples=t, seed=2, sequential=True)
+    assert batched.shape == full.shape == (t, 3, 3)
+    spread = full.std(axis=0)
+    assert spread.min() > 1e-3  # dropout makes the passes differ
+    # Means agree within 5 standard errors; spreads within 10%.
+    np.testing.assert_array_less(np.abs(batched.mean(0) - full.mean(0)), 5 * spread / np.sqrt(t) + 1e-6)
+    np.testing.assert_allclose(batched.std(axis=0), spread, rtol=0.1)
+    corr = np.corrcoef(batched[:, 0, 0], batched[:, 1, 0])[0, 1]
+    assert abs(corr) < 0.1  # one mask shared by the images of a pass would correlate them
+
+
+def test_scoring_precision_follows_native_bf16() -> None:
+    from backend.training.trainer import cpu_has_native_bf16
+
+    assert scoring.scoring_precision("cpu") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert scoring.scoring_precision("cuda") == "bf16"
+    # The bf16 path itself runs on any CPU (emulated where not native) and stays close to fp32.
+    torch.manual_seed(0)
+    model, x = build_model("small", 4, dropout=0.5).eval(), scoring.to_input(_images(8), MEAN, STD, "cpu")
+    with torch.no_grad():
+        fp32 = scoring._backbone(model, x, "cpu", bf16=False)
+        bf16 = scoring._backbone(model, x, "cpu", bf16=True)
+    assert fp32.dtype == bf16.dtype == torch.float32
+    np.testing.assert_allclose(bf16.numpy(), fp32.numpy(), rtol=0.05, atol=0.05 * float(fp32.abs().max()))
+    assert not torch.equal(bf16, fp32)  # the autocast really ran in bf16
 
 
 def test_head_only_differs_when_the_backbone_has_dropout() -> None:
