@@ -38,6 +38,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", help="compute device for jobs: cuda or cpu (default: cuda when available)")
     g.add_argument("--plugins", help="comma-separated modules that register extra job kinds")
+    g.add_argument(
+        "--ray",
+        dest="ray_address",
+        metavar="ADDRESS",
+        help="run generation shards and benchmark runs on a Ray cluster: auto, local (start one here), or host:port",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "workspace", "db_url", "workers", "auth", "device"):
+    for name in ("host", "port", "workspace", "db_url", "workers", "auth", "device", "ray_address"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -80,12 +86,20 @@ def serve(settings: Settings) -> None:
     from backend.server import create_app, start_experiment_driver, start_workers, stop_workers
 
     db = prepare(settings)
+    if settings.ray_address:
+        from backend.server import join_ray
+
+        try:
+            settings = join_ray(settings)  # before the workers start: they join the same cluster
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, …
+            raise StartupError(f"cannot join the Ray cluster at {settings.ray_address}: {exc}") from exc
     app = create_app(settings, db)
     procs = start_workers(settings, settings.workers)
     driver = start_experiment_driver(settings, db)  # studies launched from the browser move on unwatched
     print(
         f"Rebalance on http://{settings.host}:{settings.port}  (API docs: /api/docs; "
-        f"workspace {settings.workspace_dir}; {settings.workers} worker(s); device {settings.device})",
+        f"workspace {settings.workspace_dir}; {settings.workers} worker(s); device {settings.device}; "
+        f"executor {'ray at ' + settings.ray_address if settings.ray_address else 'local'})",
         flush=True,
     )
     try:

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     max_body_mb: float = Field(1.0, gt=0)  # JSON request bodies
     max_upload_mb: float = Field(512.0, gt=0)  # multipart uploads (zips)
     start_dir: Path = Field(default_factory=Path.cwd)
+    # Ray cluster that runs the parts of shardable jobs (generation shards, benchmark runs): "auto" (the
+    # cluster this host joined with `ray start`), "local" (start one inside the process), or an address
+    # (host:6379, ray://host:10001). None: every job runs in its worker's process.
+    ray_address: str | None = None
 
     @field_validator("allow_dirs", mode="before")
     @classmethod
@@ -58,6 +62,17 @@ class Settings(BaseSettings):
     def _split_plugins(cls, value: object) -> object:
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("ray_address", mode="before")
+    @classmethod
+    def _blank_ray(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None
+            if any(c.isspace() for c in value):
+                raise ValueError("ray_address must be auto, local, or a cluster address like host:6379")
         return value
 
     @field_validator("auth")

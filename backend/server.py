@@ -41,6 +41,17 @@ def create_app(settings: Settings, db: Database, with_ui: bool = True) -> FastAP
     return app
 
 
+def join_ray(settings: Settings) -> Settings:
+    """Join the Ray cluster in the server process (with ``local``, start it here) and return the settings
+    the embedded workers get: with ``local`` they join this process's instance, not one each."""
+    from backend.jobs import ray_executor
+
+    ray_executor.connect(settings.ray_address)
+    if settings.ray_address == ray_executor.LOCAL:
+        return settings.model_copy(update={"ray_address": ray_executor.own_address()})
+    return settings
+
+
 def _worker_process(settings_json: str) -> None:
     from backend.jobs.worker import run_worker
 

@@ -1,4 +1,4 @@
-"""GET /api/health: database status, live workers and the compute device."""
+"""GET /api/health: database status, live workers, the compute device and the executor (local or Ray)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import select
 from backend import __version__
 from backend.api.deps import DatabaseDep, SettingsDep
 from backend.db.models import Worker, utcnow
+from backend.jobs import ray_executor
 
 router = APIRouter(tags=["health"])
 
@@ -44,4 +45,5 @@ def health(db: DatabaseDep, settings: SettingsDep) -> dict[str, Any]:
         "workers": workers,
         "live_workers": len(workers),
         "device": settings.device,
+        "executor": ray_executor.describe(settings.ray_address),
     }

@@ -33,6 +33,7 @@ from backend.data.variants import build_variant as build_data_variant
 from backend.db.models import Benchmark, BenchmarkRun
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
+from backend.jobs.ray_executor import run_units
 from backend.jobs.registry import job_kind
 from backend.services import datasets, pools, selections
 from backend.services.rows import row_for_job
@@ -44,6 +45,7 @@ from backend.training.trainer import (
     FinetuneRealEpochs,
     LearningRate,
     Precision,
+    Scores,
     SelectEpoch,
     SyntheticWeight,
     TrainConfig,
@@ -152,6 +154,11 @@ class BenchmarkParams(BaseModel):
 def resolve_model(model: str | None, device: str) -> str:
     """The study's ResNet18 on a GPU; the fast ``small`` CNN on CPU, unless a model was named."""
     return model or ("resnet18_cifar" if device.startswith("cuda") else "small")
+
+
+# Share of one GPU a run takes on a Ray cluster (--ray): the small CNN leaves room for four runs per GPU;
+# ResNet18 at batch 256 keeps one GPU busy. Models not listed take a whole GPU.
+GPU_SHARE = {"small": 0.25, "resnet18_cifar": 1.0}
 
 
 def _run_dir(benchmark_id: int, variant: str, seed: int) -> str:
@@ -273,41 +280,93 @@ def benchmark(ctx: JobContext, params: BenchmarkParams) -> dict[str, Any]:
         finished = s.execute(select(BenchmarkRun.variant, BenchmarkRun.seed).filter_by(benchmark_id=benchmark_id))
         done = {(v, int(seed)) for v, seed in finished}
     units = [(v, seed) for v in params.variants for seed in params.seeds]
-    splits: dict[int, Validation] = {}
-    synthetic: dict[str, Any] = {}  # decoded synthetic images of the variant being trained
-    for i, (spec, seed) in enumerate(units):
-        name = spec if isinstance(spec, str) else spec.name
-        if (name, seed) in done:
-            shutil.rmtree(ctx.store.path(_run_dir(benchmark_id, name, seed)), ignore_errors=True)
-            continue
-        ctx.stop_point("between runs")
-        ctx.progress(i / len(units), f"run {i + 1} of {len(units)}: {name}, seed {seed}, preparing data")
-        if seed not in splits:
-            splits[seed] = validation_for(ds, imb, params.val_fraction, seed)
-            held = int(np.isin(splits[seed].labels, minority).sum())
-            ctx.log(f"seed {seed}: validation split of {len(splits[seed].ids)} real images, {held} minority")
-            if params.select_epoch == "best_balanced" and minority and held < 10:
-                ctx.log(f"seed {seed}: only {held} minority validation images; best_balanced picks on noise")
-        val = splits[seed]
-        if isinstance(spec, SyntheticVariant) and name not in synthetic:
-            synthetic = {name: _synthetic_images(ctx, spec, ds, minority)}
-        train_imb = None if imb is None else dataclasses.replace(imb, kept_idx=np.setdiff1d(imb.kept_idx, val.ids))
-        try:
-            variant = _variant(spec, ds, train_imb, synthetic.get(name))
-        except ValueError as exc:
-            raise JobError(f"variant {name!r}: {exc}") from exc
-        _run_unit(ctx, benchmark_id, variant, name, seed, (i, len(units)), params, model, ds, val)
-        ctx.save_checkpoint({**ctx.checkpoint, "benchmark_id": benchmark_id, "runs_done": i + 1})
+
+    def prepared(report: bool = True) -> Any:
+        """(position, name, seed, variant, validation) of each run still to do, its data built only when
+        asked for (a run's variant can hold the whole training set)."""
+        splits: dict[int, Validation] = {}
+        synthetic: dict[str, Any] = {}  # decoded synthetic images of the variant being trained
+        for i, (spec, seed) in enumerate(units):
+            name = spec if isinstance(spec, str) else spec.name
+            if (name, seed) in done:
+                shutil.rmtree(ctx.store.path(_run_dir(benchmark_id, name, seed)), ignore_errors=True)
+                continue
+            ctx.stop_point("between runs")
+            if report:  # on Ray, progress counts finished runs instead
+                ctx.progress(i / len(units), f"run {i + 1} of {len(units)}: {name}, seed {seed}, preparing data")
+            if seed not in splits:
+                splits[seed] = validation_for(ds, imb, params.val_fraction, seed)
+                held = int(np.isin(splits[seed].labels, minority).sum())
+                ctx.log(f"seed {seed}: validation split of {len(splits[seed].ids)} real images, {held} minority")
+                if params.select_epoch == "best_balanced" and minority and held < 10:
+                    ctx.log(f"seed {seed}: only {held} minority validation images; best_balanced picks on noise")
+            val = splits[seed]
+            if isinstance(spec, SyntheticVariant) and name not in synthetic:
+                synthetic = {name: _synthetic_images(ctx, spec, ds, minority)}
+            train_imb = None if imb is None else dataclasses.replace(imb, kept_idx=np.setdiff1d(imb.kept_idx, val.ids))
+            try:
+                variant = _variant(spec, ds, train_imb, synthetic.get(name))
+            except ValueError as exc:
+                raise JobError(f"variant {name!r}: {exc}") from exc
+            yield i, name, seed, variant, val
+
+    if ctx.settings.ray_address:
+        _run_units_on_ray(ctx, benchmark_id, prepared(report=False), (len(done), len(units)), params, model, ds)
+    else:
+        for i, name, seed, variant, val in prepared():
+            _run_unit(ctx, benchmark_id, variant, name, seed, (i, len(units)), params, model, ds, val)
+            ctx.save_checkpoint({**ctx.checkpoint, "benchmark_id": benchmark_id, "runs_done": i + 1})
     ctx.progress(1.0, f"{len(units)} runs done")
     return {"benchmark_id": benchmark_id, "runs": len(units)}
 
 
-def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, ds, val: Validation) -> None:
-    """Fit one (variant, seed) with per-epoch checkpoints, evaluate it once on the test set, store the row."""
-    run_dir = _run_dir(benchmark_id, name, seed)
-    i, total = position
+def _run_units_on_ray(ctx, benchmark_id, prepared, counts: tuple[int, int], params, model, ds) -> None:
+    """Every run still to do as a Ray task with ``GPU_SHARE[model]`` of a GPU; each row is written here as
+    its run finishes. A run holds no per-epoch checkpoint on the cluster: Ray retries a run whose worker
+    died, and a resumed job re-runs only the runs without a row."""
+    import ray
+
+    mean, std = ds.info["mean"], ds.info["std"]
+    k = len(ds.classes)
+    test = (ray.put(np.asarray(ds.test_x)), ray.put(np.asarray(ds.test_y)))  # shipped once for every run
+    kept: dict[tuple[str, int], tuple[Any, Validation]] = {}  # what a run's row needs once it finishes
+    finished, total = counts
+
+    def units() -> Any:
+        for _i, name, seed, variant, val in prepared:
+            config = _train_config(params, model, name, seed, variant)
+            kept[(name, seed)] = (variant.origin, val)
+            yield (name, seed), (variant, config, mean, std, val.images, val.labels, k, *test)
+
+    def on_result(key: tuple[str, int], outcome: UnitOutcome) -> None:
+        nonlocal finished
+        origin, val = kept.pop(key)
+        _store_run(ctx, benchmark_id, *key, params, ds, val, origin, outcome)
+        finished += 1
+        ctx.progress(finished / total, f"{finished} of {total} runs done (on Ray)")
+        ctx.save_checkpoint({**ctx.checkpoint, "benchmark_id": benchmark_id, "runs_done": finished})
+
+    run_units(
+        train_and_test,
+        units(),
+        on_result=on_result,
+        should_stop=ctx.should_stop,
+        address=ctx.settings.ray_address,
+        gpu_fraction=GPU_SHARE.get(model, 1.0),
+    )
+
+
+@dataclasses.dataclass
+class UnitOutcome:
+    """What a finished run's row records (the fit's history and choices, the one look at the test set)."""
+
+    fit: dict[str, Any]  # history, epoch, val_acc, num_train, num_val, seconds, config
+    test: Scores
+
+
+def _train_config(params: BenchmarkParams, model: str, name: str, seed: int, variant: Variant) -> TrainConfig:
     has_synthetic = bool((np.asarray(variant.origin) == "synthetic").any())
-    config = TrainConfig(
+    return TrainConfig(
         model=model,
         epochs=params.epochs,
         batch_size=params.batch_size,
@@ -315,11 +374,38 @@ def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, d
         loss=LOSS_OF.get(name, "ce"),
         select_epoch=params.select_epoch,
         seed=seed,
-        device=ctx.settings.device,
         precision=params.precision,
         synthetic_weight=params.synthetic_weight if has_synthetic else 1.0,
         finetune_real_epochs=params.finetune_real_epochs if has_synthetic else 0,
     )
+
+
+def train_and_test(
+    variant, config: TrainConfig, mean, std, val_images, val_labels, k: int, test_x, test_y, *, device: str, **fit_kw
+) -> UnitOutcome:
+    """Fit one (variant, seed) on ``device`` and evaluate it once on the test set, with the chosen weights.
+    Runs in the job's process, or as a Ray task (the arguments are plain arrays and settings)."""
+    config = config.model_copy(update={"device": device})
+    result = fit(variant, config, mean=mean, std=std, val=(val_images, val_labels), num_classes=k, **fit_kw)
+    test = evaluate(
+        result.model,
+        test_x,
+        test_y,
+        mean=mean,
+        std=std,
+        num_classes=k,
+        batch_size=config.eval_batch_size,
+        precision=config.precision,
+    )
+    keep = ("history", "epoch", "val_acc", "num_train", "num_val", "seconds", "config")
+    return UnitOutcome({key: getattr(result, key) for key in keep}, test)
+
+
+def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, ds, val: Validation) -> None:
+    """Fit one (variant, seed) with per-epoch checkpoints, evaluate it once on the test set, store the row."""
+    run_dir = _run_dir(benchmark_id, name, seed)
+    i, total = position
+    config = _train_config(params, model, name, seed, variant)
     state_file = f"{run_dir}/state.safetensors"
     resume = None
     if ctx.store.exists(state_file):
@@ -329,25 +415,29 @@ def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, d
         ctx.hooks.scaled(i / total, (i + 1) / total, f"run {i + 1} of {total}: {name}, seed {seed}, "),
         checkpoint=lambda state: ctx.store.write_bytes(state_file, save_state(state, CHECKPOINT_KIND)),
     )
-    mean, std = ds.info["mean"], ds.info["std"]
-    k = len(ds.classes)
     try:
-        result = fit(
-            variant, config, mean=mean, std=std, val=(val.images, val.labels), num_classes=k, hooks=hooks, resume=resume
+        outcome = train_and_test(
+            variant,
+            config,
+            ds.info["mean"],
+            ds.info["std"],
+            val.images,
+            val.labels,
+            len(ds.classes),
+            ds.test_x,
+            ds.test_y,
+            device=ctx.settings.device,
+            hooks=hooks,
+            resume=resume,
         )
     except ValueError as exc:
         raise JobError(f"variant {name!r}, seed {seed}: {exc}") from exc
-    # The test set is looked at once, with the chosen weights.
-    test = evaluate(
-        result.model,
-        ds.test_x,
-        ds.test_y,
-        mean=mean,
-        std=std,
-        num_classes=k,
-        batch_size=config.eval_batch_size,
-        precision=config.precision,
-    )
+    _store_run(ctx, benchmark_id, name, seed, params, ds, val, variant.origin, outcome)
+
+
+def _store_run(ctx, benchmark_id, name, seed, params, ds, val: Validation, origin, outcome: UnitOutcome) -> None:
+    """The run's row; then its per-epoch state is no longer needed."""
+    result, test = outcome.fit, outcome.test
     with ctx.session() as s:
         s.add(
             BenchmarkRun(
@@ -356,21 +446,23 @@ def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, d
                 seed=seed,
                 overall_acc=test.accuracy,
                 per_class=dict(zip(ds.classes, test.per_class, strict=True)),
-                val_acc=result.val_acc,
+                val_acc=result["val_acc"],
                 epochs=params.epochs,
-                n_synthetic=int((np.asarray(variant.origin) == "synthetic").sum()),
-                history=result.history,
+                n_synthetic=int((np.asarray(origin) == "synthetic").sum()),
+                history=result["history"],
                 confusion=test.confusion,
                 info={
-                    "best_epoch": result.epoch,
+                    "best_epoch": result["epoch"],
                     "select_epoch": params.select_epoch,
                     "validation": val.summary(list(ds.classes)),
-                    "num_train": result.num_train,
-                    "num_val": result.num_val,
-                    "seconds": round(result.seconds, 2),
-                    "config": result.config,
+                    "num_train": result["num_train"],
+                    "num_val": result["num_val"],
+                    "seconds": round(result["seconds"], 2),
+                    "config": result["config"],
                 },
             )
         )
-    shutil.rmtree(ctx.store.path(run_dir), ignore_errors=True)
-    ctx.log(f"{name} seed {seed}: test {test.accuracy:.2f} %, weights of epoch {result.epoch} ({params.select_epoch})")
+    shutil.rmtree(ctx.store.path(_run_dir(benchmark_id, name, seed)), ignore_errors=True)
+    ctx.log(
+        f"{name} seed {seed}: test {test.accuracy:.2f} %, weights of epoch {result['epoch']} ({params.select_epoch})"
+    )

@@ -6,6 +6,8 @@ Where the files go is ``backend.services.gans``; the pool is written through ``b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from pydantic import (
 )
 
 from backend.config import PathNotAllowed
+from backend.core.hooks import Hooks
 from backend.core.types import DbId
 from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Gan
@@ -34,10 +37,12 @@ from backend.generation.gan_images import load_image_folder
 from backend.generation.imagefiles import encode_png
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
+from backend.jobs.pool_shards import PoolItem, encoded_on_actor, fill_pool
+from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP, ShardSpec
 from backend.jobs.registry import job_kind
 from backend.services.datasets import UPLOAD_ID, extract_upload, minority_images, open_dataset
 from backend.services.gans import checkpoint_path, get_gan, samples_path, sampling_epoch
-from backend.services.pools import PoolWriter, dropped_if_left_empty, pool_for_job
+from backend.services.pools import dropped_if_left_empty, pool_for_job
 from backend.services.rows import row_for_job
 
 MAX_SKIPPED_LISTED = 200  # names kept in the GAN's info; the count is always exact
@@ -127,6 +132,7 @@ class GenerateGanParams(BaseModel):
     output_size: int | None = Field(None, ge=8, le=1024, description="default: the dataset's size, else 32")
     review_size: int = Field(256, ge=32, le=1024)
     chunk_size: int = Field(256, ge=1, le=10_000, description="images committed per checkpoint")
+    shards: int | None = Field(SHARDS_DEFAULT, ge=1, le=1024, description=SHARDS_HELP)
     name: str | None = Field(None, max_length=255)
 
 
@@ -251,6 +257,48 @@ def _resolve_epoch(ctx: JobContext, params: GenerateGanParams) -> tuple[Gan, int
     return row, sampling_epoch(row, params.epoch)
 
 
+@dataclass(frozen=True)
+class GanWork:
+    """What a shard needs to sample image i of the job (picklable: it travels to Ray actors)."""
+
+    weights: bytes  # the generator checkpoint, so hosts without the workspace can sample too
+    seed: int
+    output_size: int
+    base: dict[str, Any]
+
+
+def gan_worker(work: GanWork, hooks: Hooks, device: str) -> Callable[[list[int]], Iterator[list[PoolItem]]]:
+    """Load the generator once (per process or Ray actor); the worker samples a piece of indices, one
+    contiguous run per yielded part. Noise depends only on (seed, index) and images only on their own
+    noise (eval-mode BatchNorm), so batching, halving on OOM and sharding leave every image unchanged."""
+    loaded = load_generator(work.weights, device)
+    batch = {"size": 256}  # images per generator call; shrinks for good after a CUDA OOM
+
+    def on_oom(size: int, message: str) -> None:
+        batch["size"] = size
+        hooks.log(message)
+
+    def run(piece: list[int]) -> Iterator[list[PoolItem]]:
+        for indices in _runs(piece):  # contiguous runs share one generator call
+            try:
+                small, review = sample_images(
+                    loaded.generator,
+                    len(indices),
+                    work.seed,
+                    device,
+                    work.output_size,
+                    start=indices[0],
+                    batch_size=batch["size"],
+                    on_batch_size=on_oom,
+                    with_full=True,
+                )
+            except ValueError as exc:
+                raise JobError(str(exc)) from exc
+            yield [PoolItem(idx, work.base | {"index": idx}, small[j], review[j]) for j, idx in enumerate(indices)]
+
+    return run
+
+
 @job_kind("generate_gan", GenerateGanParams)
 def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
     """Sample a trained DCGAN into a candidate pool (chunked, resumable, reproducible per index)."""
@@ -258,7 +306,7 @@ def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
     rel = checkpoint_path(row.id, epoch)
     if not ctx.store.exists(rel):
         raise JobError(f"checkpoint {rel} of gan {row.id} is missing")
-    loaded = load_generator(ctx.store.path(rel).read_bytes(), ctx.settings.device)
+    weights = ctx.store.path(rel).read_bytes()
     source = (row.info or {}).get("source", {})
     output_size = params.output_size or source.get("dataset_image_size") or 32
     with ctx.session() as s:
@@ -273,39 +321,20 @@ def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
         todo = [i for i in range(params.count) if i not in done]
         base = {"generator": "dcgan", "gan_id": row.id, "epoch": epoch, "seed": params.seed, "job_id": ctx.job_id}
         base |= {"output_size": output_size}
-        batch = {"size": 256}  # images per generator call; shrinks for good after a CUDA OOM
-
-        def on_oom(size: int, message: str) -> None:
-            batch["size"] = size
-            ctx.log(message)
-
-        with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
-            for c in range(0, len(todo), params.chunk_size):
-                chunk = todo[c : c + params.chunk_size]
-                # Contiguous runs share one generator call; noise depends only on (seed, index).
-                for run in _runs(chunk):
-                    # Images depend only on their own noise (eval-mode BatchNorm), so halving on OOM is exact.
-                    try:
-                        small, review = sample_images(
-                            loaded.generator,
-                            len(run),
-                            params.seed,
-                            ctx.settings.device,
-                            output_size,
-                            start=run[0],
-                            batch_size=batch["size"],
-                            on_batch_size=on_oom,
-                            with_full=True,
-                        )
-                    except ValueError as exc:
-                        raise JobError(str(exc)) from exc
-                    for j, idx in enumerate(run):
-                        writer.add(idx, small[j], review[j], base | {"index": idx})
-                    ctx.stop_point()  # the writer's exit keeps the finished images
-                writer.flush()
-                made = len(done) + c + len(chunk)
-                ctx.save_checkpoint({"pool_id": pool_id, "done": made})
-                ctx.progress(made / params.count, f"{made}/{params.count} images")
+        spec = ShardSpec(
+            gan_worker, GanWork(weights, params.seed, output_size, base), encode=encoded_on_actor(params.review_size)
+        )
+        fill_pool(
+            ctx,
+            pool_id,
+            spec,
+            count=params.count,
+            done=len(done),
+            todo=todo,
+            chunk_size=params.chunk_size,
+            review_size=params.review_size,
+            shards=params.shards,
+        )
         return {"pool_id": pool_id, "count": params.count, "gan_id": row.id, "epoch": epoch}
 
 

@@ -4,17 +4,22 @@ Chunked: each chunk's images are generated batch by batch (files encode on threa
 batch denoises), written with their rows, committed, and only then checkpointed. A resumed attempt
 skips the indices already in the pool, and image `i` is a pure function of (params, i), so the pool
 ends with exactly `count` images, none twice, whatever crashed in between.
+
+With Ray (``--ray``) the chunks are split into ``shards`` that run on Ray actors, one pipeline loaded
+per actor (``backend.jobs.pool_shards``); without it they run here, one after another, as always.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from backend.core.hooks import Hooks
 from backend.core.types import DbId
 from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Vocabulary as VocabularyRow
@@ -22,10 +27,12 @@ from backend.generation.prompts import PromptItem, Vocabulary, default_vocabular
 from backend.generation.schedulers import SCHEDULERS, SchedulerName
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
+from backend.jobs.pool_shards import PoolItem, encoded_on_actor, fill_pool
+from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP, ShardSpec
 from backend.jobs.registry import job_kind
 from backend.services.concepts import usable_concept
 from backend.services.datasets import minority_images, open_dataset
-from backend.services.pools import PoolWriter, dropped_if_left_empty, pool_for_job
+from backend.services.pools import dropped_if_left_empty, pool_for_job
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -35,12 +42,17 @@ class InlineVocabulary(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     template: str
-    slots: dict[str, list[str]]
+    slots: dict[str, list[str] | dict[str, float]] = Field(
+        description="values per slot: a list (drawn uniformly) or {value: weight} (drawn in proportion)"
+    )
     negative_prompt: str = ""
+    weights: dict[str, dict[str, float]] | None = Field(
+        None, description="per-value sampling weights {slot: {value: w}} for list slots (every value named)"
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> InlineVocabulary:
-        Vocabulary(self.template, self.slots, self.negative_prompt)  # ValueError names the slot
+        Vocabulary(self.template, self.slots, self.negative_prompt, self.weights)  # ValueError names the slot
         return self
 
 
@@ -79,6 +91,7 @@ class GenerateSDParams(BaseModel):
     dtype: Literal["fp16", "bf16", "fp32"] | None = Field(None, description="default fp16 on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the UNet (CUDA)")
     chunk_size: int = Field(64, ge=1, le=10_000, description="images committed per checkpoint")
+    shards: int | None = Field(SHARDS_DEFAULT, ge=1, le=1024, description=SHARDS_HELP)
     name: str | None = Field(None, max_length=255, description="pool name")
     concept_id: DbId | None = Field(
         None,
@@ -137,7 +150,7 @@ def _init_images(ctx: JobContext, params: GenerateSDParams) -> tuple[np.ndarray,
     return real.images, real.index, ds.classes[real.classes[0]], ds.image_size[0]
 
 
-_PIPELINE_CACHE: dict[tuple, Any] = {}  # one loaded pipeline per worker: consecutive jobs reuse it
+_PIPELINE_CACHE: dict[tuple, Any] = {}  # one loaded pipeline per process (worker or Ray actor): jobs reuse it
 
 
 def release_pipeline() -> None:
@@ -145,11 +158,9 @@ def release_pipeline() -> None:
     _PIPELINE_CACHE.clear()
 
 
-def _pipeline(ctx: JobContext, params: GenerateSDParams) -> Any:
+def _pipeline(params: GenerateSDParams, device: str, workspace: Path, hooks: Hooks) -> Any:
     from backend.generation.diffusion import load_pipeline
 
-    device = ctx.settings.device
-    workspace = ctx.settings.workspace_dir
     key = (
         params.model,
         params.mode,
@@ -162,7 +173,7 @@ def _pipeline(ctx: JobContext, params: GenerateSDParams) -> Any:
     )
     if key not in _PIPELINE_CACHE:
         _PIPELINE_CACHE.clear()  # free the previous model before loading another
-        ctx.progress(0.0, f"loading {params.model}")
+        hooks.progress(0.0, f"loading {params.model}")
         try:
             _PIPELINE_CACHE[key] = load_pipeline(
                 params.model,
@@ -209,11 +220,80 @@ def _by_strength(chunk: list[PromptItem], strengths: list[float]) -> list[list[P
     return list(groups.values())
 
 
+@dataclass(frozen=True)
+class SDWork:
+    """Everything a shard needs to make image i of the job (picklable: it travels to Ray actors)."""
+
+    params: GenerateSDParams
+    vocab: Vocabulary
+    output_size: int
+    base: dict[str, Any]  # metadata every image of the job shares
+    workspace: Path
+    concept_dir: Path | None = None
+    init_pixels: np.ndarray | None = None  # img2img: the kept minority images, image i starts from i % n
+    init_idx: np.ndarray | None = None
+
+
+def sd_worker(work: SDWork, hooks: Hooks, device: str) -> Callable[[list[int]], Iterator[list[PoolItem]]]:
+    """Load the pipeline once (per process or Ray actor); the returned worker makes a piece of indices,
+    one batch per yielded part. Image i depends only on (params, i): its prompt and seed come from the
+    vocabulary, its starting noise from its own seed."""
+    from backend.generation.diffusion import generate
+
+    params = work.params
+    pipe = _pipeline(params, device, work.workspace, hooks)
+    _use_concept(pipe, work.concept_dir)
+    strengths = params.strengths or [params.strength]
+    batch_size = params.batch_size
+
+    def smaller_batch(size: int, message: str) -> None:
+        nonlocal batch_size
+        batch_size = size
+        hooks.log(message, "warning")
+
+    def run(piece: list[int]) -> Iterator[list[PoolItem]]:
+        chunk = [work.vocab.item(i, params.seed) for i in piece]
+        for group in _by_strength(chunk, strengths):
+            strength = strengths[group[0].index % len(strengths)]
+            for b in range(0, len(group), batch_size):
+                batch = group[b : b + batch_size]
+                init = None
+                if work.init_pixels is not None:
+                    init = [work.init_pixels[item.index % len(work.init_pixels)] for item in batch]
+                try:
+                    images = generate(
+                        pipe,
+                        batch,
+                        steps=params.steps,
+                        guidance=params.guidance,
+                        resolution=params.resolution,
+                        output_size=work.output_size,
+                        negative_prompt=work.vocab.negative_prompt,
+                        init_images=init,
+                        strength=strength if init is not None else None,
+                        batch_size=batch_size,
+                        review_size=params.review_size,
+                        hooks=hooks,
+                        on_batch_size=smaller_batch,
+                    )
+                except ValueError as exc:
+                    raise JobError(str(exc)) from exc
+                part = []
+                for g in images:
+                    meta = work.base | {"index": g.item.index, "prompt": g.item.prompt, "slots": g.item.slots}
+                    meta |= {"seed": g.item.seed, "output_size": work.output_size}
+                    if work.init_idx is not None:
+                        meta["init_image_index"] = int(work.init_idx[g.item.index % len(work.init_idx)])
+                        meta["strength"] = strength
+                    part.append(PoolItem(g.item.index, meta, g.image, g.review))
+                yield part
+
+    return run
+
+
 @job_kind("generate_sd", GenerateSDParams)
 def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
     """Generate a pool of candidate images with Stable Diffusion from a prompt vocabulary."""
-    from backend.generation.diffusion import generate
-
     init_pixels = init_idx = None
     minority = params.imbalance.minority_names[0] if params.imbalance and params.imbalance.minority_names else None
     dataset_side = None
@@ -245,17 +325,6 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
         if not todo:
             return {"pool_id": pool_id, "count": params.count}
 
-        ctx.log(f"loading {params.model} ({params.mode}, {params.scheduler}, {params.steps} steps)")
-        pipe = _pipeline(ctx, params)
-        _use_concept(pipe, concept_dir)
-        ctx.log(f"generating {len(todo)} images into pool {pool_id}, batches of {params.batch_size}")
-        batch_size = params.batch_size
-
-        def smaller_batch(size: int, message: str) -> None:
-            nonlocal batch_size
-            batch_size = size
-            ctx.log(message, "warning")
-
         base = {
             "model": params.model,
             "scheduler": params.scheduler,
@@ -269,53 +338,30 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
         }
         if params.mode == "img2img":
             base |= {"strength": params.strength, "dataset_id": params.dataset_id}
-        strengths = params.strengths or [params.strength]
         if params.concept_id is not None:
             base |= {"concept_id": params.concept_id, "concept_token": token}
-        t0, made = time.monotonic(), 0
-        with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
-            for c in range(0, len(todo), params.chunk_size):
-                chunk = [vocab.item(i, params.seed) for i in todo[c : c + params.chunk_size]]
-                for group in _by_strength(chunk, strengths):
-                    strength = strengths[group[0].index % len(strengths)]
-                    for b in range(0, len(group), batch_size):
-                        batch = group[b : b + batch_size]
-                        init = None
-                        if init_pixels is not None:
-                            init = [init_pixels[item.index % len(init_pixels)] for item in batch]
-                        try:
-                            images = generate(
-                                pipe,
-                                batch,
-                                steps=params.steps,
-                                guidance=params.guidance,
-                                resolution=params.resolution,
-                                output_size=output_size,
-                                negative_prompt=vocab.negative_prompt,
-                                init_images=init,
-                                strength=strength if init is not None else None,
-                                batch_size=batch_size,
-                                review_size=params.review_size,
-                                hooks=ctx.hooks,
-                                on_batch_size=smaller_batch,
-                            )
-                        except ValueError as exc:
-                            raise JobError(str(exc)) from exc
-                        for g in images:
-                            meta = base | {"index": g.item.index, "prompt": g.item.prompt, "slots": g.item.slots}
-                            meta |= {"seed": g.item.seed, "output_size": output_size}
-                            if init_idx is not None:
-                                meta["init_image_index"] = int(init_idx[g.item.index % len(init_idx)])
-                                meta["strength"] = strength
-                            writer.add(g.item.index, g.image, g.review, meta)
-                        made += len(images)
-                        # Rows per batch, not per chunk: the pool's count and newest thumbnails, the
-                        # progress bar and its ETA move while the job runs.
-                        writer.flush()
-                        rate = made / max(time.monotonic() - t0, 1e-9)
-                        total = len(done) + made
-                        ctx.progress(total / params.count, f"{total}/{params.count} images, {rate:.2f} images/s")
-                        ctx.stop_point()  # the writer's exit keeps the finished images
-                ctx.save_checkpoint({"pool_id": pool_id, "done": len(done) + made})
-                ctx.log(f"{len(done) + made}/{params.count} images in pool {pool_id} ({rate:.2f} images/s)")
+        work = SDWork(
+            params,
+            vocab,
+            output_size,
+            base,
+            ctx.settings.workspace_dir,
+            concept_dir,
+            init_pixels,
+            None if init_idx is None else np.asarray(init_idx),
+        )
+        ctx.log(f"loading {params.model} ({params.mode}, {params.scheduler}, {params.steps} steps)")
+        ctx.log(f"generating {len(todo)} images into pool {pool_id}, batches of {params.batch_size}")
+        spec = ShardSpec(sd_worker, work, encode=encoded_on_actor(params.review_size))
+        fill_pool(
+            ctx,
+            pool_id,
+            spec,
+            count=params.count,
+            done=len(done),
+            todo=todo,
+            chunk_size=params.chunk_size,
+            review_size=params.review_size,
+            shards=params.shards,
+        )
         return {"pool_id": pool_id, "count": params.count}
