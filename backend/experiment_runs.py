@@ -36,11 +36,11 @@ from backend.experiment import (
 from backend.jobs import queue
 from backend.services import experiments as svc
 from backend.services.benchmarks import rows_of
-from backend.services.errors import Invalid, NotReady
+from backend.services.errors import DomainError, Invalid, NotReady
 
 OUTPUT_FILES = ("results.csv", "results.json", "report.html", "config.yaml")
 # Config keys that name files the workers will read; checked against the allowed directories.
-PATH_KEYS = (("dataset", "path"), ("gan", "source_path"), ("sd", "vocabulary"))
+PATH_KEYS = (("dataset", "path"), ("gan", "source_path"), ("diffusion", "source_path"), ("sd", "vocabulary"))
 
 
 @dataclass
@@ -129,11 +129,18 @@ def advance(db: Database, settings: Settings, experiment_id: int) -> None:
         if job is None:
             if not all(n in results for n in step.needs):
                 continue
+            built = results
+            if step.prepare is not None:
+                try:
+                    built = {**results, **step.prepare(db, results)}
+                except DomainError as exc:  # e.g. the previous round's pool is not an SD pool
+                    _finish(db, experiment_id, "failed", error=f"{step.name}: {exc}")
+                    return
             try:
                 job, created = queue.submit(
                     db,
                     step.kind,
-                    step.build(results),
+                    step.build(built),
                     idempotency_key=prep.key(step),
                     max_attempts=settings.max_attempts,
                 )

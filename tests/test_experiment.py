@@ -168,3 +168,128 @@ def test_personalize_section_feeds_the_sd_stage(tmp_path: Path) -> None:
         parse_config({"sd": {"enabled": False}, "personalize": {"enabled": True}})
     with pytest.raises(ExperimentError, match="personalize.rank"):
         parse_config({"personalize": {"rank": 0}})
+
+
+def test_rounds_plan_chains_generate_select_reweight(tmp_path: Path) -> None:
+    config = parse_config({"rounds": 3, "sd": {"model": "tiny"}, "gan": {"enabled": False}})
+    steps = plan(config, tmp_path, None)
+    check_plan(steps)
+    by = {s.name: s for s in steps}
+    names = [s.name for s in steps]
+    assert names.index("select_al") < names.index("sd_r2") < names.index("select_al_r2") < names.index("sd_r3")
+    assert by["sd_r2"].needs == ["select_al"] and by["sd_r3"].needs == ["select_al_r2"]
+    assert by["sd_r2"].prepare is not None and by["sd"].prepare is None
+    assert by["select_al_r3"].build({"dataset": {"dataset_id": 1}, "sd_r3": {"pool_id": 7}})["pool_ids"] == [7]
+    fake = {s.name: {"dataset_id": 1, "pool_id": 2, "selection_id": 3} for s in steps}
+    variants = [v if isinstance(v, str) else v["name"] for v in by["benchmark"].build(fake)["variants"]]
+    assert variants[-3:] == ["sd_al", "sd_al_r2", "sd_al_r3"]
+    assert {"select_al_r2", "select_al_r3"} <= set(by["benchmark"].needs)
+    params = {"params": {"model": "tiny", "seed": 5, "vocabulary": 9}}
+    assert by["sd_r2"].build({"next_r2": params})["vocabulary"] == 9  # what prepare saved
+    with pytest.raises(ExperimentError, match="rounds > 1 needs sd.enabled"):
+        parse_config({"rounds": 2, "sd": {"enabled": False}})
+    with pytest.raises(ExperimentError, match="reweight.smoothing"):
+        parse_config({"reweight": {"smoothing": 0}})
+
+
+def test_configs_without_rounds_keep_their_job_keys() -> None:
+    """Adding the rounds keys must not re-run studies launched before them (the key hashes the config)."""
+    from backend.experiment import config_hash
+
+    later = ("rounds", "reweight", "diffusion")  # sections added after studies were launched
+    before = {k: v for k, v in ExperimentConfig().model_dump(mode="json").items() if k not in later}
+    for key in ("synthetic_weight", "finetune_real_epochs"):  # benchmark keys added later
+        before["benchmark"].pop(key)
+    import hashlib
+
+    old = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(ExperimentConfig()) == old
+    assert config_hash(parse_config({"rounds": 2})) != old
+    assert config_hash(parse_config({"diffusion": {"enabled": True, "class_name": "cat"}})) != old
+    assert config_hash(parse_config({"benchmark": {"synthetic_weight": 0.5}})) != old
+
+
+def test_two_rounds_end_to_end_report_shows_each_round(tmp_path: Path) -> None:
+    """generate (tiny SD) -> select -> reweight -> generate -> select -> benchmark on a 3-colour folder: the
+    second round's SD job draws from a saved vocabulary with weights, each round is its own benchmark
+    variant, and report.html carries the rounds table and the quality panel beside minority accuracy."""
+    from backend.db.models import Job
+    from backend.db.models import Vocabulary as VocabularyRow
+    from backend.generation.prompts import Vocabulary
+    from backend.runtime import prepare
+
+    archive = _folder_archive(tmp_path)
+    config = {
+        "name": "colours-rounds",
+        "device": "cpu",
+        "dataset": {"source": "imagefolder", "path": "colours.tar.gz"},
+        "imbalance": {"minority": "green", "keep": 4, "seed": 0},
+        "sd": {"model": "tiny", "count": 24, "steps": 1, "resolution": 32, "batch_size": 24,
+               "job_params": {"review_size": 32}},
+        "gan": {"enabled": False},
+        "selection": {"budget": 6, "per_round": 3, "mc_samples": 2, "model": "small", "epochs": 1,
+                      "random_job": False},
+        "rounds": 2,
+        "benchmark": {"variants": ["imbalanced"], "model": "small", "epochs": 1, "batch_size": 16},
+    }  # fmt: skip
+    path = archive.parent / "study.yaml"
+    path.write_text(yaml.safe_dump(config), "utf-8")
+    settings = Settings(workspace=tmp_path / "ws", workers=1, device="cpu", start_dir=tmp_path / "ws")
+    out = tmp_path / "out"
+    result = run_experiment(path, out, settings, quiet=True, poll_s=0.05)
+    assert {"sd", "select_al", "sd_r2", "select_al_r2", "benchmark"} <= set(result.jobs)
+    _, rows = read_results_csv((out / "results.csv").read_text("utf-8"))
+    assert [r["variant"] for r in rows] == ["imbalanced", "sd_random", "sd_al", "sd_al_r2"]
+
+    db = prepare(settings)  # the study's database, opened again
+    with db.read_session() as s:
+        first, second = s.get(Job, result.jobs["sd"]), s.get(Job, result.jobs["sd_r2"])
+        assert second.params["seed"] != first.params["seed"] and second.params["count"] == 24
+        row = s.get(VocabularyRow, second.params["vocabulary"])
+        vocab = Vocabulary(row.template, row.slots, row.negative_prompt or "")
+    db.dispose()
+    assert vocab.weights and all(abs(sum(w.values()) - 1) < 1e-9 for w in vocab.weights.values())
+    assert all(w > 0 for ws in vocab.weights.values() for w in ws.values())  # smoothing: none dropped
+
+    report = (out / "report.html").read_text("utf-8")
+    assert "Rounds: generate → select → reweight" in report and "Quality of the synthetic images" in report
+    rounds_table = report.split('class="results rounds"')[1].split("</table>")[0]
+    assert rounds_table.count("<tr>") == 3  # header + one line per round
+    assert "sd_al_r2" in rounds_table
+
+
+def test_diffusion_stage_plans_train_sample_select_and_its_variants(tmp_path: Path) -> None:
+    path = REPO / "examples" / "digits_diffusion_cpu.yaml"
+    config = load_config(path)
+    steps = plan(config, path.parent, None)
+    check_plan(steps)
+    by = {s.name: s for s in steps}
+    assert [s.name for s in steps] == ["dataset", "diffusion_train", "diffusion", "select_diffusion", "benchmark"]
+    train = by["diffusion_train"].build({"dataset": {"dataset_id": 1}})
+    assert train["source"] == {"dataset_id": 1, "imbalance": {"minority": "3", "keep": 5, "seed": 0}}
+    assert (train["image_size"], train["epochs"], train["class_balance"]) == (16, 40, 0.7)
+    sample = by["diffusion"].build({"diffusion_train": {"diffusion_id": 4}})
+    assert (sample["diffusion_id"], sample["class"], sample["count"], sample["guidance"]) == (4, "3", 280, 2.0)
+    results = {"dataset": {"dataset_id": 1}, "diffusion": {"pool_id": 2}, "select_diffusion": {"selection_id": 3}}
+    bench = by["benchmark"].build(results)
+    assert bench["variants"][-2:] == [
+        {"name": "diffusion", "pool_id": 2, "count": 280},
+        {"name": "diffusion_al", "selection_id": 3},
+    ]
+    assert by["select_diffusion"].build(results)["budget"] == 140
+    # A folder from elsewhere (relative to the config) replaces the imbalanced set as the training source.
+    folder = parse_config({"diffusion": {"enabled": True, "source_path": "threes", "class_name": "3"}})
+    src = {s.name: s for s in plan(folder, tmp_path, None)}["diffusion_train"].build({"dataset": {"dataset_id": 1}})
+    assert src["source"] == {"path": str((tmp_path / "threes").resolve())}
+    with pytest.raises(ExperimentError, match="diffusion.class_name is required"):
+        parse_config({"imbalance": {"profile": "longtail", "imbalance_factor": 10}, "diffusion": {"enabled": True}})
+
+
+def test_rounds_example_is_valid() -> None:
+    path = REPO / "examples" / "cifar10_cat_rounds.yaml"
+    config = load_config(path)
+    steps = plan(config, path.parent, "/data/cifar10")
+    check_plan(steps)
+    assert config.rounds == 3 and config.reweight.negative_classes == 2
+    bench = steps[-1].build({s.name: {"dataset_id": 1, "pool_id": 2, "selection_id": 3} for s in steps})
+    assert [v if isinstance(v, str) else v["name"] for v in bench["variants"]][-3:] == ["sd_al", "sd_al_r2", "sd_al_r3"]

@@ -6,6 +6,15 @@ vocabulary alone has 92,650 prompts). Image `i` of a job gets combination `perm_
 `perm_c` is a keyed pseudo-random permutation of [0, N) for cycle `c = i // N`, and its own seed
 derived from (job seed, i). Everything about image `i` is therefore a pure function of (vocabulary,
 job seed, i): batch size, chunking and resumes cannot change it.
+
+A *weighted* vocabulary (per-value sampling weights, e.g. the next round of a selection) cannot keep
+the without-replacement order of the product, whose every combination is equally likely. Image `i`
+then draws each slot's value independently, with probability proportional to its weight, from a
+uniform number hashed from (job seed, i, slot): still a pure function of (vocabulary, job seed, i).
+Weights are written either as a slot given as an object ``{"breed": {"tabby": 3, "siamese": 1}}``
+(the form a saved vocabulary row stores) or as a separate ``weights: {slot: {value: weight}}`` map
+that names every value of the slot; both are validated (finite, >= 0, at least one > 0 per slot,
+only values of the slot) and normalised to sum to 1 per slot.
 """
 
 from __future__ import annotations
@@ -14,7 +23,9 @@ import hashlib
 import json
 import math
 import string
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 VOCABULARY_DIR = Path(__file__).parent / "vocabularies"
@@ -57,15 +68,52 @@ def _template_fields(template: str) -> list[str]:
     return names
 
 
+def _tidy(value: str) -> str:
+    return " ".join(value.split())
+
+
+def _weight(where: str, weight: object) -> float:
+    """A validated sampling weight: a finite number >= 0 (bools are not numbers here)."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ValueError(f"{where}: weight {weight!r} is not a number")
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{where}: weight {weight!r} must be finite and >= 0")
+    return float(weight)
+
+
+def _weighted_values(name: str, values: dict) -> tuple[tuple[str, ...], dict[str, float]]:
+    """A slot written as ``{value: weight}``: (values in given order, raw weights)."""
+    weights: dict[str, float] = {}
+    for value, w in values.items():
+        if not isinstance(value, str):
+            raise ValueError(f"slot '{name}': value {value!r} is not a string")
+        tidy = _tidy(value)
+        if not tidy:
+            continue
+        if tidy in weights:
+            raise ValueError(f"slot '{name}': value {tidy!r} is weighted twice")
+        weights[tidy] = _weight(f"slot '{name}' value {tidy!r}", w)
+    if not weights:
+        raise ValueError(f"slot '{name}' has an empty list of values")
+    return tuple(weights), weights
+
+
+def _normalised(name: str, weights: dict[str, float]) -> dict[str, float]:
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"slot '{name}': weights are all zero (at least one value must be drawable)")
+    return {value: w / total for value, w in weights.items()}
+
+
 def _clean_values(name: str, values: list[str]) -> tuple[str, ...]:
     """Strip values and drop blanks and duplicates (keeping first-seen order)."""
     if isinstance(values, str) or not isinstance(values, (list, tuple)):
-        raise ValueError(f"slot '{name}': values must be a list of strings")
+        raise ValueError(f"slot '{name}': values must be a list of strings (or an object of value: weight)")
     cleaned: dict[str, None] = {}
     for value in values:
         if not isinstance(value, str):
             raise ValueError(f"slot '{name}': value {value!r} is not a string")
-        value = " ".join(value.split())
+        value = _tidy(value)
         if value:
             cleaned[value] = None
     if not cleaned:
@@ -112,13 +160,17 @@ class Vocabulary:
 
     Construction validates and normalises: every slot of the template needs a non-empty list, every
     list must be used by the template, and duplicate values inside a list are dropped (the
-    reference study's preposition list repeats 'at' and 'on').
+    reference study's preposition list repeats 'at' and 'on'). Optional per-value sampling weights
+    (see the module docstring) end up in ``weights``: {slot: {value: weight}}, summing to 1 per
+    weighted slot; slots without weights are uniform.
     """
 
     template: str
     slots: dict[str, tuple[str, ...]]
     negative_prompt: str = ""
+    weights: dict[str, dict[str, float]] | None = None
     names: tuple[str, ...] = field(init=False, repr=False)
+    _cumulative: dict[str, list[float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.template, str) or not self.template.strip():
@@ -134,10 +186,48 @@ class Vocabulary:
         for name in self.slots:
             if name not in names:
                 raise ValueError(f"slot '{name}' has values but is not used in the template")
-        cleaned = {name: _clean_values(name, self.slots[name]) for name in names}
+        cleaned: dict[str, tuple[str, ...]] = {}
+        weights: dict[str, dict[str, float]] = {}
+        for name in names:
+            if isinstance(self.slots[name], dict):
+                cleaned[name], weights[name] = _weighted_values(name, self.slots[name])
+            else:
+                cleaned[name] = _clean_values(name, self.slots[name])
+        if self.weights is not None:
+            weights = self._explicit_weights(cleaned, weights)
         object.__setattr__(self, "slots", cleaned)
         object.__setattr__(self, "names", tuple(names))
         object.__setattr__(self, "negative_prompt", " ".join((self.negative_prompt or "").split()))
+        normalised = {name: _normalised(name, weights[name]) for name in names if name in weights}
+        object.__setattr__(self, "weights", normalised or None)
+        cumulative = {
+            name: list(accumulate(normalised[name][v] for v in cleaned[name]))[:-1] for name in normalised
+        }  # the last bound is implicit (1.0): float sums that end at 0.9999999 cannot run off the list
+        object.__setattr__(self, "_cumulative", cumulative)
+
+    def _explicit_weights(
+        self, cleaned: dict[str, tuple[str, ...]], from_slots: dict[str, dict[str, float]]
+    ) -> dict[str, dict[str, float]]:
+        """Validate the ``weights`` map: known slots, every value of a weighted slot and no other."""
+        if not isinstance(self.weights, dict):
+            raise ValueError("weights must be an object mapping slot names to {value: weight}")
+        out = dict(from_slots)
+        for name, given in self.weights.items():
+            if name not in cleaned:
+                raise ValueError(f"weights: '{name}' is not a slot of the template")
+            if name in from_slots:
+                raise ValueError(f"weights: slot '{name}' already has weights in its slot object")
+            if not isinstance(given, dict):
+                raise ValueError(f"weights.{name}: must be an object mapping values to weights")
+            tidy = {_tidy(v) if isinstance(v, str) else v: w for v, w in given.items()}
+            unknown = [v for v in tidy if v not in cleaned[name]]
+            if unknown:
+                raise ValueError(f"weights.{name}: {unknown} are not values of slot '{name}'")
+            missing = [v for v in cleaned[name] if v not in tidy]
+            if missing:
+                raise ValueError(f"weights.{name}: no weight for {missing} (name every value; 0 is allowed)")
+            out[name] = {v: _weight(f"weights.{name} value {v!r}", tidy[v]) for v in cleaned[name]}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocabulary:
@@ -148,14 +238,44 @@ class Vocabulary:
         for key in ("template", "slots"):
             if key not in data:
                 raise ValueError(f"vocabulary: '{key}' is missing")
-        return cls(data["template"], data["slots"], data.get("negative_prompt") or "")
+        return cls(data["template"], data["slots"], data.get("negative_prompt") or "", data.get("weights"))
 
     def to_dict(self) -> dict:
-        return {
+        """``{"template", "slots": {slot: [values]}, "negative_prompt"}`` plus ``"weights"`` when weighted."""
+        out: dict = {
             "template": self.template,
             "slots": {name: list(values) for name, values in self.slots.items()},
             "negative_prompt": self.negative_prompt,
         }
+        if self.weights:
+            out["weights"] = {name: dict(w) for name, w in self.weights.items()}
+        return out
+
+    def stored_slots(self) -> dict[str, list[str] | dict[str, float]]:
+        """Slots in the form a saved vocabulary row keeps (it has no weights column): a weighted slot
+        as ``{value: weight}``, the others as lists. ``Vocabulary(template, stored_slots())`` round-trips."""
+        weights = self.weights or {}
+        return {name: dict(weights[name]) if name in weights else list(v) for name, v in self.slots.items()}
+
+    def probability(self, slot: str, value: str) -> float:
+        """Probability that an image of a weighted vocabulary draws ``value`` for ``slot``."""
+        if self.weights and slot in self.weights:
+            return self.weights[slot].get(value, 0.0)
+        return 1.0 / len(self.slots[slot]) if value in self.slots[slot] else 0.0
+
+    def _weighted_item(self, index: int, seed: int) -> PromptItem:
+        """Image ``index`` of a weighted vocabulary: each slot drawn independently by inverse CDF of a
+        uniform hashed from (seed, index, slot), so the draw depends on nothing else."""
+        values: dict[str, str] = {}
+        for name in self.names:
+            digest = hashlib.sha256(f"rebalance-weighted:{seed}:{index}:{name}".encode()).digest()
+            u = int.from_bytes(digest[:7], "big") / 2**56  # 56 random bits: uniform in [0, 1)
+            options = self.slots[name]
+            if name in self._cumulative:
+                values[name] = options[bisect_right(self._cumulative[name], u)]
+            else:
+                values[name] = options[int(u * len(options))]
+        return PromptItem(index, self.render(values), values, image_seed(seed, index))
 
     def distinct_count(self) -> int:
         """Number of distinct prompts (size of the Cartesian product of the de-duplicated lists)."""
@@ -177,9 +297,12 @@ class Vocabulary:
     def item(self, index: int, seed: int, shuffle: bool = True) -> PromptItem:
         """Image `index` of a job with `seed`. With `shuffle`, each pass over the product is a fresh
         pseudo-random order; without, the product is enumerated in order. Past `distinct_count()`
-        the prompts cycle, with new image seeds."""
+        the prompts cycle, with new image seeds. A weighted vocabulary draws every slot by its weights
+        instead (with replacement; ``shuffle`` does not apply)."""
         if index < 0:
             raise ValueError(f"index must be >= 0, got {index}")
+        if self.weights:
+            return self._weighted_item(index, seed)
         n = self.distinct_count()
         cycle, position = divmod(index, n)
         if shuffle:
@@ -193,7 +316,7 @@ class Vocabulary:
         until the product is exhausted, then cycling with new seeds."""
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
-        if shuffle and count:
+        if shuffle and count and not self.weights:
             n = self.distinct_count()
             # One permutation object per cycle touched, instead of re-deriving keys per item.
             perms: dict[int, _Permutation] = {}

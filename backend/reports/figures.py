@@ -53,26 +53,55 @@ def _minority_acc(row: dict[str, Any], minority: Sequence[str]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+# Where a point's label goes, in turn, when several points would put theirs in the same place.
+LABEL_POSITIONS = (
+    "top center", "bottom center", "middle right", "middle left", "top right", "bottom right", "top left", "bottom left"
+)  # fmt: skip
+
+
+def label_positions(points: Sequence[tuple[float, float]], x_tol: float, y_tol: float) -> list[str]:
+    """A text position per (x, y) point such that points closer than (x_tol, y_tol) to an earlier point
+    of their cluster get different positions (equal values used to print their labels on top of each
+    other). Clusters are chains of close points; beyond 8 members positions repeat."""
+    out = [LABEL_POSITIONS[0]] * len(points)
+    taken: list[tuple[float, float, int]] = []  # (x, y, slot) of placed points
+    for i, (x, y) in enumerate(points):
+        if np.isnan(y):
+            continue
+        near = {slot for px, py, slot in taken if abs(px - x) <= x_tol and abs(py - y) <= y_tol}
+        slot = next((k for k in range(len(LABEL_POSITIONS)) if k not in near), len(taken) % len(LABEL_POSITIONS))
+        out[i] = LABEL_POSITIONS[slot]
+        taken.append((x, y, slot))
+    return out
+
+
 def minority_vs_synthetic(rows: Rows, classes: Sequence[str], minority: Sequence[str]) -> go.Figure:
-    """Minority-class accuracy (mean over minority classes) against the synthetic images each variant added."""
+    """Minority-class accuracy (mean over minority classes) against the synthetic images each variant added.
+    Variants at (nearly) the same point get their labels on different sides of it."""
     fig = go.Figure()
+    points = []
     for s in summarize(rows, classes):
         runs = [r for r in rows if r["variant"] == s.variant]
         n_syn = int(np.mean([r.get("n_synthetic", 0) or 0 for r in runs]))
         accs = [a for a in (_minority_acc(r, minority) for r in runs) if a is not None]
         mean = float(np.mean(accs)) if accs else float("nan")
         std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+        points.append((s.variant, n_syn, mean, std, len(accs)))
+    xs = [p[1] for p in points]
+    x_tol = 0.04 * max(max(xs, default=0) - min(xs, default=0), 1)  # ~ a label's width on the axis
+    positions = label_positions([(p[1], p[2]) for p in points], x_tol, 4.0)  # 4 points of accuracy ~ a line
+    for (variant, n_syn, mean, std, n_accs), position in zip(points, positions, strict=True):
         fig.add_trace(
             go.Scatter(
-                name=s.variant,
+                name=variant,
                 x=[n_syn],
                 y=_nan_to_none([mean]),
-                error_y={"type": "data", "array": [std], "visible": len(accs) > 1},
+                error_y={"type": "data", "array": [std], "visible": n_accs > 1},
                 mode="markers+text",
-                text=[s.variant],
-                textposition="top center",
+                text=[variant],
+                textposition=position,
                 marker={"size": 11},
-                hovertemplate=f"{s.variant}<br>%{{x}} synthetic images<br>minority %{{y:.2f}} %<extra></extra>",
+                hovertemplate=f"{variant}<br>%{{x}} synthetic images<br>minority %{{y:.2f}} %<extra></extra>",
             )
         )
     fig.update_layout(

@@ -10,7 +10,7 @@ from typing import Any
 import plotly.offline
 
 from backend.reports.figures import confusion_heatmap, minority_vs_synthetic, per_class_bars, training_curves
-from backend.reports.tables import selection_note, summarize, summary_html
+from backend.reports.tables import quality_html, rounds_html, selection_note, summarize, summary_html
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; }
@@ -30,8 +30,15 @@ def render_report(
     *,
     title: str = "Rebalance benchmark",
     meta: dict[str, Any] | None = None,
+    quality: dict[str, dict[str, Any]] | None = None,
+    rounds: Sequence[dict[str, Any]] | None = None,
 ) -> str:
-    """A complete HTML document that opens offline: table, figures (one confusion matrix per variant), metadata."""
+    """A complete HTML document that opens offline: table, figures (one confusion matrix per variant), metadata.
+
+    ``quality`` (variant -> the quality panel of its selection, ``tables.quality_html``) adds a table of
+    precision/recall/density/coverage/Fréchet beside each variant's minority accuracy; ``rounds`` (one
+    dict per generate -> select -> reweight round, ``tables.rounds_html``) a table of the closed loop.
+    """
     esc = html.escape
     summary = summarize(rows, classes)
     figures = [per_class_bars(rows, classes, minority), minority_vs_synthetic(rows, classes, minority)]
@@ -44,6 +51,24 @@ def render_report(
         f'<div class="figure">{fig.to_html(full_html=False, include_plotlyjs=False, default_height="460px")}</div>'
         for fig in figures
     ]
+    extra = []
+    if quality:
+        extra += [
+            "<h2>Quality of the synthetic images</h2>",
+            "<p>Each selection's picks and whole pool against the kept real images of the minority class, in the "
+            "selection classifier's own feature space (no downloaded network): precision and recall "
+            "(Kynkäänniemi 2019), density and coverage (Naeem 2020), Fréchet distance. Values compare "
+            "variants of this study, not published FIDs.</p>",
+            quality_html(quality, rows, minority),
+        ]
+    if rounds:
+        extra += [
+            "<h2>Rounds: generate → select → reweight</h2>",
+            "<p>Each round generates a pool whose prompt-slot values are drawn in proportion to how well they "
+            "did in the previous round's selection (additive smoothing, no value drops to zero), selects from "
+            "it, and is benchmarked as its own variant with the same number of picks.</p>",
+            rounds_html(rounds, rows, minority),
+        ]
     meta_block = ""
     if meta:
         meta_block = f'<h2>Configuration</h2>\n<pre class="meta">{esc(json.dumps(meta, indent=2, default=str))}</pre>'
@@ -63,6 +88,7 @@ def render_report(
             f"<p>Test accuracy in percent, mean ± std over seeds. Minority class: <b>{esc(', '.join(minority))}</b> "
             f"(highlighted). {esc(selection_note(rows, minority))}</p>",
             summary_html(summary, classes, minority),
+            *extra,
             *divs,
             meta_block,
             "</body>",

@@ -195,3 +195,74 @@ def results_json(
             for s in summary
         ],
     }
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def minority_accuracy(rows: Sequence[dict[str, Any]], minority: Sequence[str]) -> dict[str, float]:
+    """Mean test accuracy over the minority classes and seeds, per variant (percent)."""
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        values = [v for c in minority if (v := (r.get("per_class") or {}).get(c)) is not None]
+        if values:
+            out.setdefault(r["variant"], []).append(sum(values) / len(values))
+    return {v: sum(a) / len(a) for v, a in out.items()}
+
+
+QUALITY_COLUMNS = ("precision", "recall", "density", "coverage", "frechet")
+
+
+def quality_html(quality: dict[str, dict[str, Any]], rows: Sequence[dict[str, Any]], minority: Sequence[str]) -> str:
+    """The quality panel of each selection-backed variant beside its minority accuracy, as a ``<table>``.
+
+    ``quality``: variant -> {"selection_id", "target", "picks": panel | None, "pool": panel | None}
+    (panels as ``selection/quality.py`` computes them: the picks and the whole pool, each against the
+    kept real images of the target class, in the selection classifier's feature space).
+    """
+    acc = minority_accuracy(rows, minority)
+    esc = html.escape
+    head = "".join(f"<th>{c}</th>" for c in ("variant", "selection", "minority acc (%)", "set", *QUALITY_COLUMNS))
+    body = []
+    for variant, q in quality.items():
+        for label, key in (("picks", "picks"), ("pool", "pool")):
+            panel = q.get(key) or {}
+            if not panel:
+                continue
+            cells = [esc(variant), esc(str(q.get("selection_id", ""))), _num(acc.get(variant), 2), label]
+            cells += [_num(panel.get(c), 1 if c == "frechet" else 3) for c in QUALITY_COLUMNS]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f'<table class="results quality"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def rounds_html(rounds: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], minority: Sequence[str]) -> str:
+    """One line per generate -> select -> reweight round: its pool and selection, the picks (how many, mean
+    minority posterior), their quality panel against the kept real minority, the minority accuracy of
+    the round's benchmark variant, and the slot value the next round weights most."""
+    acc = minority_accuracy(rows, minority)
+    esc = html.escape
+    cols = ("round", "variant", "pool", "selection", "picks", "mean p(minority)", "precision", "coverage",
+            "frechet", "minority acc (%)", "next round's top value")  # fmt: skip
+    body = []
+    for r in rounds:
+        panel = r.get("quality") or {}
+        top = r.get("top_weight")
+        cells = [
+            str(r.get("round")),
+            esc(str(r.get("variant", ""))),
+            esc(str(r.get("pool_id", ""))),
+            esc(str(r.get("selection_id", ""))),
+            _num(r.get("picks")),
+            _num(r.get("minority_prob"), 3),
+            _num(panel.get("precision"), 3),
+            _num(panel.get("coverage"), 3),
+            _num(panel.get("frechet"), 1),
+            _num(acc.get(r.get("variant", "")), 2),
+            esc(f"{top['slot']}={top['value']} ({top['weight']:.2f})") if top else "–",
+        ]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    return f'<table class="results rounds"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

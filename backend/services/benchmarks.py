@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.models import Benchmark, BenchmarkRun
+from backend.db.models import Benchmark, BenchmarkRun, Selection
 from backend.services.errors import NotFound
 
 
@@ -48,3 +48,26 @@ def rows_of(session: Session, benchmark_id: int) -> tuple[dict[str, Any], list[d
     """(the benchmark's info, its run rows in table order)."""
     row, runs = load(session, benchmark_id)
     return dict(row.info or {}), run_rows(runs)
+
+
+def variant_quality(session: Session, benchmark: Benchmark) -> dict[str, dict[str, Any]]:
+    """The quality panel of each variant made from a selection, by variant name (others are left out):
+    ``{"selection_id", "target", "picks": panel | None, "pool": panel | None}`` -- the picks and the whole
+    pool, each against the kept real images of the target class (``selection/quality.py``; stored with
+    the selection when its job finished, so this is a lookup, not a computation)."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in (benchmark.params or {}).get("variants", []):
+        if not isinstance(spec, dict) or spec.get("selection_id") is None:
+            continue
+        sel = session.get(Selection, spec["selection_id"])
+        quality = (sel.info or {}).get("quality") if sel is not None else None
+        if not quality:
+            continue
+        target = quality.get("target")
+        out[spec["name"]] = {
+            "selection_id": sel.id,
+            "target": target,
+            "picks": quality.get("picks"),
+            "pool": (quality.get("pool") or {}).get(target),
+        }
+    return out

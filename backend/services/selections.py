@@ -12,11 +12,14 @@ from sqlalchemy.orm import Session
 from backend.data.export import iter_zip
 from backend.data.images import decode_image
 from backend.data.variants import with_synthetic
-from backend.db.models import Dataset, PoolImage, Selection, SelectionPick
+from backend.db.models import Dataset, Pool, PoolImage, Selection, SelectionPick
+from backend.db.models import Vocabulary as VocabularyRow
+from backend.generation.prompts import Vocabulary, default_vocabulary, image_seed
 from backend.selection.review import ReviewOutcome, apply_review
-from backend.selection.slots import reweight, slot_analytics
+from backend.selection.slots import confused_classes, next_round_vocabulary, reweight, slot_analytics
 from backend.services.datasets import build_variant, open_row
 from backend.services.errors import Invalid, NotFound, NotReady
+from backend.services.rows import job_statuses
 from backend.store import FileStore
 
 
@@ -183,3 +186,93 @@ def selection_slots(session: Session, selection_id: int, smoothing: float = 1.0)
         "weights": reweight(analytics, smoothing),
         "candidates_with_slots": sum(1 for v in slots_of.values() if v),
     }
+
+
+def _pool_vocabulary(session: Session, pool: Pool) -> Vocabulary:
+    """The vocabulary an SD pool was generated from, resolved as ``generate_sd`` resolved it."""
+    params = pool.params or {}
+    given = params.get("vocabulary")
+    if isinstance(given, dict):
+        return Vocabulary.from_dict(given)
+    if isinstance(given, int):
+        row = session.get(VocabularyRow, given)
+        if row is None:
+            raise NotReady(f"vocabulary {given} of pool {pool.id} no longer exists")
+        return Vocabulary(row.template, row.slots, row.negative_prompt or "")
+    meta = session.scalar(select(PoolImage.meta).where(PoolImage.pool_id == pool.id).limit(1)) or {}
+    minority = ((params.get("imbalance") or {}).get("minority_names") or [None])[0]
+    return default_vocabulary(meta.get("concept_token") or minority or "cat")
+
+
+def _saved(session: Session, vocab: Vocabulary, name: str) -> VocabularyRow:
+    """A saved vocabulary row holding ``vocab`` (weights in its slots): the existing row with the same
+    content when there is one (a repeated request reuses it), else a new one named ``name`` (#2, #3...)."""
+    slots = vocab.stored_slots()
+    taken = set()
+    for row in session.scalars(select(VocabularyRow).where(VocabularyRow.name.like(f"{name}%"))):
+        taken.add(row.name)
+        if (
+            row.template == vocab.template
+            and row.slots == slots
+            and (row.negative_prompt or "") == vocab.negative_prompt
+        ):
+            return row
+    unique, n = name, 1
+    while unique in taken:
+        n += 1
+        unique = f"{name} #{n}"
+    row = VocabularyRow(name=unique, template=vocab.template, slots=slots, negative_prompt=vocab.negative_prompt)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def next_round(
+    session: Session,
+    selection_id: int,
+    *,
+    smoothing: float = 1.0,
+    negative_classes: int = 0,
+    seed: int | None = None,
+    count: int | None = None,
+) -> dict[str, Any]:
+    """Params of the next ``generate_sd`` round of a finished selection over SD pools (the closed loop).
+
+    The first pool's job params are copied; its vocabulary gets per-value weights from the selection's
+    slot analytics (``slots.next_round_vocabulary``; analytics over all its pools) and, with
+    ``negative_classes`` > 0, that many of the classes the pool drifted to (``slots.confused_classes``)
+    as negative-prompt terms. The weighted vocabulary is saved as a vocabulary row (the job params name
+    it by id, the form ``generate_sd`` reads weights from), ``seed`` defaults to a hash of (the pool's
+    seed, selection id) so a repeated request asks for the same job, and ``count`` to the pool's.
+    Returns ``{"params", "vocabulary_id", "vocabulary", "negative_terms"}``; the caller commits and submits.
+    NotReady (409) unless the selection's job succeeded; Invalid (422) unless every pool is an SD pool.
+    """
+    sel = get_selection(session, selection_id)
+    status = job_statuses(session, [sel.job_id]).get(sel.job_id, "unknown") if sel.job_id else "unknown"
+    if status != "succeeded" or not (sel.info or {}).get("target_class"):
+        raise NotReady(f"selection {selection_id} has not finished (its job is {status})")
+    pool_ids = list((sel.params or {}).get("pool_ids") or [])
+    pools = {p.id: p for p in session.scalars(select(Pool).where(Pool.id.in_(pool_ids)))}
+    not_sd = [i for i in pool_ids if i not in pools or pools[i].kind != "sd"]
+    if not pool_ids or not_sd:
+        kinds = {i: pools[i].kind if i in pools else "missing" for i in not_sd}
+        raise Invalid("pool_ids", f"selection {selection_id}: the next round needs SD pools; pools {kinds} are not")
+    base = pools[pool_ids[0]]
+    vocab = _pool_vocabulary(session, base)
+    analytics = selection_slots(session, selection_id, smoothing)["slots"]
+    terms = confused_classes((sel.info or {}).get("quality") or {}, negative_classes) if negative_classes else []
+    try:
+        weighted = next_round_vocabulary(vocab, analytics, smoothing, terms)
+    except ValueError as exc:
+        raise Invalid("smoothing", str(exc)) from exc
+    row = _saved(session, weighted, f"next round of selection {selection_id}")
+    params = {k: v for k, v in (base.params or {}).items()}
+    old_seed = int(params.get("seed") or 0)
+    params |= {
+        "vocabulary": row.id,
+        "seed": image_seed(old_seed, selection_id) if seed is None else int(seed),
+        "name": f"SD next round of selection {selection_id}",
+    }
+    if count is not None:
+        params["count"] = count
+    return {"params": params, "vocabulary_id": row.id, "vocabulary": weighted.to_dict(), "negative_terms": terms}

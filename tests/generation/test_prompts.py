@@ -112,3 +112,57 @@ def test_preview_and_generic_default() -> None:
     assert all(" an airplane " in p for p in vocab.preview(5))
     assert small().preview(100) == [item.prompt for item in small().sample(4, seed=0)]
     assert default_vocabulary("../cat").template != default_vocabulary("cat").template
+
+
+# -- weighted vocabularies (the next round of a selection) ----------------------------------------
+def test_weighted_slot_draws_values_in_proportion_and_never_a_zero_weight() -> None:
+    vocab = Vocabulary("{a} cat {b}", {"a": {"red": 3, " blue ": 1, "green": 0}, "b": ["here", "there"]})
+    assert vocab.weights == {"a": {"red": 0.75, "blue": 0.25, "green": 0.0}}  # normalised, whitespace tidied
+    counts = {"red": 0, "blue": 0, "green": 0}
+    for item in vocab.sample(4000, seed=1):
+        counts[item.slots["a"]] += 1
+    assert counts["green"] == 0
+    assert abs(counts["red"] / 4000 - 0.75) < 0.03 and abs(counts["blue"] / 4000 - 0.25) < 0.03
+    heres = sum(item.slots["b"] == "here" for item in vocab.sample(4000, seed=1))
+    assert abs(heres / 4000 - 0.5) < 0.03  # the unweighted slot stays uniform
+
+
+def test_weighted_image_is_a_function_of_seed_and_index_only() -> None:
+    vocab = Vocabulary(
+        "{a} cat {b}", {"a": ["red", "blue"], "b": ["here", "there"]}, weights={"a": {"red": 2, "blue": 1}}
+    )
+    whole = vocab.sample(50, seed=7)
+    assert [vocab.item(i, 7) for i in range(50)] == whole
+    assert vocab.sample(20, seed=7, start=30) == whole[30:]  # chunking / resume cannot change image i
+    assert vocab.sample(50, seed=8) != whole
+    assert len({item.seed for item in whole}) == 50
+
+
+def test_weights_round_trip_through_dict_and_stored_slots() -> None:
+    vocab = Vocabulary("{a} cat {b}", {"a": ["red", "blue"], "b": ["here"]}, weights={"a": {"red": 1, "blue": 3}})
+    assert Vocabulary.from_dict(vocab.to_dict()) == vocab
+    assert vocab.to_dict()["weights"] == {"a": {"red": 0.25, "blue": 0.75}}
+    stored = vocab.stored_slots()
+    assert stored == {"a": {"red": 0.25, "blue": 0.75}, "b": ["here"]}
+    assert Vocabulary(vocab.template, stored) == vocab
+    assert "weights" not in small().to_dict() and small().weights is None
+
+
+@pytest.mark.parametrize(
+    ("slots", "weights", "message"),
+    [
+        ({"a": {"red": -1, "blue": 1}}, None, "finite and >= 0"),
+        ({"a": {"red": float("inf")}}, None, "finite and >= 0"),
+        ({"a": {"red": float("nan")}}, None, "finite and >= 0"),
+        ({"a": {"red": 0, "blue": 0}}, None, "all zero"),
+        ({"a": {"red": "2"}}, None, "not a number"),
+        ({"a": {"red": 1, " red": 2}}, None, "weighted twice"),
+        ({"a": ["red", "blue"]}, {"a": {"red": 1, "pink": 1}}, r"\['pink'\] are not values of slot 'a'"),
+        ({"a": ["red", "blue"]}, {"a": {"red": 1}}, r"no weight for \['blue'\]"),
+        ({"a": ["red", "blue"]}, {"b": {"red": 1}}, "'b' is not a slot"),
+        ({"a": {"red": 1}}, {"a": {"red": 1}}, "already has weights"),
+    ],
+)
+def test_bad_weights_name_the_slot(slots: dict, weights: dict | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Vocabulary("{a} cat", slots, weights=weights)

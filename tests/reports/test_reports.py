@@ -188,3 +188,59 @@ def test_report_says_how_the_weights_were_chosen_and_what_validation_holds() -> 
     assert "seed 1: 41 real images, 4 of the minority class" in note
     assert "seed 0: 40 real images, 3 of the minority class" in render_report(rows, CLASSES, MINORITY)
     assert "last epoch" in selection_note([{**ROWS[0], "select_epoch": "last"}], MINORITY)
+
+
+def test_variants_at_the_same_point_get_their_labels_on_different_sides() -> None:
+    """Issue 20.8: two variants with equal values printed their labels on top of each other."""
+    rows = [*ROWS, {**ROWS[0], "variant": "oversample"}, {**ROWS[1], "variant": "oversample"}]
+    rows += [{**r, "variant": "class_weighted"} for r in ROWS[:2]]
+    scatter = build_figure("minority_vs_synthetic", rows, CLASSES, MINORITY).to_dict()
+    at = {t["name"]: ((t["x"][0], round(t["y"][0], 6)), t["textposition"]) for t in scatter["data"]}
+    same = [at[v] for v in ("imbalanced", "oversample", "class_weighted")]
+    assert len({p for p, _ in same}) == 1  # the three sit on one point...
+    assert len({pos for _, pos in same}) == 3  # ...and their labels go to three different sides
+    assert at["sd_al"][1] == "top center"  # a point alone keeps the default
+
+
+def test_label_positions_only_move_labels_of_close_points() -> None:
+    from backend.reports.figures import label_positions
+
+    assert label_positions([(0, 50.0), (0, 51.0), (0, 80.0), (100, 50.0)], 4, 4) == [
+        "top center", "bottom center", "top center", "top center"
+    ]  # fmt: skip
+    assert len(set(label_positions([(0, 50.0)] * 8, 4, 4))) == 8
+
+
+QUALITY = {
+    "sd_al": {
+        "selection_id": 7,
+        "target": "cat",
+        "picks": {"precision": 0.91, "recall": 0.4, "density": 1.02, "coverage": 0.83, "frechet": 12.5},
+        "pool": {"precision": 0.55, "recall": 0.7, "density": 0.61, "coverage": 0.9, "frechet": 30.25},
+    }
+}
+
+
+def test_report_shows_the_quality_panel_beside_minority_accuracy() -> None:
+    text = render_report(ROWS, CLASSES, MINORITY, quality=QUALITY)
+    parsed = _parse(text)
+    table = text.split('class="results quality"')[1].split("</table>")[0]
+    cells = [c for tag, _, c in parsed.cells if tag == "td"]
+    i = cells.index("picks")
+    # variant, selection, minority accuracy (mean of seeds 50 and 60), set, precision .. frechet
+    assert cells[i - 3 : i + 6] == ["sd_al", "7", "55.00", "picks", "0.910", "0.400", "1.020", "0.830", "12.5"]
+    assert "<td>pool</td>" in table and "30.2" in table
+    assert "Quality of the synthetic images" not in render_report(ROWS, CLASSES, MINORITY)
+
+
+def test_report_shows_one_line_per_round() -> None:
+    rounds = [
+        {"round": 1, "variant": "sd_al", "pool_id": 3, "selection_id": 7, "picks": 10, "minority_prob": 0.8,
+         "quality": QUALITY["sd_al"]["picks"], "top_weight": {"slot": "breed", "value": "tabby", "weight": 0.61}},
+        {"round": 2, "variant": "sd_al_r2", "pool_id": 5, "selection_id": 9, "picks": 10, "minority_prob": None},
+    ]  # fmt: skip
+    text = render_report(ROWS, CLASSES, MINORITY, rounds=rounds)
+    _parse(text)
+    table = text.split('class="results rounds"')[1].split("</table>")[0]
+    assert table.count("<tr>") == 3 and "breed=tabby (0.61)" in table and "<td>55.00</td>" in table
+    assert "<td>sd_al_r2</td>" in table and "<td>–</td>" in table  # no benchmark row, no quality yet

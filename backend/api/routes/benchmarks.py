@@ -15,8 +15,8 @@ from backend.core.types import DbId
 from backend.db.models import Benchmark, BenchmarkRun
 from backend.reports.figures import FIGURES, build_figure
 from backend.reports.html import render_report
-from backend.reports.tables import results_csv, summarize, summary_html
-from backend.services.benchmarks import load, run_rows
+from backend.reports.tables import quality_html, results_csv, summarize, summary_html
+from backend.services.benchmarks import load, run_rows, variant_quality
 from backend.services.rows import job_statuses
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
@@ -54,6 +54,9 @@ class RunOut(BaseModel):
 
 class BenchmarkOut(BenchmarkSummary):
     rows: list[RunOut]
+    # variant -> {selection_id, target, picks: panel, pool: panel}: the quality panel (precision, recall,
+    # density, coverage, frechet, n_real, n_fake, k) of each variant made from a selection
+    quality: dict[str, dict[str, Any]] = {}
 
 
 def _summary(row: Benchmark, runs_done: int, status: str) -> BenchmarkSummary:
@@ -95,7 +98,9 @@ def get_benchmark(benchmark_id: DbId, session: ReadSessionDep) -> BenchmarkOut:
         for r, run in zip(run_rows(runs), runs, strict=True)
     ]
     status = job_statuses(session, [row.job_id]).get(row.job_id, "unknown")
-    return BenchmarkOut(**_summary(row, len(runs), status).model_dump(), rows=out)
+    return BenchmarkOut(
+        **_summary(row, len(runs), status).model_dump(), rows=out, quality=variant_quality(session, row)
+    )
 
 
 @router.get("/{benchmark_id}/results.csv", response_class=PlainTextResponse)
@@ -112,26 +117,39 @@ def results(benchmark_id: DbId, session: ReadSessionDep) -> Response:
 
 @router.get("/{benchmark_id}/report.html", response_class=HTMLResponse)
 def report(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
-    """A self-contained HTML report (plotly.js inlined): Table 1, per-class bars, curves, confusion matrices."""
+    """A self-contained HTML report (plotly.js inlined): Table 1, the quality panel of selection variants beside
+    their minority accuracy, per-class bars, curves, confusion matrices."""
     row, runs = load(session, benchmark_id)
     if not runs:
         raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
     info = row.info or {}
     meta = {"benchmark_id": row.id, "dataset_id": row.dataset_id, "model": info.get("model"), "params": row.params}
     text = render_report(
-        run_rows(runs), info.get("classes", []), info.get("minority", []), title=f"Benchmark {row.id}", meta=meta
+        run_rows(runs),
+        info.get("classes", []),
+        info.get("minority", []),
+        title=f"Benchmark {row.id}",
+        meta=meta,
+        quality=variant_quality(session, row),
     )
     return HTMLResponse(text)
 
 
 @router.get("/{benchmark_id}/table.html", response_class=HTMLResponse)
 def table(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
-    """Table 1 (mean ± std over seeds per variant, minority columns first) as an HTML ``<table>``."""
+    """Table 1 (mean ± std over seeds per variant, minority columns first) as an HTML ``<table>``; when variants
+    come from selections, followed by a second ``<table>``: their quality panel beside their minority accuracy
+    (what the studio's Benchmark tab shows under the per-class plot)."""
     row, runs = load(session, benchmark_id)
     if not runs:
         raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
     classes, minority = (row.info or {}).get("classes", []), (row.info or {}).get("minority", [])
-    return HTMLResponse(summary_html(summarize(run_rows(runs), classes), classes, minority))
+    rows = run_rows(runs)
+    text = summary_html(summarize(rows, classes), classes, minority)
+    quality = variant_quality(session, row)
+    if quality:
+        text += "\n" + quality_html(quality, rows, minority)
+    return HTMLResponse(text)
 
 
 @router.get("/{benchmark_id}/figures/{name}.json")

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.api.deps import ReadSessionDep, SessionDep, StoreDep
+from backend.api.deps import DatabaseDep, ReadSessionDep, SessionDep, SettingsDep, StoreDep
 from backend.api.routes.datasets import zip_response
+from backend.api.schemas import JobOut
 from backend.core.types import DbId
-from backend.db.models import Selection, SelectionPick
+from backend.db.models import PoolImage, Selection, SelectionPick
+from backend.generation.prompts import MAX_SEED
+from backend.jobs import queue
+from backend.jobs.registry import get_kind
 from backend.services import selections as service
 from backend.services.rows import job_statuses
 
@@ -23,6 +30,9 @@ router = APIRouter(prefix="/selections", tags=["selections"])
 
 class PickOut(BaseModel):
     image_id: int
+    pool_id: int | None  # the pool the image belongs to
+    prompt: str | None  # the image's prompt (None for GAN / diffusion images, which have none)
+    seed: int | None  # the image's generation seed
     rank: int
     round: int
     score: float
@@ -70,9 +80,12 @@ class ReviewOut(BaseModel):
     unreplaced: list[int]  # rejected ids left without a replacement (reserve exhausted)
 
 
-def _pick_out(row: SelectionPick) -> PickOut:
+def _pick_out(row: SelectionPick, image: PoolImage | None) -> PickOut:
     return PickOut(
         image_id=row.image_id,
+        pool_id=None if image is None else image.pool_id,
+        prompt=None if image is None else image.prompt,
+        seed=None if image is None else image.seed,
         rank=row.rank,
         round=row.round,
         score=row.score,
@@ -88,6 +101,9 @@ def _pick_out(row: SelectionPick) -> PickOut:
 def _out(session: Session, sel: Selection) -> SelectionOut:
     info = dict(sel.info or {})
     info["reserve_left"] = len(info.pop("reserve", []))
+    rows = service.picks(session, sel.id)
+    ids = [p.image_id for p in rows]
+    images = {i.id: i for i in session.scalars(select(PoolImage).where(PoolImage.id.in_(ids)))} if ids else {}
     return SelectionOut(
         id=sel.id,
         dataset_id=sel.dataset_id,
@@ -96,7 +112,7 @@ def _out(session: Session, sel: Selection) -> SelectionOut:
         info=info,
         rounds=sel.rounds or [],
         feature_map=sel.feature_map or {},
-        picks=[_pick_out(p) for p in service.picks(session, sel.id)],
+        picks=[_pick_out(p, images.get(p.image_id)) for p in rows],
         created_at=sel.created_at,
     )
 
@@ -158,6 +174,72 @@ def selection_slots(
     """Per prompt-slot value of an SD pool: candidates, picks, mean pick score and review acceptance rate,
     plus the reweighted sampling weights a next generation round would use."""
     return SlotsOut(**service.selection_slots(session, selection_id, smoothing))
+
+
+class NextRoundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    smoothing: float = Field(1.0, gt=0, le=1000, description="additive smoothing of the slot weights (larger: flatter)")
+    negative_classes: int = Field(
+        0, ge=0, le=10, description="add this many classes the pool drifted to (quality panel) as negative-prompt terms"
+    )
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="job seed; default: a hash of (pool seed, selection)")
+    count: int | None = Field(None, ge=1, le=1_000_000, description="images to generate; default: the pool's count")
+
+
+class NextRoundOut(BaseModel):
+    job: JobOut  # the queued generate_sd job
+    vocabulary_id: int  # the saved, weighted vocabulary its params name
+    vocabulary: dict[str, Any]  # template, slots, negative_prompt and weights {slot: {value: w}}
+    negative_terms: list[str]  # classes added to the negative prompt
+
+
+@router.post("/{selection_id}/next_round", response_model=NextRoundOut, status_code=status.HTTP_201_CREATED)
+def next_round(
+    selection_id: DbId,
+    session: SessionDep,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    response: Response,
+    body: NextRoundIn | None = None,
+) -> NextRoundOut:
+    """The closed loop: queue a ``generate_sd`` job like the selection's SD pool's, whose vocabulary draws
+    each slot value in proportion to how well its images did in this selection (smoothed, never zero).
+    409 while the selection is unfinished, 422 when its pools are not SD pools. The same request twice
+    returns the first job (200)."""
+    body = body or NextRoundIn()
+    out = service.next_round(
+        session,
+        selection_id,
+        smoothing=body.smoothing,
+        negative_classes=body.negative_classes,
+        seed=body.seed,
+        count=body.count,
+    )
+    session.commit()  # the job reads its vocabulary row
+    kind = get_kind("generate_sd")
+    try:
+        params = kind.params_model.model_validate(out["params"], context={"settings": settings})
+    except ValidationError as exc:  # pool params from an older version of the kind
+        errors = [{**e, "loc": ("body", "pool_params", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+    dumped = params.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
+    try:
+        job, created = queue.submit(
+            db, "generate_sd", dumped, idempotency_key=f"next-round:{selection_id}:{digest}",
+            max_attempts=settings.max_attempts,
+        )  # fmt: skip
+    except queue.IdempotencyConflict as exc:
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return NextRoundOut(
+        job=JobOut.model_validate(job),
+        vocabulary_id=out["vocabulary_id"],
+        vocabulary=out["vocabulary"],
+        negative_terms=out["negative_terms"],
+    )
 
 
 @router.get("/{selection_id}/export")

@@ -23,16 +23,23 @@ class VocabularyBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     template: str = Field(..., max_length=2000, examples=["{breed} cat {preposition} the {furniture}"])
-    slots: dict[str, list[str]] = Field(..., examples=[{"breed": ["Bengal"], "preposition": ["on"]}])
+    slots: dict[str, list[str] | dict[str, float]] = Field(
+        ...,
+        examples=[{"breed": ["Bengal"], "preposition": ["on"]}],
+        description="values per slot: a list (drawn uniformly) or {value: weight} (drawn in proportion)",
+    )
     negative_prompt: str = Field("", max_length=2000)
+    weights: dict[str, dict[str, float]] | None = Field(
+        None, description="per-value sampling weights {slot: {value: w}} for list slots (every value named)"
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> VocabularyBody:
-        Vocabulary(self.template, self.slots, self.negative_prompt)
+        self.core()  # ValueError names the slot at fault
         return self
 
     def core(self) -> Vocabulary:
-        return Vocabulary(self.template, self.slots, self.negative_prompt)
+        return Vocabulary(self.template, self.slots, self.negative_prompt, self.weights)
 
 
 class VocabularyIn(VocabularyBody):
@@ -45,6 +52,7 @@ class VocabularyOut(BaseModel):
     template: str
     slots: dict[str, list[str]]
     negative_prompt: str
+    weights: dict[str, dict[str, float]] | None = None  # per-value sampling weights (normalised per slot)
     distinct_count: int
     created_at: datetime
     updated_at: datetime
@@ -80,6 +88,7 @@ def _out(row: VocabularyRow) -> VocabularyOut:
         template=vocab.template,
         slots={k: list(v) for k, v in vocab.slots.items()},
         negative_prompt=vocab.negative_prompt,
+        weights=vocab.weights or None,
         distinct_count=vocab.distinct_count(),
         created_at=row.created_at,
         updated_at=row.updated_at,
