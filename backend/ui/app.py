@@ -26,6 +26,10 @@ THEME = gr.themes.Soft(
     font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
 )
 
+# Gradio's status tracker announces a finished event with ``i18n("common.complete")``, a key its bundled
+# English lacks: without this the raw key reaches the page (issue 20.8).
+I18N = gr.I18n(en={"common.complete": "Done"})
+
 
 def _header() -> str:
     logo = (ASSETS / "logo.svg").read_text()
@@ -100,4 +104,5 @@ def mount_ui(app: FastAPI, api: ApiClient, max_file_size: int) -> FastAPI:
         max_file_size=max_file_size,
         ssr_mode=False,
         footer_links=["gradio", "settings"],  # no "Use via API": the REST API is the API
+        i18n=I18N,
     )

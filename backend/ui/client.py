@@ -13,12 +13,34 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class ApiError(Exception):
-    """A non-2xx answer, carrying the API's own one-line explanation (422 ``message`` or ``detail``)."""
+    """A non-2xx answer, carrying the API's own one-line explanation (422 ``message`` or ``detail``) and,
+    for a 422, the params it names (``budget``, ``variants.1.count``) so a form can mark those fields."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, fields: list[str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.fields = fields or []
+
+
+def _fields(response: httpx.Response) -> list[str]:
+    """The dotted params a 422 names: ``loc`` without its ``body`` / ``params`` prefix."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return []
+    if not isinstance(detail, list):
+        return []
+    out = []
+    for d in detail:
+        if not isinstance(d, dict):
+            continue
+        loc = [str(p) for p in d.get("loc") or []]
+        while loc and loc[0] in ("body", "params"):
+            loc.pop(0)
+        if loc and ".".join(loc) not in out:
+            out.append(".".join(loc))
+    return out
 
 
 def _message(response: httpx.Response) -> str:
@@ -61,7 +83,8 @@ class ApiClient:
         except httpx.HTTPError as exc:
             raise ApiError(0, f"cannot reach the API at {self.base_url}: {exc}") from exc
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _message(response))
+            fields = _fields(response) if response.status_code == 422 else []
+            raise ApiError(response.status_code, _message(response), fields)
         if not response.content:
             return None
         if response.headers.get("content-type", "").startswith("application/json"):

@@ -32,8 +32,11 @@ class Ctx:
 
 
 # -- messages ---------------------------------------------------------------------------------------
-def error_html(message: str) -> str:
-    return f'<div class="rb-msg rb-error" role="alert">{html.escape(message)}</div>'
+def error_html(message: str, fields: Sequence[str] = ()) -> str:
+    """An inline error; ``fields`` (the params a 422 names) go into ``data-fields`` so the form and its
+    tests can tell which field it is about."""
+    names = f' data-fields="{html.escape(" ".join(fields))}"' if fields else ""
+    return f'<div class="rb-msg rb-error" role="alert"{names}>{html.escape(message)}</div>'
 
 
 def ok_html(message: str) -> str:
@@ -130,12 +133,15 @@ def result_tick(
 
 
 def submit(api: ApiClient, kind: str, params: dict[str, Any], key: str | None) -> tuple[int | None, str]:
-    """Submit a job; returns (job id, inline message html). A 422 shows the API's own message."""
+    """Submit a job; returns (job id, inline message html). A 422 (a param out of range, or one the
+    server's submit-time checks refuse: a budget over the pools, an unfinished model...) shows the API's
+    own message naming the field. The success note names the job but not its status, which the job card
+    below keeps current (a "queued" note would go stale)."""
     try:
         job = api.submit(kind, params, key)
     except ApiError as exc:
-        return None, error_html(exc.message)
-    return int(job["id"]), ok_html(f"{kind} job #{job['id']} {job['status']}")
+        return None, error_html(exc.message, exc.fields)
+    return int(job["id"]), ok_html(f"submitted {kind} job #{job['id']}; its card below follows it")
 
 
 # -- URLs -------------------------------------------------------------------------------------------
@@ -217,8 +223,8 @@ def _resolve(prop: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def widget_update(prop: dict[str, Any], component: gr.components.Component, value: bool = True) -> Any:
-    """A ``gr.update`` giving ``component`` the param's choices, default (unless ``value`` is False),
-    and description with its limits."""
+    """A ``gr.update`` giving ``component`` the param's choices, default or device suggestion (unless
+    ``value`` is False), and description with its limits."""
     kw: dict[str, Any] = {}
     # Limits go into the help text, not the widget: a Gradio Number's own minimum check shows a toast
     # that names no field and blocks the form, while the API's 422 names the field inline.
@@ -227,14 +233,19 @@ def widget_update(prop: dict[str, Any], component: gr.components.Component, valu
     limits = f"{low:g} to {high:g}" if low is not None and high is not None else None
     if prop.get("description") or limits:
         kw["info"] = "; ".join(t for t in (prop.get("description"), limits) if t)
-    if value and "default" in prop and prop["default"] is not None:
-        kw["value"] = prop["default"]
+    # ``x-suggested``: where the API says a form should start on this server's device (e.g. a small GAN
+    # on a CPU), over the param's own default.
+    start = prop.get("x-suggested", prop.get("default"))
+    if value and start is not None:
+        kw["value"] = start
     if isinstance(component, gr.Dropdown | gr.Radio | gr.CheckboxGroup):
         examples = prop.get("examples") or []
         if examples and isinstance(examples[0], list):  # a list param: its example lists every value
             examples = examples[0]
         options = prop.get("enum") or examples
-        if options:
+        current = {c[1] if isinstance(c, tuple) else c for c in getattr(component, "choices", None) or []}
+        # Re-sent choices equal to the widget's own make a Radio keep its old selection over the new value.
+        if options and set(options) != current:
             kw["choices"] = list(options)
     if isinstance(component, gr.Slider):  # a slider cannot show a value outside its range anyway
         if low is not None:

@@ -255,14 +255,25 @@ def test_bad_params_answer_422(api, params: dict, field: str, text: str) -> None
     assert r.json()["message"].startswith(f"params.{field}" if field else "params:") and text in r.json()["message"]
 
 
-def test_unknown_dataset_or_pool_fails_the_job_clearly(api) -> None:
-    api.submit("benchmark", {"dataset_id": 42, "imbalance": SPEC, "variants": ["imbalanced"]})
-    (done,) = api.run_jobs()
+def test_unknown_dataset_or_pool_is_refused_at_submit_and_fails_a_queued_job_clearly(api) -> None:
+    """The API refuses both at submit (issue 20.3); queued past it, as an experiment stage is, the job
+    fails with the same fact."""
+    from backend.jobs import queue
+    from backend.jobs.kinds.benchmark import BenchmarkParams
+
+    def queued(params: dict) -> dict:
+        queue.submit(api.db, "benchmark", BenchmarkParams.model_validate(params).model_dump(mode="json"))
+        (done,) = api.run_jobs()
+        return done
+
+    params = {"dataset_id": 42, "imbalance": SPEC, "variants": ["imbalanced"]}
+    r = api.client.post("/api/jobs", json={"kind": "benchmark", "params": params})
+    assert r.status_code == 422 and r.json()["message"] == "params.dataset_id: dataset 42 does not exist"
+    done = queued(params)
     assert done["status"] == "failed" and done["error"] == "dataset 42 not found"
     ds_id = _dataset(api)
-    api.submit(
-        "benchmark",
-        {"dataset_id": ds_id, "imbalance": SPEC, "variants": [{"name": "gan", "pool_id": 77, "count": 5}], **FAST},
-    )
-    (done,) = api.run_jobs()
+    params = {"dataset_id": ds_id, "imbalance": SPEC, "variants": [{"name": "gan", "pool_id": 77, "count": 5}], **FAST}
+    r = api.client.post("/api/jobs", json={"kind": "benchmark", "params": params})
+    assert r.status_code == 422 and r.json()["message"] == "params.variants.0.pool_id: pool 77 does not exist"
+    done = queued(params)
     assert done["status"] == "failed" and done["error"] == "pool 77 not found"

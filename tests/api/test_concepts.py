@@ -69,6 +69,18 @@ def _run(api, kind: str, params: dict) -> dict:
     return done
 
 
+def _queued_past_admission(api, kind: str, params: dict) -> dict:
+    """Queue a job straight into the queue, as an experiment does, skipping the API's submit-time checks,
+    run it and return it: the worker checks the same things again and fails it clearly."""
+    from backend.jobs import queue
+    from backend.jobs.registry import get_kind
+
+    model = get_kind(kind).params_model
+    queue.submit(api.db, kind, model.model_validate(params).model_dump(mode="json", by_alias=True))
+    [done] = api.run_jobs()
+    return done
+
+
 def _pool(api, pool_id: int) -> tuple[list[dict], np.ndarray]:
     items = api.client.get(f"/api/pools/{pool_id}/images").json()["items"]
     pngs = [np.asarray(Image.open(io.BytesIO(api.client.get(it["url"]).content))) for it in items]
@@ -184,7 +196,9 @@ def test_crash_mid_training_resumes_to_the_same_artifact(api) -> None:
 
 
 def test_bad_concept_input_is_a_clear_error(api) -> None:
-    missing = _run(api, "generate_sd", GEN | {"concept_id": 999})
+    r = api.client.post("/api/jobs", json={"kind": "generate_sd", "params": GEN | {"concept_id": 999}})
+    assert r.status_code == 422 and r.json()["message"] == "params.concept_id: concept 999 does not exist"
+    missing = _queued_past_admission(api, "generate_sd", GEN | {"concept_id": 999})
     assert missing["status"] == "failed" and "concept_id: concept 999 does not exist" in missing["error"]
 
     with api.db.session() as s:
@@ -192,7 +206,10 @@ def test_bad_concept_input_is_a_clear_error(api) -> None:
         s.add(row)
         s.flush()
         concept_id = row.id
-    other = _run(api, "generate_sd", GEN | {"model": "owner/other-model", "concept_id": concept_id})
+    params = GEN | {"model": "owner/other-model", "concept_id": concept_id}
+    r = api.client.post("/api/jobs", json={"kind": "generate_sd", "params": params})
+    assert r.status_code == 422 and "trained on model 'tiny', not 'owner/other-model'" in r.json()["message"]
+    other = _queued_past_admission(api, "generate_sd", params)
     assert other["status"] == "failed"
     assert f"concept_id: concept {concept_id} was trained on model 'tiny', not 'owner/other-model'" in other["error"]
     assert api.client.get("/api/concepts/999").status_code == 404

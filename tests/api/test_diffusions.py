@@ -50,6 +50,18 @@ def _run(api, kind: str, params: dict) -> dict:
     return done
 
 
+def _queued_past_admission(api, kind: str, params: dict) -> dict:
+    """Queue a job straight into the queue, as an experiment does, skipping the API's submit-time checks,
+    run it and return it: the worker checks the same things again and fails it clearly."""
+    from backend.jobs import queue
+    from backend.jobs.registry import get_kind
+
+    model = get_kind(kind).params_model
+    queue.submit(api.db, kind, model.model_validate(params).model_dump(mode="json", by_alias=True))
+    [done] = api.run_jobs()
+    return done
+
+
 def _png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
@@ -110,10 +122,12 @@ def test_train_then_generate_end_to_end(api) -> None:
     review = Image.open(io.BytesIO(api.client.get(items[0]["review_url"]).content))
     assert review.size == (16, 16)  # the model's own resolution
 
-    # Image i depends on (seed, i) only: another batch size and chunking give the same pixels.
+    # Image i depends on (seed, i) only: another batch size and chunking give the same pixels, up to one
+    # intensity level (oneDNN picks convolution kernels per batch shape; their float sums may round apart).
     again = _run(api, "generate_diffusion", params | {"count": 3, "batch_size": 1, "chunk_size": 3})
     _, again_pngs = _pool_images(api, again["result"]["pool_id"])
-    assert all(np.array_equal(a, b) for a, b in zip(again_pngs, pngs[:3], strict=True))
+    diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(again_pngs, pngs[:3], strict=True)]
+    assert all(d.max() <= 1 for d in diffs), [int(d.max()) for d in diffs]
 
     # SDEdit from the five kept real 3s: provenance names the real image each one started from.
     sdedit = _run(api, "generate_diffusion", params | {"count": 2, "strength": 0.5, "steps": 4})
@@ -229,13 +243,18 @@ def test_invalid_params_answer_422_naming_the_field(api, kind: str, params: dict
 
 
 def test_unknown_ids_and_classes_fail_clearly(api, tmp_path: Path) -> None:
-    unknown = _run(api, "generate_diffusion", {"diffusion_id": 999, "class": "3"})
+    r = api.client.post("/api/jobs", json={"kind": "generate_diffusion", "params": {"diffusion_id": 999, "class": "3"}})
+    assert r.status_code == 422 and r.json()["message"].startswith("params.diffusion_id: diffusion model 999")
+    unknown = _queued_past_admission(api, "generate_diffusion", {"diffusion_id": 999, "class": "3"})
     assert unknown["status"] == "failed" and unknown["error"] == "diffusion 999 not found"
     assert api.client.get("/api/diffusions/999").json() == {"detail": "diffusion 999 not found"}
     assert api.client.get("/api/diffusions/999/samples/1").status_code == 404
 
     done = _run(api, "train_diffusion", TINY | {"source": {"path": str(_class_folders(tmp_path / "f"))}, "epochs": 1})
     diffusion_id = done["result"]["diffusion_id"]
-    wrong = _run(api, "generate_diffusion", {"diffusion_id": diffusion_id, "class": "cat"})
+    params = {"diffusion_id": diffusion_id, "class": "cat"}
+    r = api.client.post("/api/jobs", json={"kind": "generate_diffusion", "params": params})
+    assert r.status_code == 422 and r.json()["message"].startswith("params.class: 'cat' is not a class")
+    wrong = _queued_past_admission(api, "generate_diffusion", params)
     assert wrong["status"] == "failed" and "'cat' is not a class of diffusion" in wrong["error"]
     assert "['bright', 'dark']" in wrong["error"]

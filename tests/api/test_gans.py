@@ -65,6 +65,18 @@ def _run(api, kind: str, params: dict) -> dict:
     return done
 
 
+def _queued_past_admission(api, kind: str, params: dict) -> dict:
+    """Queue a job straight into the queue, as an experiment does, skipping the API's submit-time checks,
+    run it and return it: the worker checks the same things again and fails it clearly."""
+    from backend.jobs import queue
+    from backend.jobs.registry import get_kind
+
+    model = get_kind(kind).params_model
+    queue.submit(api.db, kind, model.model_validate(params).model_dump(mode="json", by_alias=True))
+    [done] = api.run_jobs()
+    return done
+
+
 def test_train_then_generate_end_to_end(api, tmp_path: Path) -> None:
     folder = _folder(tmp_path / "cats", 20)
     done = _run(api, "train_gan", TINY | {"source": {"path": str(folder)}, "epochs": 2, "name": "cats"})
@@ -250,12 +262,16 @@ def test_bad_sources_and_unknown_ids_fail_clearly(api, tmp_path: Path) -> None:
     no_upload = _run(api, "train_gan", TINY | {"source": {"upload_id": "0" * 32}})
     assert no_upload["status"] == "failed" and "not found" in no_upload["error"]
 
-    unknown = _run(api, "generate_gan", {"gan_id": 999})
+    refused = api.client.post("/api/jobs", json={"kind": "generate_gan", "params": {"gan_id": 999}})
+    assert refused.status_code == 422 and refused.json()["message"] == "params.gan_id: GAN 999 does not exist"
+    unknown = _queued_past_admission(api, "generate_gan", {"gan_id": 999})
     assert unknown["status"] == "failed" and unknown["error"] == "gan 999 not found"
     assert api.client.get("/api/gans/999").json() == {"detail": "gan 999 not found"}
     assert api.client.get("/api/gans/999/samples/1").status_code == 404
 
     trained = _run(api, "train_gan", TINY | {"source": {"path": str(_folder(tmp_path / "ok", 16))}, "epochs": 1})
     gan_id = trained["result"]["gan_id"]
-    no_epoch = _run(api, "generate_gan", {"gan_id": gan_id, "epoch": 5})
+    refused = api.client.post("/api/jobs", json={"kind": "generate_gan", "params": {"gan_id": gan_id, "epoch": 5}})
+    assert refused.status_code == 422 and refused.json()["message"].startswith("params.epoch: ")
+    no_epoch = _queued_past_admission(api, "generate_gan", {"gan_id": gan_id, "epoch": 5})
     assert no_epoch["status"] == "failed" and f"gan {gan_id} has no epoch 5" in no_epoch["error"]

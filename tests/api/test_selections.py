@@ -211,9 +211,10 @@ def test_bad_params_name_the_field(api, tmp_path: Path) -> None:
     assert r.status_code == 422 and "path or upload_id" in r.text
     r = api.client.post("/api/jobs", json={"kind": "import_pool", "params": {"path": "/etc"}})
     assert r.status_code == 422 and "path" in r.text and "--allow-dir" in r.text
-    api.submit("select", {"dataset_id": 99, "pool_ids": [1], "imbalance": {"minority": "3", "keep": 5}})
-    (done,) = api.run_jobs()
-    assert done["status"] == "failed" and "dataset 99 not found" in done["error"]
+    params = {"dataset_id": 99, "pool_ids": [1], "imbalance": {"minority": "3", "keep": 5}}
+    r = api.client.post("/api/jobs", json={"kind": "select", "params": params})
+    assert r.status_code == 422 and r.json()["message"] == "params.dataset_id: dataset 99 does not exist"
+    assert api.client.get("/api/jobs", params={"kind": "select"}).json()["total"] == 0
 
 
 def test_slot_analytics_weights_the_value_whose_images_were_picked(api, selected: dict) -> None:
@@ -261,10 +262,12 @@ def test_slot_analytics_weights_the_value_whose_images_were_picked(api, selected
 
 def test_a_failed_selection_is_listed_as_failed_and_not_offered(api, selected: dict) -> None:
     """Issue 20.4: a select that fails after its row exists (budget over the pool) is marked, not usable."""
+    from backend.jobs import queue
     from backend.ui.tabs.benchmark import usable_selections
 
     params = {"dataset_id": 1, "imbalance": {"minority": "3", "keep": 8, "seed": 0}}
-    api.submit("select", params | {"pool_ids": [selected["pool_id"]], "budget": 500, "per_round": 50})
+    # Through the queue as an experiment stage is: POST /api/jobs now refuses the budget at submit.
+    queue.submit(api.db, "select", params | {"pool_ids": [selected["pool_id"]], "budget": 500, "per_round": 50})
     (done,) = api.run_jobs()
     assert done["status"] == "failed" and done["error"].startswith("budget: 500 exceeds the 40 images"), done
     listing = {s["id"]: s for s in api.client.get("/api/selections").json()}
@@ -273,3 +276,128 @@ def test_a_failed_selection_is_listed_as_failed_and_not_offered(api, selected: d
     assert listing[selected["selection_id"]]["status"] == "succeeded"
     offered = [i for _, i in usable_selections(list(listing.values()))]
     assert offered == [selected["selection_id"]]
+
+
+# -- the closed loop: next round -------------------------------------------------------------------
+TINY_SD = {"model": "tiny", "resolution": 32, "steps": 1, "batch_size": 16, "chunk_size": 64, "review_size": 32}
+
+
+@pytest.fixture
+def one_thread():
+    # Several test processes share two cores; spinning OpenMP threads would slow tiny convs 10x.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+BREEDS = {"template": "{breed} cat on the {place}", "slots": {"breed": ["tabby", "siamese", "persian"],
+                                                             "place": ["sofa", "floor"]}}  # fmt: skip
+
+
+def _plant(api, pool_id: int) -> dict[int, bool]:
+    """Overwrite the generated images of an SD pool: breed=tabby images become real test-split "3"s, every
+    other image a real digit of another class. Returns {image id: is a planted three}."""
+    from backend.db.models import PoolImage
+    from backend.store import FileStore
+
+    digits = load_digits()
+    threes = iter(digits.test_x[digits.test_y == 3])
+    others = iter(digits.test_x[digits.test_y != 3])
+    store, planted = FileStore(api.settings.workspace_dir), {}
+    with api.db.session() as s:
+        for row in s.query(PoolImage).filter(PoolImage.pool_id == pool_id).order_by(PoolImage.idx):
+            three = row.meta["slots"]["breed"] == "tabby"
+            Image.fromarray(next(threes) if three else next(others)).save(store.path(row.file), format="PNG")
+            planted[row.id] = three
+    return planted
+
+
+def test_next_round_draws_the_slot_value_whose_images_were_real_minority_images(api, one_thread) -> None:
+    """The closed loop through the API on a planted SD pool: tiny-SD generates 60 images from a breed x place
+    vocabulary, the tabby ones are replaced by real "3"s and the rest by other digits; the selection picks
+    threes, so POST next_round queues a generate_sd whose saved vocabulary weights tabby most, and running
+    that job gives a pool where tabby is drawn most. Unfinished selections answer 409, non-SD pools 422."""
+    dataset_id = _prepare(api)
+    api.submit("generate_sd", TINY_SD | {"count": 60, "seed": 1, "vocabulary": BREEDS | {"negative_prompt": "text"}})
+    (gen,) = api.run_jobs()
+    assert gen["status"] == "succeeded", gen.get("error")
+    pool_id = gen["result"]["pool_id"]
+    planted = _plant(api, pool_id)
+    assert 10 <= sum(planted.values()) <= 30  # about a third of the prompts are tabby
+    select = {"dataset_id": dataset_id, "imbalance": {"minority": "3", "keep": 8, "seed": 0}, "pool_ids": [pool_id],
+              "budget": 16, "per_round": 8, "acquisition": "target_prob", "mc_samples": 4, "epochs": 4,
+              "batch_size": 64, "lr": 0.2}  # fmt: skip
+    api.submit("select", select)
+    (done,) = api.run_jobs()
+    assert done["status"] == "succeeded", done.get("error")
+    sid = done["result"]["selection_id"]
+    picks = api.client.get(f"/api/selections/{sid}").json()["picks"]
+    share = sum(planted[p["image_id"]] for p in picks) / len(picks)
+    assert share >= 0.5, f"the selection must find the threes ({share:.2f} of picks vs ~1/3 of the pool)"
+
+    r = api.client.post(f"/api/selections/{sid}/next_round", json={"smoothing": 1.0, "count": 90})
+    assert r.status_code == 201, r.text
+    out = r.json()
+    w = out["vocabulary"]["weights"]["breed"]
+    assert max(w, key=w.get) == "tabby" and min(w.values()) > 0, w
+    assert out["vocabulary"]["negative_prompt"] == "text" and out["negative_terms"] == []
+    job = out["job"]
+    assert job["kind"] == "generate_sd" and job["status"] == "queued"
+    assert job["params"]["vocabulary"] == out["vocabulary_id"] and job["params"]["count"] == 90
+    assert (
+        job["params"]["seed"] != 1 and job["params"]["model"] == "tiny" and job["params"]["steps"] == TINY_SD["steps"]
+    )
+    again = api.client.post(f"/api/selections/{sid}/next_round", json={"smoothing": 1.0, "count": 90})
+    assert again.status_code == 200 and again.json()["job"]["id"] == job["id"]  # a retried click
+
+    (nxt,) = api.run_jobs()
+    assert nxt["id"] == job["id"] and nxt["status"] == "succeeded", nxt.get("error")
+    items = api.client.get(f"/api/pools/{nxt['result']['pool_id']}/images", params={"limit": 100}).json()["items"]
+    drawn = [i["meta"]["slots"]["breed"] for i in items]
+    counts = {b: drawn.count(b) for b in BREEDS["slots"]["breed"]}
+    assert len(drawn) == 90 and max(counts, key=counts.get) == "tabby", counts
+    assert counts["tabby"] > 40 and min(counts.values()) > 0, counts  # first round: a third each
+
+    # Not finished: a select that failed after its row existed -> 409. Submitted through the queue as an
+    # experiment stage is (POST /api/jobs would refuse the budget at once).
+    from backend.jobs import queue
+
+    queue.submit(api.db, "select", select | {"budget": 500, "per_round": 50})
+    (failed,) = api.run_jobs()
+    assert failed["status"] == "failed", failed
+    bad = [s["id"] for s in api.client.get("/api/selections").json() if s["job_id"] == failed["id"]]
+    r = api.client.post(f"/api/selections/{bad[0]}/next_round")
+    assert r.status_code == 409 and "has not finished" in r.text, r.text
+    assert api.client.post("/api/selections/999/next_round").status_code == 404
+    assert api.client.post(f"/api/selections/{sid}/next_round", json={"smoothing": 0}).status_code == 422
+    # With negative_classes, the classes the pool drifted to join the negative prompt.
+    neg = api.client.post(f"/api/selections/{sid}/next_round", json={"negative_classes": 2}).json()
+    assert 1 <= len(neg["negative_terms"]) <= 2 and "3" not in neg["negative_terms"]
+    assert neg["vocabulary"]["negative_prompt"] == ", ".join(["text", *neg["negative_terms"]])
+    # Not an SD pool -> 422 naming pool_ids.
+    from backend.db.models import Pool
+
+    with api.db.session() as s:
+        s.get(Pool, pool_id).kind = "imported"
+        s.commit()
+    r = api.client.post(f"/api/selections/{sid}/next_round")
+    assert r.status_code == 422 and "pool_ids" in r.text and "SD pools" in r.text, r.text
+
+    # The quality panel sits beside the benchmark's per-class accuracy: in the API and in table.html.
+    variants = ["imbalanced", {"name": "sd_al", "selection_id": sid}]
+    bench = {"dataset_id": dataset_id, "imbalance": select["imbalance"], "seeds": [0], "model": "small", "epochs": 1,
+             "batch_size": 64, "variants": variants}  # fmt: skip
+    api.submit("benchmark", bench)
+    ran = [j for j in api.run_jobs() if j["kind"] == "benchmark"]
+    assert ran and ran[0]["status"] == "succeeded", ran
+    bid = ran[0]["result"]["benchmark_id"]
+    quality = api.client.get(f"/api/benchmarks/{bid}").json()["quality"]
+    assert list(quality) == ["sd_al"] and quality["sd_al"]["selection_id"] == sid
+    assert quality["sd_al"]["picks"]["n_fake"] == 16 and quality["sd_al"]["target"] == "3"
+    assert 0 <= quality["sd_al"]["pool"]["precision"] <= 1
+    table = api.client.get(f"/api/benchmarks/{bid}/table.html").text
+    assert 'class="results quality"' in table and "<td>sd_al</td>" in table
+    assert "Quality of the synthetic images" in api.client.get(f"/api/benchmarks/{bid}/report.html").text

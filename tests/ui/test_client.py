@@ -117,3 +117,36 @@ def test_lists_say_what_failed_and_when() -> None:
         {"id": 5, "status": "succeeded", "picks": 50, "params": {"acquisition": "bald"}, "created_at": stamp},
     ]
     assert usable_selections(rows) == [("#5 bald · 50 picks · 11-29 23:41 UTC", 5)]
+
+
+def test_a_422_names_its_fields_and_the_form_message_carries_them(served: TestClient) -> None:
+    """Issue 20.3: the submit-time refusal reaches the form as an inline error marked with the field."""
+    from backend.ui.common import submit
+
+    api = _client(served, "ui:secret")
+    params = {"dataset_id": 7, "imbalance": {"minority": "3", "keep": 5}, "pool_ids": [1]}
+    with pytest.raises(ApiError) as refused:
+        api.submit("select", params, None)
+    assert refused.value.fields == ["dataset_id"] and "dataset 7 does not exist" in refused.value.message
+    job_id, html_msg = submit(api, "select", params | {"seed": -1}, None)
+    assert job_id is None and 'data-fields="seed"' in html_msg and "rb-error" in html_msg
+
+
+def test_gan_form_starts_small_on_a_cpu_server_and_says_why(served: TestClient) -> None:
+    """Issue 20.5: on a CPU server the kinds API suggests a small GAN; the form starts there, with the
+    reason as the field's help, while an omitted param still means the study's default."""
+    import gradio as gr
+
+    from backend.api.routes.jobs import _suggested
+    from backend.ui.common import param_specs, widget_update
+
+    api = _client(served, "ui:secret")
+    props = param_specs(api, "train_gan")
+    assert (props["image_size"]["default"], props["image_size"]["x-suggested"]) == (64, 32)
+    assert props["width"]["x-suggested"] == 0.5 and props["epochs"]["x-suggested"] <= 5
+    epochs = widget_update(props["epochs"], gr.Number())
+    assert epochs["value"] == props["epochs"]["x-suggested"] and "grey" in epochs["info"]
+    assert widget_update(props["image_size"], gr.Radio())["value"] == 32
+    assert "x-suggested" not in param_specs(api, "benchmark")["epochs"]  # only where a suggestion is made
+    cuda = _suggested("train_gan", {"properties": {"epochs": {"default": 25}}}, "cuda:0")
+    assert cuda == {"properties": {"epochs": {"default": 25}}}  # a GPU server starts at the study's scale

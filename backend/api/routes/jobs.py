@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -14,24 +16,65 @@ from backend.core.types import DbId, DbOffset
 from backend.db.models import Job, JobLog
 from backend.jobs import queue
 from backend.jobs.registry import all_kinds, get_kind
+from backend.services.admission import admit
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
+# Where a form should start on a CPU server: the params' own defaults (what an omitted param means) are the
+# study's GPU scale and would keep a first CPU run busy for hours. Each entry: (value, why) -- the studio
+# shows the why next to the field.
+CPU_SUGGESTIONS: dict[str, dict[str, tuple[Any, str]]] = {
+    "train_gan": {
+        "image_size": (32, "32 on this CPU server: one block fewer than 64, several times faster"),
+        "width": (0.5, "0.5 on this CPU server: half the channels of the study's GPU model"),
+        "epochs": (
+            5,
+            "5 on this CPU server to see it work; a grey, blurry grid after the first 2 epochs is expected "
+            "(a DCGAN needs tens of epochs to draw shapes)",
+        ),
+    },
+}
+
+
+def _suggested(name: str, schema: dict[str, Any], device: str) -> dict[str, Any]:
+    """``schema`` with ``x-suggested`` (a form's starting value on ``device``) and the reason in the
+    description of each param :data:`CPU_SUGGESTIONS` names for ``name``, on a CPU server."""
+    if device.startswith("cuda") or name not in CPU_SUGGESTIONS:
+        return schema
+    props = schema.get("properties", {})
+    for param, (value, why) in CPU_SUGGESTIONS[name].items():
+        if param in props:
+            prop = props[param]
+            prop["x-suggested"] = value
+            prop["description"] = f"{prop['description']}. {why}" if prop.get("description") else why
+    return schema
+
+
 @router.get("/kinds", response_model=list[JobKindOut])
-def list_kinds() -> list[JobKindOut]:
-    """Every job kind this server accepts, with the JSON schema of its params."""
+def list_kinds(settings: SettingsDep) -> list[JobKindOut]:
+    """Every job kind this server accepts, with the JSON schema of its params. On a CPU server a param
+    may carry ``x-suggested``: the value a form should start from there (its ``default`` stays what an
+    omitted param means), with the reason in its description."""
     return [
-        JobKindOut(name=k.name, description=k.description, params_schema=k.params_model.model_json_schema())
+        JobKindOut(
+            name=k.name,
+            description=k.description,
+            params_schema=_suggested(k.name, k.params_model.model_json_schema(), settings.device),
+        )
         for k in sorted(all_kinds().values(), key=lambda k: k.name)
     ]
 
 
 @router.post("", response_model=JobOut, status_code=status.HTTP_201_CREATED)
-def submit_job(body: JobCreate, db: DatabaseDep, settings: SettingsDep, response: Response) -> Job:
+def submit_job(
+    body: JobCreate, db: DatabaseDep, session: ReadSessionDep, settings: SettingsDep, response: Response
+) -> Job:
     """Queue a job. Unknown kinds and invalid params answer 422 naming the field; a repeated
     ``idempotency_key`` returns the job it created the first time (200) when kind and params are the
-    same, and 409 naming what differs when they are not."""
+    same, and 409 naming what differs when they are not. Params that name rows they cannot use (a missing
+    or unfinished dataset, pool, selection or model; a budget or count beyond what the pools hold) answer
+    422 naming the field before anything is queued (``backend.services.admission``)."""
     kind = get_kind(body.kind)
     if kind is None:
         known = ", ".join(sorted(all_kinds())) or "none"
@@ -42,6 +85,7 @@ def submit_job(body: JobCreate, db: DatabaseDep, settings: SettingsDep, response
         # Re-raise pydantic's errors under body.params.<field> so the 422 names the exact field.
         errors = [{**e, "loc": ("body", "params", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors) from None
+    admit(session, body.kind, params)  # Invalid -> 422 naming body.params.<field>
     try:
         job, created = queue.submit(
             db,

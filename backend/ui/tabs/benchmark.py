@@ -100,6 +100,9 @@ def build(ctx: Ctx) -> None:
                 epochs = gr.Number(label="Epochs", precision=0, elem_id="bench-epochs")
                 batch = gr.Number(label="Batch", precision=0, elem_id="bench-batch")
                 seeds = gr.Textbox("0", label="Seeds", elem_id="bench-seeds")
+            with gr.Row():  # used by runs with synthetic images; defaults, limits and help: the API's
+                syn_weight = gr.Number(label="Synthetic weight", elem_id="bench-synthetic-weight")
+                finetune = gr.Number(label="Fine-tune on real (epochs)", precision=0, elem_id="bench-finetune")
             precision = gr.Radio(label="Precision", elem_id="bench-precision")  # choices and help: the API's
             run = gr.Button("Run benchmark", variant="primary", elem_id="bench-run")
             msg = gr.HTML(elem_id="bench-msg")
@@ -129,7 +132,7 @@ def build(ctx: Ctx) -> None:
         )
 
     def do_run(*args: Any) -> tuple[Any, str]:
-        vs, sl, sln, pl, plc, pln, mdl, ep, bs, sds, prec, k, ds, *imb = args
+        vs, sl, sln, pl, plc, pln, mdl, ep, bs, sds, sw, ft, prec, k, ds, *imb = args
         if not ds:
             return gr.skip(), error_html("dataset_id: choose a dataset on the Dataset tab")
         seed_list, err = parse_seeds(sds)
@@ -150,8 +153,11 @@ def build(ctx: Ctx) -> None:
             "epochs": int_or_none(ep),
             "batch_size": int_or_none(bs),
             "seeds": seed_list,
+            "synthetic_weight": sw,
+            "finetune_real_epochs": int_or_none(ft),
             "precision": prec or "auto",
         }
+        params = {name: v for name, v in params.items() if v is not None}  # empty: the API's default
         jid, out = submit(api, "benchmark", params, k)
         return (jid if jid is not None else gr.skip()), out
 
@@ -182,6 +188,8 @@ def build(ctx: Ctx) -> None:
         "epochs": epochs,
         "batch": batch,
         "seeds": seeds,
+        "synthetic_weight": syn_weight,
+        "finetune": finetune,
         "precision": precision,
         "bench": bench,
         "job": job_id,
@@ -192,6 +200,8 @@ def build(ctx: Ctx) -> None:
         "epochs": "benchmark.epochs",
         "batch": "benchmark.batch_size",
         "precision": "benchmark.precision",
+        "synthetic_weight": "benchmark.synthetic_weight",
+        "finetune": "benchmark.finetune_real_epochs",
     }
     persist(ctx, "benchmark", fields, key, before=refresh, before_outputs=[bench, sel, pool], spec=spec)
     live_choices(ctx, bench, list_benchmarks)
@@ -210,6 +220,8 @@ def build(ctx: Ctx) -> None:
             epochs,
             batch,
             seeds,
+            syn_weight,
+            finetune,
             precision,
             key,
             ctx.dataset,

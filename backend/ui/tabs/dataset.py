@@ -216,7 +216,11 @@ def build(ctx: Ctx) -> None:
     source.change(on_source, source, [path, upload], show_progress="hidden")
     mode.change(on_mode, mode, [minority, keep, ratio, factor], show_progress="hidden")
     register.click(do_register, [source, name, path, upload, key], [job_id, msg], concurrency_limit=1)
-    dataset.change(on_dataset, [dataset, minority], [info, minority, plot], show_progress="hidden")
+    # Then the imbalance preview: after a reload the restored minority may already be set (its change
+    # fired before the dataset's classes came back), so the histogram is drawn again from the whole spec.
+    dataset.change(on_dataset, [dataset, minority], [info, minority, plot], show_progress="hidden").then(
+        preview, [dataset, *ctx.imbalance], [spec_msg, plot], show_progress="hidden"
+    )
     gr.on(
         [mode.change, minority.change, keep.change, ratio.change, factor.change, seed.change],
         preview,

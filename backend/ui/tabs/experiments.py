@@ -152,7 +152,7 @@ def build(ctx: Ctx) -> None:
                 exp = api.post(f"/experiments/{int(eid)}/{verb}")
             except ApiError as exc:
                 return error_html(exc.message)
-            return ok_html(f"experiment #{exp['id']}: {exp['status']}")
+            return ok_html(f"experiment #{exp['id']}: {verb} requested; its stages below follow it")
 
         return run
 

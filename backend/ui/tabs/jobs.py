@@ -12,7 +12,7 @@ from backend.ui.client import ApiError
 from backend.ui.common import Ctx, error_html, fetch_job, fmt_eta, job_card, ok_html
 
 STATUSES = ["all", "queued", "running", "succeeded", "failed", "cancelled"]
-COLUMNS = ["id", "kind", "status", "progress", "ETA", "message", "created"]
+COLUMNS = ["id", "kind", "status", "progress", "ETA", "message", "created (UTC)"]  # the API stores UTC
 
 
 def job_rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:
@@ -56,9 +56,13 @@ def build(ctx: Ctx) -> None:
                 retry = gr.Button("Retry", min_width=80, elem_id="jobs-retry")
             action_msg = gr.HTML(elem_id="jobs-action-msg")
             card = gr.HTML(job_card(None), elem_id="jobs-card")
-            details = gr.Code(language="json", label="Params and result", elem_id="jobs-details")
+            # A JSON tree, not a code editor: long results scroll inside it instead of being cut off, and
+            # there are no line numbers to fall out of step with wrapped lines.
+            details = gr.JSON(
+                label="Params and result", open=True, max_height=480, buttons=["copy"], elem_id="jobs-details"
+            )
         with gr.Column(scale=3, elem_classes="rb-card"):
-            logs = gr.Textbox(label="Logs", lines=16, max_lines=16, autoscroll=True, elem_id="jobs-logs")
+            logs = gr.Textbox(label="Logs (times in UTC)", lines=16, max_lines=16, autoscroll=True, elem_id="jobs-logs")
 
     def kinds() -> Any:
         try:
@@ -85,17 +89,17 @@ def build(ctx: Ctx) -> None:
             f"{h.get('live_workers', 0)} worker(s) · device {h.get('device')} · v{h.get('version')}"
         )
 
-    def detail(jid: Any) -> tuple[str, str, str]:
+    def detail(jid: Any) -> tuple[str, Any, str]:
         job = fetch_job(api, jid)
         if not job:
-            return job_card(None), "", ""
+            return job_card(None), None, ""
         shown = {k: job.get(k) for k in ("params", "result", "error", "attempts", "worker_id", "started_at")}
         try:
             lines = api.get(f"/jobs/{int(jid)}/logs", limit=500)
         except ApiError:
             lines = []
         text = "\n".join(f"{str(row['ts'])[11:19]} {row['level']:<7} {row['message']}" for row in lines)
-        return job_card(job), json.dumps(shown, indent=2, default=str), text
+        return job_card(job), json.loads(json.dumps(shown, default=str)), text
 
     def on_row(evt: gr.SelectData, rows: Any) -> Any:
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
@@ -112,7 +116,7 @@ def build(ctx: Ctx) -> None:
                 job = api.post(f"/jobs/{int(jid)}/{verb}")
             except ApiError as exc:
                 return error_html(exc.message)
-            return ok_html(f"job #{job['id']}: {verb} requested ({job['status']})")
+            return ok_html(f"job #{job['id']}: {verb} requested; the card below follows it")
 
         return run
 

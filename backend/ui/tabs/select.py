@@ -4,6 +4,7 @@ and export of the rebalanced dataset."""
 
 from __future__ import annotations
 
+import html
 import json
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +32,7 @@ from backend.ui.common import (
     when,
 )
 from backend.ui.tabs.dataset import imbalance_spec
+from backend.ui.tabs.generate import image_caption
 
 # form field -> select param whose choices, default, limits and description the API supplies
 SELECT_PARAMS = {
@@ -47,18 +49,93 @@ SELECT_PARAMS = {
 QUALITY_COLUMNS = ("precision", "recall", "density", "coverage", "frechet")
 FILTERS = ["all", "pending", "accepted", "rejected", "near-copies"]
 MARK = {"accepted": "✓", "rejected": "✗", "pending": "·"}
+PAGE = 1000  # pool images per request when looking up the picks' prompts (the API's page limit)
+MAX_LOOKUP = 50_000  # pool images read per pool at most for that lookup
+POOL_PREVIEW = 12  # images shown of each chosen candidate pool
+
+
+def _state(review: str) -> str:
+    """``✓ accepted``, ``✗ rejected``, plain ``pending`` (a dot beside the caption's separators reads as one)."""
+    return review if review == "pending" else f"{MARK.get(review, '')} {review}".strip()
 
 
 def _pick_caption(p: dict[str, Any]) -> str:
-    bits = [f"#{p.get('rank', '?')} {MARK.get(p.get('review', 'pending'), '·')} {p.get('review', 'pending')}"]
-    bits.append(f"score {float(p.get('score') or 0):.3f}")
-    if p.get("minority_prob") is not None:
-        bits.append(f"p(minority) {float(p['minority_prob']):.2f}")
+    """A thumbnail's caption: rank, score, review state, then what made the image (its prompt).
+    The image id is not here: it is a database key, shown apart in the preview."""
+    state = p.get("review", "pending")
+    bits = [f"rank {p.get('rank', '?')}", f"score {float(p.get('score') or 0):.3f}", _state(state)]
     if p.get("near_copy"):
         bits.append("⚠ near-copy")
     if p.get("prompt"):
         bits.append(str(p["prompt"]))
     return " · ".join(bits)
+
+
+def pick_images(api: Any, sel: dict[str, Any], known: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Pool-image rows (prompt, seed, generator metadata) of the selection's picks, by image id.
+
+    The selection's picks carry no prompt, so the rows come from its pools' image pages, read until
+    every pick is found (at most ``MAX_LOOKUP`` rows per pool); ``known`` rows are not asked again."""
+    # A pick that already carries its prompt (a server whose picks include it) needs no lookup.
+    wanted = {int(p["image_id"]) for p in sel.get("picks") or [] if not p.get("prompt")} - set(known)
+    found = dict(known)
+    for pool_id in (sel.get("params") or {}).get("pool_ids") or []:
+        offset = 0
+        while wanted and offset < MAX_LOOKUP:
+            try:
+                page = api.get(f"/pools/{int(pool_id)}/images", offset=offset, limit=PAGE)
+            except ApiError:
+                break
+            rows = page.get("items") or []
+            for row in rows:
+                if int(row["id"]) in wanted:
+                    found[int(row["id"])] = row
+                    wanted.discard(int(row["id"]))
+            offset += len(rows)
+            if len(rows) < PAGE:
+                break
+    return found
+
+
+def with_prompts(picks: list[dict[str, Any]], images: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Picks with their image's prompt (or generator, class and seed) and pool image row merged in."""
+    out = []
+    for p in picks:
+        row = images.get(int(p["image_id"])) or {}
+        out.append({**p, "prompt": p.get("prompt") or (image_caption(row) if row else None), "image": row})
+    return out
+
+
+def preview_html(p: dict[str, Any] | None, base: str) -> str:
+    """The clicked pick, large, with its review state, score, rank and image id in separate labelled rows."""
+    if not p:
+        return note_html("Click a pick to see it large, then accept or reject it.")
+    image_id = int(p["image_id"])
+    state = p.get("review", "pending")
+    row = p.get("image") or {}
+    facts: list[tuple[str, str]] = [
+        ("Review", f'<span class="rb-review rb-review-{state}">{_state(state)}</span>'),
+        ("Score", f"{float(p.get('score') or 0):.4f}"),
+        ("Rank", f"{p.get('rank', '?')} (round {p.get('round', '?')})"),
+    ]
+    if p.get("minority_prob") is not None:
+        facts.append(("p(minority)", f"{float(p['minority_prob']):.3f}"))
+    if p.get("nn_distance") is not None:
+        near = " · ⚠ near-copy of a real image" if p.get("near_copy") else ""
+        facts.append(("Nearest real", f"{float(p['nn_distance']):.3f}{html.escape(near)}"))
+    facts.append(("Prompt", html.escape(str(p.get("prompt") or "–"))))
+    if row.get("seed") is not None:
+        facts.append(("Seed", str(row["seed"])))
+    pool = f" · pool #{int(row['pool_id'])}" if row.get("pool_id") else ""
+    facts.append(("Image id", f'{image_id}{pool} · <a class="rb-link" href="api/images/{image_id}" '
+                              'target="_blank">full size</a>'))  # fmt: skip
+    rows = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts)
+    src = html.escape(review_url(base, image_id))
+    return (
+        f'<div class="rb-preview" data-image-id="{image_id}" data-review="{state}">'
+        f'<img class="rb-preview-img" src="{src}" alt="pick ranked {p.get("rank", "?")}">'
+        f'<dl class="rb-preview-facts">{rows}</dl></div>'
+    )
 
 
 def filter_picks(picks: list[dict[str, Any]], which: str) -> list[dict[str, Any]]:
@@ -195,17 +272,31 @@ def build(ctx: Ctx) -> None:
     key = gr.State("")
     job_id = gr.State(None)
     handled = gr.State(None)
-    shown = gr.State([])  # image ids in gallery order, so a click maps back to a pick
+    shown = gr.State([])  # the picks in gallery order, so a click maps back to a pick
     chosen = gr.State(None)  # image id of the clicked pick
+    images = gr.State({})  # pool-image rows of picks already looked up (prompts), by image id
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, elem_classes="rb-card"):
             gr.Markdown("### Active learning")
             pools = gr.Dropdown(
                 label="Candidate pools", choices=[], multiselect=True, allow_custom_value=True, elem_id="sel-pools"
             )
+            pool_gallery = gr.Gallery(
+                label=f"Candidate images (the first {POOL_PREVIEW} of each chosen pool)",
+                columns=6,
+                height=230,
+                object_fit="contain",
+                elem_id="sel-pool-gallery",
+            )
             acquisition = gr.Dropdown(label="Acquisition", elem_id="sel-acq")  # choices: the API's
             with gr.Row():
-                budget = gr.Number(4950, label="Budget", precision=0, minimum=1, elem_id="sel-budget")
+                budget = gr.Number(
+                    4950,
+                    label="Budget (lowered to the chosen pools' total)",
+                    precision=0,
+                    minimum=1,
+                    elem_id="sel-budget",
+                )
                 per_round = gr.Number(50, label="Per round", precision=0, minimum=1, elem_id="sel-per-round")
                 mc = gr.Number(20, label="MC passes (T)", precision=0, minimum=1, elem_id="sel-mc")
             with gr.Row():
@@ -230,14 +321,14 @@ def build(ctx: Ctx) -> None:
                 which = gr.Radio(FILTERS, value="all", label="Show", scale=4, elem_id="sel-filter")
             stats = gr.HTML(elem_id="sel-stats")
             gallery = gr.Gallery(
-                label="Picks, best score first (click one to review it)",
-                columns=8,
-                height=360,
+                label="Picks, best score first (click one to see it large and review it)",
+                columns=6,  # 6 x 100 px minimum thumbnails fit the panel at 1280 px (8 did not)
+                height=330,
                 object_fit="contain",
                 allow_preview=False,
                 elem_id="sel-gallery",
             )
-            chosen_info = gr.HTML(note_html("Click a pick to accept or reject it."), elem_id="sel-chosen")
+            chosen_info = gr.HTML(preview_html(None, ""), elem_id="sel-chosen")
             with gr.Row():
                 accept = gr.Button("Accept", variant="primary", elem_id="sel-accept")
                 reject = gr.Button("Reject", variant="stop", elem_id="sel-reject")
@@ -282,38 +373,64 @@ def build(ctx: Ctx) -> None:
         jid, out = submit(api, "select", params, k)
         return (jid if jid is not None else gr.skip()), out
 
-    def show(sel_id: Any, flt: str, request: gr.Request) -> tuple[Any, list[int], str, Any, str, str, Any]:
+    def show(sel_id: Any, flt: str, image_id: Any, known: dict[int, Any], request: gr.Request) -> tuple[Any, ...]:
+        """Gallery, stats, plots, export links and the clicked pick's preview (fresh after every review)."""
+        base = public_base(request)
         if not sel_id:
-            return [], [], "", None, "", "", None
+            return [], [], "", None, "", "", None, preview_html(None, base), gr.skip()
         try:
             sel = api.get(f"/selections/{int(sel_id)}")
         except ApiError as exc:
-            return [], [], error_html(exc.message), None, "", "", None
+            return [], [], error_html(exc.message), None, "", "", None, preview_html(None, base), gr.skip()
         try:
             slot_data = api.get(f"/selections/{int(sel_id)}/slots")
         except ApiError:
             slot_data = None  # analytics are optional: the picks still show
-        base = public_base(request)
-        picks = filter_picks(sel.get("picks") or [], flt)
+        known = pick_images(api, sel, known or {})
+        every = with_prompts(sel.get("picks") or [], known)
+        picks = filter_picks(every, flt)
         items = [(review_url(base, p["image_id"]), _pick_caption(p)) for p in picks]
-        links = export_links(sel)
-        ids = [int(p["image_id"]) for p in picks]
+        current = next((p for p in every if image_id and int(p["image_id"]) == int(image_id)), None)
         return (
             items,
-            ids,
+            picks,
             summary_html(sel),
             feature_figure(
                 {**(sel.get("feature_map") or {}), "minority": [(sel.get("info") or {}).get("target_class")]}
             ),
-            links,
+            export_links(sel),
             quality_html(sel.get("info") or {}),
             slots_figure(slot_data),
+            preview_html(current, base),
+            known,
         )
 
-    def on_click(ids: list[int], evt: gr.SelectData) -> tuple[Any, str]:
-        if evt.index is None or evt.index >= len(ids):
-            return None, note_html("Click a pick to accept or reject it.")
-        return ids[evt.index], note_html(f"Selected image #{ids[evt.index]}: {evt.value.get('caption', '')}")
+    def on_click(picks: list[dict[str, Any]], evt: gr.SelectData, request: gr.Request) -> tuple[Any, str]:
+        if evt.index is None or evt.index >= len(picks):
+            return None, preview_html(None, "")
+        pick = picks[evt.index]
+        return int(pick["image_id"]), preview_html(pick, public_base(request))
+
+    def pool_images(ids: list[Any] | None, request: gr.Request) -> list[tuple[str, str]]:
+        """The first images of every chosen candidate pool, whatever made it (SD, GAN, diffusion, upload)."""
+        base = public_base(request)
+        out: list[tuple[str, str]] = []
+        for pid in ids or []:
+            rows = safe_items(api, f"/pools/{int(pid)}/images", limit=POOL_PREVIEW)
+            out += [(review_url(base, r["id"]), f"pool #{int(pid)} · {image_caption(r)}") for r in rows]
+        return out
+
+    def fit_budget(ids: list[Any] | None, current: Any) -> Any:
+        """A budget above what the chosen pools hold is lowered to their total (the API would refuse it)."""
+        total = 0
+        for pid in ids or []:
+            try:
+                total += int(api.get(f"/pools/{int(pid)}")["count"])
+            except (ApiError, KeyError, TypeError, ValueError):
+                return gr.update()
+        if ids and total and (current is None or int(current) > total):
+            return gr.update(value=total)
+        return gr.update()
 
     def review(sel_id: Any, decisions: dict[int, str], replace: bool) -> str:
         if not sel_id:
@@ -402,14 +519,17 @@ def build(ctx: Ctx) -> None:
         [job_id, msg],
         concurrency_limit=1,
     )
-    view_out = [gallery, shown, stats, fmap, export, quality, slot_plot]
-    gr.on([selection.change, which.change], show, [selection, which], view_out, show_progress="hidden")
+    view_in = [selection, which, chosen, images]
+    view_out = [gallery, shown, stats, fmap, export, quality, slot_plot, chosen_info, images]
+    gr.on([selection.change, which.change], show, view_in, view_out, show_progress="hidden")
     gallery.select(on_click, shown, [chosen, chosen_info], show_progress="hidden")
+    pools.change(pool_images, pools, pool_gallery, show_progress="hidden")
+    pools.input(fit_budget, [pools, budget], budget, show_progress="hidden")
     for button, fn, inputs in (
         (accept, one("accepted"), [selection, chosen, replace_box]),
         (reject, one("rejected"), [selection, chosen, replace_box]),
         (accept_all, bulk("accept_pending"), [selection, replace_box]),
         (reject_near, bulk("reject_near"), [selection, replace_box]),
     ):
-        button.click(fn, inputs, review_msg).then(show, [selection, which], view_out, show_progress="hidden")
+        button.click(fn, inputs, review_msg).then(show, view_in, view_out, show_progress="hidden")
     ctx.timer.tick(tick, [job_id, handled, selection], [card, selection, handled], show_progress="hidden")

@@ -1,0 +1,91 @@
+"""Generate's "Diffusion (trained here)" section in a real Chromium (issue 13, item 4): a tiny
+class-conditional diffusion model trained from the tab on the Dataset tab's imbalanced digits, its loss
+curve and per-class grid, a pool sampled from it shown in the tab, and the section after a reload."""
+
+# ruff: noqa: F811 - the imported `studio` fixture is, as pytest wants, the tests' parameter name
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ui.test_gallery import register_digits
+from tests.ui.test_studio import Studio, studio  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+# The smallest model the API takes (tests/api/test_diffusions.py TINY): an epoch of digits in seconds.
+TINY = (
+    ("diff-epochs", 2),
+    ("diff-batch", 256),
+    ("diff-width", 0.125),
+    ("diff-layers", 1),
+    ("diff-grid-n", 2),
+    ("diff-grid-steps", 2),
+    ("diff-seed", 1),
+)
+
+
+def open_section(studio: Studio) -> None:
+    studio.tab("Generate")
+    studio.page.locator("[role=tab]", has_text="Diffusion (trained here)").first.click()
+
+
+def test_train_from_the_tab_shows_losses_and_grid(studio: Studio) -> None:
+    register_digits(studio)
+    open_section(studio)
+    studio.radio("diff-size", "16")
+    for elem, value in TINY:
+        studio.fill(elem, value)
+    studio.page.locator("#diff-attention input").uncheck()
+    studio.click("diff-train")  # source: every class of the Dataset tab's imbalanced digits
+    job_id = studio.wait_job("diff-train-job")
+    params = studio.api(f"/jobs/{job_id}")["params"]
+    assert params["source"]["imbalance"]["minority"] == "3" and params["source"]["imbalance"]["keep"] == 20
+    assert (params["image_size"], params["width"], params["attention"], params["epochs"]) == (16, 0.125, False, 2)
+    (model,) = studio.api("/diffusions")
+    # The finished model is chosen: its loss curve (one point per epoch) and the newest epoch's grid.
+    studio.page.locator("#diff-losses .js-plotly-plot").wait_for()
+    points = studio.page.locator("#diff-losses .js-plotly-plot .scatterlayer .point")
+    assert points.count() == 2
+    assert studio.wait_images("#diff-grid", 1)[0].endswith(f"/api/diffusions/{model['id']}/samples/2")
+    studio.fill("diff-epoch", 1)  # an earlier epoch's grid
+    studio.page.keyboard.press("Escape")  # the Tab above focused (and opened) the Class dropdown
+    studio.page.wait_for_function(
+        "src => document.querySelector('#diff-grid img')?.src.endsWith(src)",
+        arg=f"/api/diffusions/{model['id']}/samples/1",
+    )
+    studio.wait_images("#diff-grid", 1)
+
+
+def test_sample_a_pool_from_the_trained_model(studio: Studio) -> None:
+    (model,) = studio.api("/diffusions")
+    # The class list is the model's; the minority of its training set comes first.
+    studio.page.locator("#diff-class input").first.wait_for()
+    studio.page.wait_for_function("() => document.querySelector('#diff-class input')?.value === '3'")
+    studio.fill("diff-count", 4)
+    studio.fill("diff-steps", 2)
+    studio.radio("diff-sampler", "ddim")
+    studio.click("diff-sample")
+    job_id = studio.wait_job("diff-sample-job")
+    job = studio.api(f"/jobs/{job_id}")
+    assert job["params"]["diffusion_id"] == model["id"] and job["params"]["class"] == "3"
+    pool = studio.api(f"/pools/{job['result']['pool_id']}")
+    assert (pool["kind"], pool["count"]) == ("diffusion", 4)
+    first = studio.api(f"/pools/{pool['id']}/images?limit=1")["items"][0]
+    srcs = studio.wait_images("#diff-pool-gallery", 4)
+    assert srcs[0].endswith(f"/api/images/{first['id']}/review")
+    assert "class 3" in studio.page.locator("#diff-pool-gallery").inner_text()
+    studio.shot("generate-diffusion")
+
+
+def test_reload_keeps_the_section(studio: Studio) -> None:
+    studio.page.reload()
+    open_section(studio)
+    epochs = studio.page.locator("#diff-epochs input").first
+    studio.page.wait_for_function("el => el.value === '2'", arg=epochs.element_handle())
+    (model,) = studio.api("/diffusions")
+    # The chosen model, its grid and the sampled pool come back from the saved form.
+    studio.page.locator("#diff-losses .js-plotly-plot").wait_for()
+    assert studio.wait_images("#diff-grid", 1)[0].endswith(f"/api/diffusions/{model['id']}/samples/2")
+    studio.wait_images("#diff-pool-gallery", 4)
+    studio.page.locator("#diff-sample-job .rb-job[data-status='succeeded']").wait_for()

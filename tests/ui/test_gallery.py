@@ -1,0 +1,150 @@
+"""The Select tab's review gallery in a real Chromium at 1280x800 (issue 20, item 6), and pools sampled
+from a GAN shown as images (in Generate's GAN section and in Select's candidate preview).
+
+Setup jobs that are not under test (the SD pool, the GAN, the selection) are submitted to the API
+directly; what the user sees and clicks goes through the page."""
+
+# ruff: noqa: F811 - the imported `studio` fixture is, as pytest wants, the tests' parameter name
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.ui.test_studio import Studio, studio  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+SLOW_MS = 90_000  # each step's patience: 2 CPU cores shared with other test runs slow the page down a lot
+VOCAB = {"template": "a {style} digit {n}", "slots": {"style": ["handwritten", "printed"], "n": ["three", "3"]}}
+
+
+def post(studio: Studio, path: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(
+        f"{studio.base}/api{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def run_job(studio: Studio, kind: str, params: dict[str, Any], timeout: float = 240) -> dict[str, Any]:
+    """Submit a setup job through the API and wait for it to succeed."""
+    job = post(studio, "/jobs", {"kind": kind, "params": params})
+    deadline = time.monotonic() + timeout
+    while (job := studio.api(f"/jobs/{job['id']}"))["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"{kind} job did not finish: {job}"
+        time.sleep(1)
+    assert job["status"] == "succeeded", job.get("error")
+    return job
+
+
+def register_digits(studio: Studio) -> int:
+    """The digits demo registered from the Dataset tab, digit 3 cut to 20 images (the tabs' shared spec)."""
+    studio.page.set_default_timeout(SLOW_MS)
+    studio.tab("Dataset")
+    studio.fill("ds-name", "digits-demo")
+    studio.click("ds-register")
+    studio.wait_job("ds-job")
+    studio.page.locator("#ds-info", has_text="digits-demo").wait_for()
+    studio.pick("ds-minority", "3")
+    studio.fill("ds-keep", 20)
+    studio.page.locator("#ds-spec-msg", has_text="Imbalanced training set").wait_for()
+    (ds,) = studio.api("/datasets")
+    return int(ds["id"])
+
+
+def box(studio: Studio, selector: str) -> dict[str, float]:
+    found = studio.page.locator(selector).first.bounding_box()
+    assert found is not None, f"{selector} is not rendered"
+    return found
+
+
+def test_picks_fit_the_panel_and_a_click_opens_the_preview(studio: Studio) -> None:
+    register_digits(studio)
+    sd = run_job(studio, "generate_sd", {"model": "tiny", "vocabulary": VOCAB, "count": 16, "batch_size": 4,
+                                          "steps": 2, "resolution": 32, "seed": 1})  # fmt: skip
+    pool_id = sd["result"]["pool_id"]
+    pool = studio.api(f"/pools/{pool_id}")
+    studio.tab("Select")
+    studio.pick("sel-pools", f"#{pool_id} {pool['name']} ({pool['count']})")
+    studio.pick("sel-acq", "target_prob")
+    for elem, value in (("sel-budget", 8), ("sel-per-round", 4), ("sel-mc", 3), ("sel-epochs", 1)):
+        studio.fill(elem, value)
+    studio.click("sel-run")  # the finished selection is listed and chosen
+    studio.wait_job("sel-job")
+    sel_id = max(s["id"] for s in studio.api("/selections"))
+    picks = sorted(studio.api(f"/selections/{sel_id}")["picks"], key=lambda p: (-p["score"], p["rank"]))
+    prompts = {r["id"]: r["prompt"] for r in studio.api(f"/pools/{pool_id}/images?limit=100")["items"]}
+    studio.wait_images("#sel-gallery", len(picks))
+
+    # Every thumbnail lies inside the gallery and inside the review panel: none is clipped at 1280x800.
+    panel = studio.page.locator("#sel-gallery").locator("xpath=ancestor::*[contains(@class,'rb-card')][1]")
+    pbox = panel.bounding_box()
+    gbox = box(studio, "#sel-gallery")
+    thumbs = studio.page.locator("#sel-gallery .thumbnail-item")
+    assert thumbs.count() == len(picks)
+    for i in range(thumbs.count()):
+        t = thumbs.nth(i).bounding_box()
+        for outer in (pbox, gbox):
+            inside = t["x"] >= outer["x"] - 0.5 and t["x"] + t["width"] <= outer["x"] + outer["width"] + 0.5
+            assert inside, f"pick {i} at {t} is clipped by {outer}"
+    wrap = studio.page.locator("#sel-gallery .grid-wrap").first
+    assert wrap.evaluate("el => el.scrollWidth <= el.clientWidth + 1")  # nothing hidden sideways either
+
+    # Captions: rank, score, review state and the prompt; no image id mixed in with the rank.
+    best = picks[0]
+    caption = thumbs.nth(0).inner_text()
+    assert f"rank {best['rank']}" in caption and prompts[best["image_id"]] in caption
+    assert f"#{best['image_id']}" not in caption
+
+    # A click opens the large preview with prompt and score, the image id and rank in their own rows.
+    thumbs.nth(0).click()
+    preview = studio.page.locator(f"#sel-chosen .rb-preview[data-image-id='{best['image_id']}']")
+    preview.wait_for()
+    studio.page.wait_for_function(
+        "el => el.complete && el.naturalWidth > 0", arg=preview.locator("img").element_handle(), timeout=15_000
+    )
+    assert preview.locator("img").bounding_box()["width"] >= 200  # large, not a thumbnail
+    facts = dict(zip(preview.locator("dt").all_inner_texts(), preview.locator("dd").all_inner_texts(), strict=True))
+    assert facts["Prompt"] == prompts[best["image_id"]]
+    assert facts["Score"] == f"{best['score']:.4f}"
+    assert facts["Rank"].startswith(str(best["rank"])) and facts["Image id"].startswith(str(best["image_id"]))
+    assert "pending" in facts["Review"]
+
+    # Accept: the preview's status line follows the review.
+    studio.click("sel-accept")
+    studio.page.locator("#sel-chosen .rb-preview[data-review='accepted']").wait_for()
+    assert "pending" not in studio.page.locator("#sel-chosen").inner_text()
+    studio.page.locator("#sel-stats", has_text="✓ 1 accepted").wait_for()
+    studio.shot("select-review")
+
+
+def test_gan_pool_images_are_shown(studio: Studio) -> None:
+    if not studio.api("/datasets"):  # run on its own (-k gan)
+        register_digits(studio)
+    studio.tab("Generate")
+    studio.page.locator("#gen-gan-button, [role=tab]", has_text="GAN").first.click()
+    for elem, value in (("gan-epochs", 1), ("gan-batch", 16), ("gan-width", 0.0625)):
+        studio.fill(elem, value)
+    studio.radio("gan-size", "32")
+    studio.click("gan-train")  # the finished GAN is listed and chosen
+    studio.wait_job("gan-train-job")
+    studio.wait_images("#gan-grid", 1)
+    studio.fill("gan-count", 8)
+    studio.click("gan-sample")
+    studio.wait_job("gan-sample-job")
+    srcs = studio.wait_images("#gan-pool-gallery", 8)
+    (pool,) = studio.api("/pools?kind=gan")
+    first = studio.api(f"/pools/{pool['id']}/images?limit=1")["items"][0]
+    assert srcs[0].endswith(f"/api/images/{first['id']}/review")
+    studio.shot("generate-gan-pool")
+    studio.page.locator("[role=tab]", has_text="Stable Diffusion").first.click()
+    # Select: the chosen candidate pools show their images, a GAN pool included.
+    studio.tab("Select")
+    studio.pick("sel-pools", f"#{pool['id']} {pool['name']} ({pool['count']})")
+    studio.wait_images("#sel-pool-gallery", 8)
+    assert "dcgan" in studio.page.locator("#sel-pool-gallery").inner_text()  # what made the image
