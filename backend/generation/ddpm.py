@@ -133,6 +133,11 @@ class DiffusionTrainer:
         self.steps = 0  # optimiser steps completed
         self.history: list[EpochStats] = []
         self.data = fit_square(images, config.image_size).to(self.device)  # uint8 NCHW, resident
+        # Grayscale data (R = G = B everywhere, as the digits demo, X-rays, many scans): the model's samples
+        # are made grayscale too, so no colour cast tells a classifier "this one is synthetic".
+        self.grayscale = bool(
+            torch.equal(self.data[:, 0], self.data[:, 1]) and torch.equal(self.data[:, 1], self.data[:, 2])
+        )
         self.labels = torch.from_numpy(labels).to(self.device)
         counts = torch.bincount(self.labels, minlength=len(classes)).float()
         self._draw_weights = counts[self.labels].pow(-config.class_balance)  # per image, for class_balance
@@ -217,7 +222,9 @@ class DiffusionTrainer:
 
     def model(self) -> DiffusionModel:
         """The EMA model with its schedule and class names, ready to sample or save."""
-        return DiffusionModel(self.ema_unet(), dict(self.scheduler.config), self.classes, self.config, self.epoch)
+        return DiffusionModel(
+            self.ema_unet(), dict(self.scheduler.config), self.classes, self.config, self.epoch, self.grayscale
+        )
 
     # ------------------------------------------------------------------------------------------- state
 
@@ -281,6 +288,7 @@ class DiffusionModel:
     classes: list[str]
     config: DiffusionConfig
     epoch: int = 0
+    grayscale: bool = False  # trained on grayscale images: samples come out with R = G = B
 
     @property
     def null_class(self) -> int:
@@ -302,7 +310,8 @@ class DiffusionModel:
         self.unet.save_pretrained(folder / "unet")  # safetensors weights + config.json
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder / "scheduler")
         meta = {"classes": self.classes, "null_class": self.null_class, "config": self.config.model_dump()}
-        (folder / CLASSES_FILE).write_text(json.dumps(meta | {"epoch": self.epoch}, indent=2))
+        meta |= {"epoch": self.epoch, "grayscale": self.grayscale}
+        (folder / CLASSES_FILE).write_text(json.dumps(meta, indent=2))
 
 
 def load_model(folder: str | Path, device: str = "cpu") -> DiffusionModel:
@@ -316,4 +325,5 @@ def load_model(folder: str | Path, device: str = "cpu") -> DiffusionModel:
     dev = torch.device(device)
     unet = UNet2DModel.from_pretrained(folder / "unet").to(dev, memory_format=memory_format(dev, config.amp))
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
-    return DiffusionModel(unet.eval(), dict(scheduler.config), list(meta["classes"]), config, int(meta["epoch"]))
+    classes, epoch, gray = list(meta["classes"]), int(meta["epoch"]), bool(meta.get("grayscale", False))
+    return DiffusionModel(unet.eval(), dict(scheduler.config), classes, config, epoch, gray)

@@ -133,6 +133,8 @@ def generate(
         )
         if side != size:
             x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+        if model.grayscale:
+            x = x.mean(1, keepdim=True).expand(-1, 3, -1, -1)
         out[lo : lo + n] = _to_uint8(x)
         hooks.progress((lo + n) / total, f"{lo + n}/{total} images")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -67,7 +68,9 @@ def _class_accuracy(model: DiffusionModel, classifier: LogisticRegression, per_c
     """Share of samples (per_class of every class) that the real-data classifier assigns to their own class,
     and the samples' mean distance from grey (0-255; the real digits are grey: 0)."""
     labels = [c for c in range(len(model.classes)) for _ in range(per_class)]
-    images = generate(model, labels, range(len(labels)), SampleConfig(steps=10, guidance=2.0, seed=1))
+    # The raw RGB output: the grayscale projection of a model trained on grey data would hide colour noise.
+    raw = dataclasses.replace(model, grayscale=False)
+    images = generate(raw, labels, range(len(labels)), SampleConfig(steps=10, guidance=2.0, seed=1))
     pixels = images.astype(np.float32)
     colour = float(np.abs(pixels - pixels.mean(-1, keepdims=True)).mean())
     return float((classifier.predict(_features(images)) == np.array(labels)).mean()), colour
@@ -93,6 +96,17 @@ def test_training_learns_the_classes(learned: Learned) -> None:
     # Untrained samples land on their class at chance (~10%); the trained ones must clearly beat that.
     assert trained >= untrained + 0.25, (untrained, trained)
     assert colour < 30, colour  # grey-ish digits, not saturated noise
+
+
+def test_a_model_of_grey_images_samples_grey_images(learned: Learned, tmp_path) -> None:
+    """Breakage caught: grayscale not detected, not saved/loaded, or not applied to the samples."""
+    assert learned.trained.grayscale  # the digits are R = G = B
+    learned.trained.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.grayscale
+    images = sample(loaded, "3", 4, SampleConfig(steps=2, seed=0), output_size=32)
+    assert (images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all()
+    assert not _tiny_model().grayscale  # random colour images are not
 
 
 def test_class_grid_has_a_row_per_class(learned: Learned) -> None:
