@@ -176,6 +176,28 @@ def test_sharded_gan_generation_gives_the_unsharded_images(api: ApiHarness, tmp_
     same_images(pool_images(api, serial["result"]["pool_id"]), pool_images(api, sharded["result"]["pool_id"]))
 
 
+def test_sharded_diffusion_generation_gives_the_unsharded_images(api: ApiHarness, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):  # a folder source: one <class>/ subfolder per class
+        (tmp_path / "two" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "two" / name / f"{i}.png"
+            )
+    tiny = {"image_size": 16, "width": 0.125, "layers_per_block": 1, "attention": False, "epochs": 1}
+    model = run_job(
+        api, "train_diffusion", tiny | {"source": {"path": str(tmp_path / "two")}, "grid_per_class": 0}, False
+    )
+    assert model["status"] == "succeeded", model["error"]
+    params = {"diffusion_id": model["result"]["diffusion_id"], "class": "b", "count": 6, "steps": 2, "chunk_size": 2}
+    serial = run_job(api, "generate_diffusion", params, ray_on=False)
+    sharded = run_job(api, "generate_diffusion", params | {"shards": 2}, ray_on=True)
+    assert sharded["status"] == "succeeded", sharded["error"]
+    logs = api.client.get(f"/api/jobs/{sharded['id']}/logs").json()
+    assert any("2 shard(s) on Ray" in line["message"] for line in logs), logs
+    same_images(pool_images(api, serial["result"]["pool_id"]), pool_images(api, sharded["result"]["pool_id"]))
+
+
 @pytest.mark.timeout(1500)  # a restarted actor imports torch and diffusers again: minutes on a loaded host
 def test_a_ray_worker_killed_mid_shard_still_gives_exactly_n_images(api: ApiHarness) -> None:
     params = TINY_SD | {"count": 8, "seed": 7, "vocabulary": CAT, "shards": 2}

@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import numpy as np
 from pydantic import ConfigDict, Field
 
 from backend.config import PathNotAllowed
+from backend.core.hooks import Hooks
 from backend.core.types import DbId
 from backend.data.sources import find_dataset_root
 from backend.db.models import Diffusion
@@ -27,6 +31,8 @@ from backend.generation.prompts import image_seed
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.kinds.gan import SOURCE_FORMS, DatasetSource, PathSource, Source
+from backend.jobs.pool_shards import PoolItem, encoded_on_actor, fill_pool
+from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP, ShardSpec
 from backend.jobs.registry import job_kind
 from backend.services.datasets import extract_upload, imbalance_of, open_dataset
 from backend.services.diffusions import (
@@ -38,7 +44,7 @@ from backend.services.diffusions import (
     state_path,
 )
 from backend.services.errors import Invalid
-from backend.services.pools import PoolWriter, dropped_if_left_empty, pool_for_job
+from backend.services.pools import dropped_if_left_empty, pool_for_job
 from backend.services.rows import row_for_job
 
 MAX_CLASSES = 1000  # class folders a folder source may have (one embedding each)
@@ -74,6 +80,7 @@ class GenerateDiffusionParams(SampleConfig):
     review_size: int = Field(256, ge=32, le=1024)
     chunk_size: int = Field(64, ge=1, le=10_000, description="images committed per checkpoint")
     name: str | None = Field(None, max_length=255, description="pool name")
+    shards: int | None = Field(SHARDS_DEFAULT, ge=1, le=1024, description=SHARDS_HELP)
 
     def sample_config(self) -> SampleConfig:
         return SampleConfig(**self.model_dump(include=set(SampleConfig.model_fields)))
@@ -256,17 +263,81 @@ def _start_images(ctx: JobContext, row: Diffusion, class_name: str, size: int) -
     return images, index
 
 
-@job_kind("generate_diffusion", GenerateDiffusionParams)
-def generate_diffusion(ctx: JobContext, params: GenerateDiffusionParams) -> dict[str, Any]:
-    """Sample one class of a trained diffusion model into a candidate pool (chunked, resumable, per-index seeds)."""
+@dataclass(frozen=True)
+class DiffusionWork:
+    """What a shard needs to sample image i of the job (picklable: it travels to Ray actors)."""
+
+    model_dir: str  # the saved model folder in the workspace
+    model_files: dict[str, bytes] | None  # the folder's files, for Ray hosts that do not share the workspace
+    label: int
+    config: SampleConfig
+    size: int  # the model's side
+    output_size: int
+    starts: np.ndarray | None  # real images for SDEdit (strength < 1)
+    start_index: list[int] | None  # their dataset indices (provenance)
+    base: dict[str, Any]
+
+
+def diffusion_worker(work: DiffusionWork, hooks: Hooks, device: str) -> Callable[[list[int]], Iterator[list[PoolItem]]]:
+    """Load the model once (per process or Ray actor); the worker samples a piece of indices. Noise depends
+    only on (seed, index), so pieces, shards and OOM halving leave every image unchanged."""
     from backend.generation.ddpm import fit_square, load_model
     from backend.generation.ddpm_sample import generate
+
+    folder = Path(work.model_dir)
+    if work.model_files is not None and not folder.is_dir():
+        folder = Path(tempfile.mkdtemp(prefix="rebalance-diffusion-"))
+        for rel, data in work.model_files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+    model = load_model(folder, device)
+    batch = {"size": work.config.batch_size}  # shrinks for good after a CUDA OOM
+
+    def smaller(size: int, message: str) -> None:
+        batch["size"] = size
+        hooks.log(message)
+
+    quiet = Hooks(should_stop=hooks.should_stop, log=hooks.log)  # progress: fill_pool's, summed over shards
+
+    def run(piece: list[int]) -> Iterator[list[PoolItem]]:
+        try:
+            review = generate(
+                model,
+                [work.label] * len(piece),
+                piece,
+                work.config.model_copy(update={"batch_size": batch["size"]}),
+                start_images=work.starts,
+                hooks=quiet,
+                on_batch_size=smaller,
+            )
+        except ValueError as exc:
+            raise JobError(str(exc)) from exc
+        if work.output_size == work.size:
+            small = review
+        else:
+            small = fit_square(review, work.output_size).permute(0, 2, 3, 1).numpy()
+        items = []
+        for j, idx in enumerate(piece):
+            meta = work.base | {"index": idx, "seed": image_seed(work.config.seed, idx)}
+            if work.start_index is not None:
+                meta["init_image_index"] = work.start_index[idx % len(work.start_index)]
+            items.append(PoolItem(idx, meta, small[j], review[j]))
+        yield items
+
+    return run
+
+
+@job_kind("generate_diffusion", GenerateDiffusionParams)
+def generate_diffusion(ctx: JobContext, params: GenerateDiffusionParams) -> dict[str, Any]:
+    """Sample one class of a trained diffusion model into a candidate pool (chunked, resumable, per-index
+    seeds; sharded over Ray actors with ``--ray``)."""
+    from backend.generation.ddpm import load_model
 
     with ctx.session() as s:
         row = get_diffusion(s, params.diffusion_id)
         s.expunge(row)
     rel = sampling_model(ctx.store, row, params.class_name)
-    model = load_model(ctx.store.path(rel), ctx.settings.device)
+    model = load_model(ctx.store.path(rel), "cpu")  # its metadata; the workers load their own copy
     config = params.sample_config()
     source = (row.info or {}).get("source", {})
     size = model.config.image_size
@@ -302,40 +373,21 @@ def generate_diffusion(ctx: JobContext, params: GenerateDiffusionParams) -> dict
         }
         if starts is not None:
             base["strength"] = config.strength
-        batch_size = config.batch_size
-
-        def smaller_batch(new_size: int, message: str) -> None:
-            nonlocal batch_size
-            batch_size = new_size  # later chunks start at the size that fitted
-            ctx.log(message, "warning")
-
-        t0, made = time.monotonic(), 0
-        with PoolWriter(ctx.session, ctx.store, pool_id, review_size=params.review_size) as writer:
-            for c in range(0, len(todo), params.chunk_size):
-                chunk = todo[c : c + params.chunk_size]
-                lo, hi = (len(done) + made) / params.count, (len(done) + made + len(chunk)) / params.count
-                try:
-                    review = generate(
-                        model,
-                        [label] * len(chunk),
-                        chunk,
-                        config.model_copy(update={"batch_size": batch_size}),
-                        start_images=starts,
-                        hooks=ctx.hooks.scaled(lo, hi),
-                        on_batch_size=smaller_batch,
-                    )
-                except ValueError as exc:
-                    raise JobError(str(exc)) from exc
-                small = review if output_size == size else fit_square(review, output_size).permute(0, 2, 3, 1).numpy()
-                for j, idx in enumerate(chunk):
-                    meta = base | {"index": idx, "seed": image_seed(config.seed, idx)}
-                    if start_index is not None:
-                        meta["init_image_index"] = start_index[idx % len(start_index)]
-                    writer.add(idx, small[j], review[j], meta)
-                writer.flush()
-                made += len(chunk)
-                ctx.save_checkpoint({"pool_id": pool_id, "done": len(done) + made})
-                rate = made / max(time.monotonic() - t0, 1e-9)
-                total = len(done) + made
-                ctx.progress(total / params.count, f"{total}/{params.count} images, {rate:.2f} images/s")
+        folder = ctx.store.path(rel)
+        files = None
+        if ctx.settings.ray_address:  # cluster hosts may not see the workspace: ship the model's files
+            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        work = DiffusionWork(str(folder), files, label, config, size, output_size, starts, start_index, base)
+        spec = ShardSpec(diffusion_worker, work, encode=encoded_on_actor(params.review_size))
+        fill_pool(
+            ctx,
+            pool_id,
+            spec,
+            count=params.count,
+            done=len(done),
+            todo=todo,
+            chunk_size=params.chunk_size,
+            review_size=params.review_size,
+            shards=params.shards,
+        )
     return {"pool_id": pool_id, "count": params.count, "diffusion_id": row.id, "epoch": model.epoch}
