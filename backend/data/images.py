@@ -13,7 +13,6 @@ merely warn about is an ``ImageDecodeError`` here, and PIL's ``DecompressionBomb
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from pathlib import Path
@@ -42,38 +41,25 @@ def image_files(folder: Path, skipped: list[tuple[str, str]], relative_to: Path 
 
     Hidden files and folders are ignored; other non-image files and links that lead outside
     ``relative_to`` (default ``folder``) are appended to ``skipped`` as (path relative to it, reason),
-    so a link can never read outside the directory the operator allowed. Linked folders are not entered
-    (as ``os.walk``). Walks with ``os.scandir``: the entry types come with the listing, so a 60,000-file
-    tree costs no per-file system call.
+    so a link can never read outside the directory the operator allowed.
     """
     root = Path(relative_to or folder)
     inside = root.resolve()
     files: list[Path] = []
-
-    def rel_name(path: str) -> str:
-        # A name that is not UTF-8 (e.g. Latin-1 from an old zip) is shown with U+FFFD, JSON-safe.
-        rel = os.path.relpath(path, root).replace(os.sep, "/")
-        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-    def walk(directory: str) -> None:
-        with os.scandir(directory) as it:
-            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
-        subdirs = []
-        for entry in entries:
-            if entry.is_dir():
-                if not entry.is_symlink():
-                    subdirs.append(entry.path)
-            elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
-                skipped.append((rel_name(entry.path), "not an image file"))
-            elif entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(inside):
-                skipped.append((rel_name(entry.path), "link leads outside the folder"))
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            # A name that is not UTF-8 (e.g. Latin-1 from an old zip) is shown with U+FFFD, JSON-safe.
+            rel = path.relative_to(root).as_posix().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if name.startswith("."):
+                continue
+            if not is_image_name(name):
+                skipped.append((rel, "not an image file"))
+            elif path.is_symlink() and not path.resolve().is_relative_to(inside):
+                skipped.append((rel, "link leads outside the folder"))
             else:
-                files.append(Path(entry.path))
-        for sub in subdirs:
-            walk(sub)
-
-    if Path(folder).is_dir():
-        walk(str(folder))
+                files.append(path)
     return files
 
 
@@ -95,37 +81,6 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def _decode_pil(
-    data: bytes, name: str, size: tuple[int, int] | None, max_pixels: int, background: tuple[int, int, int]
-) -> Image.Image:
-    """The file's bytes -> an 8-bit RGB PIL image (see ``decode_image``); raises ``ImageDecodeError``."""
-    if not data:
-        raise ImageDecodeError(f"{name}: empty file")
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > max_pixels:
-            raise ImageDecodeError(f"{name}: {img.width}x{img.height} exceeds the {max_pixels:,}-pixel cap")
-        if img.width == 0 or img.height == 0:
-            raise ImageDecodeError(f"{name}: image has no pixels")
-        img.load()  # raises on truncated data (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
-        # in place: without an orientation tag, the default would copy every image for nothing.
-        ImageOps.exif_transpose(img, in_place=True)
-        img = _to_rgb(img, background)
-        if size is not None and (img.height, img.width) != tuple(size):
-            img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-        if img.mode != "RGB" or len(img.getbands()) != 3:
-            raise ImageDecodeError(f"{name}: decoded to unexpected mode {img.mode}")
-        return img
-    except ImageDecodeError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"{name}: decompression bomb refused ({exc})") from exc
-    except Image.UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"{name}: not a recognised image format") from exc
-    except Exception as exc:  # untrusted input: any decoder failure is a decode error, never a crash
-        raise ImageDecodeError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
-
-
 def decode_image(
     src: str | Path | bytes,
     *,
@@ -139,7 +94,28 @@ def decode_image(
     """
     name = str(src) if not isinstance(src, bytes) else "<bytes>"
     data = src if isinstance(src, bytes) else Path(src).read_bytes()
-    arr = np.asarray(_decode_pil(data, name, size, max_pixels, background), dtype=np.uint8)
+    if not data:
+        raise ImageDecodeError(f"{name}: empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > max_pixels:
+            raise ImageDecodeError(f"{name}: {img.width}x{img.height} exceeds the {max_pixels:,}-pixel cap")
+        if img.width == 0 or img.height == 0:
+            raise ImageDecodeError(f"{name}: image has no pixels")
+        img.load()  # raises on truncated data (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img, background)
+        if size is not None and (img.height, img.width) != tuple(size):
+            img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+        arr = np.asarray(img, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"{name}: decompression bomb refused ({exc})") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"{name}: not a recognised image format") from exc
+    except Exception as exc:  # untrusted input: any decoder failure is a decode error, never a crash
+        raise ImageDecodeError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageDecodeError(f"{name}: decoded to unexpected shape {arr.shape}")
     return arr
@@ -166,119 +142,3 @@ def resize_rgb(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return arr
     img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
     return np.asarray(img.resize((size[1], size[0]), Image.Resampling.BICUBIC), dtype=np.uint8)
-
-
-def _plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(h, w) of a baseline/progressive 3-component JPEG without EXIF, from its markers; None otherwise.
-
-    Such files decode identically in torchvision's libjpeg-turbo binding and in PIL (both libjpeg-turbo,
-    same defaults) with nothing to rotate; everything else (EXIF, grey, CMYK, odd files) goes through PIL.
-    """
-    if data[:2] != b"\xff\xd8":
-        return None
-    pos, end = 2, len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker == 0xE1 and data[pos + 4 : pos + 8] == b"Exif":
-            return None  # a possible orientation tag: PIL's exif_transpose decides
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            if pos + 10 > end or data[pos + 9] != 3:
-                return None
-            return int.from_bytes(data[pos + 5 : pos + 7], "big"), int.from_bytes(data[pos + 7 : pos + 9], "big")
-        if marker == 0xDA:  # start of scan before any frame header: malformed
-            return None
-        pos += 2 + length
-    return None
-
-
-def _decode_jpegs(datas: list[bytes]) -> list[bytes] | None:
-    """Decode plain JPEGs in one libjpeg-turbo call (torchvision) -> RGB bytes each; None if any fails.
-
-    Several times faster than PIL for small images, whose cost is PIL's Python header parsing.
-    """
-    try:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:
-        return None
-    try:
-        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-        out = decode_jpeg(tensors, mode=ImageReadMode.RGB)
-    except RuntimeError:  # a corrupt file: PIL decodes the task's files one by one and names it
-        return None
-    return [t.permute(1, 2, 0).contiguous().numpy().tobytes() for t in out]
-
-
-def decode_rows(
-    out_path: str,
-    offset: int,
-    row0: int,
-    files: list[str],
-    size: tuple[int, int],
-    resize: bool,
-) -> tuple[list[bytes], dict[int, str], np.ndarray, bool]:
-    """Read, hash and decode ``files`` into rows ``row0...`` of the ``.npy`` at ``out_path``: one decode task.
-
-    ``offset`` is where the array's data start in the file (after the header). Each file is read once: the
-    bytes are hashed (BLAKE2b-128) and decoded from memory; the task's rows go to the file in one write.
-    Plain JPEGs of the target size decode in one batched libjpeg-turbo call, everything else through
-    ``decode_image``'s PIL path (same pixels; see ``_plain_jpeg_size``).
-    Returns ``(digests, failed, histogram, mixed)``: a digest per file (of the bytes read; b"" for an
-    unreadable file), {position in ``files``: reason} for files that did not decode (their rows stay zero),
-    the int64 (3, 256) per-channel histogram of the decoded pixels (exact integer statistics), and whether
-    an image of another size was met with ``resize`` False (decoding then stops, hashing goes on).
-
-    A module-level function of this module so decode processes need nothing else.
-    """
-    h, w = size
-    row = h * w * 3
-    rows = bytearray(row * len(files))
-    digests: list[bytes] = []
-    failed: dict[int, str] = {}
-    mixed = False
-    jpegs: list[tuple[int, bytes]] = []  # (position, bytes) of plain JPEGs of the target size
-    others: list[tuple[int, bytes]] = []
-    for i, name in enumerate(files):
-        try:
-            with open(name, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            digests.append(b"")
-            failed[i] = f"unreadable ({exc.strerror or type(exc).__name__})"
-            continue
-        digests.append(hashlib.blake2b(data, digest_size=16).digest())
-        (jpegs if _plain_jpeg_size(data) == (h, w) else others).append((i, data))
-    decoded = _decode_jpegs([d for _, d in jpegs]) if jpegs else []
-    if decoded is None:
-        others, decoded = sorted(others + jpegs), []
-    for (i, _), pixels in zip(jpegs, decoded, strict=False):
-        rows[i * row : (i + 1) * row] = pixels
-    for i, data in others:
-        try:
-            img = _decode_pil(data, files[i], None, MAX_PIXELS, (0, 0, 0))
-        except ImageDecodeError as exc:
-            failed[i] = str(exc).split(": ", 1)[-1]
-            continue
-        if (img.height, img.width) != (h, w):
-            if not resize:
-                mixed = True
-                break
-            img = img.resize((w, h), Image.Resampling.BICUBIC)
-        rows[i * row : (i + 1) * row] = img.tobytes()  # RGB, row-major: exactly the (h, w, 3) uint8 layout
-    fd = os.open(out_path, os.O_WRONLY)
-    try:
-        os.pwrite(fd, rows, offset + row0 * row)
-    finally:
-        os.close(fd)
-    # One bincount over the task's pixels, channel c counted at c * 256 + level. Failed rows are zero:
-    # they land at level 0 and are taken off again.
-    pixels = np.frombuffer(rows, dtype=np.uint8).reshape(-1, 3)
-    hist = np.bincount((pixels + _CHANNEL_OFFSETS).ravel(), minlength=768).reshape(3, 256)
-    hist[:, 0] -= len(failed) * h * w
-    return digests, failed, hist, mixed
-
-
-_CHANNEL_OFFSETS = np.array([0, 256, 512], dtype=np.uint16)

@@ -13,11 +13,6 @@ ColorJitter(brightness=0.5, hue=0.3) -> RandomPerspective(0.2, p=0.5, fill=0)
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Callable, Iterator
-from typing import TypeVar
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,44 +22,6 @@ BRIGHTNESS = 0.5  # factor drawn from [1 - 0.5, 1 + 0.5]
 HUE = 0.3  # hue shift drawn from [-0.3, 0.3] of a full turn
 DISTORTION = 0.2  # RandomPerspective distortion_scale
 MAX_DEGREES = 180.0  # RandomRotation((0, 180))
-
-
-_F = TypeVar("_F", bound=Callable[..., torch.Tensor])
-SMALL_OP_THREADS = 1  # intra-op threads for the per-batch transforms on CPU (see ``cpu_threads``)
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int) -> Iterator[None]:
-    """Run the block with at most ``n`` torch intra-op threads, restoring the previous count after.
-
-    Why: a per-batch transform is dozens of ops of a few milliseconds each. Split over every core, each
-    op ends at a barrier that waits for the slowest thread, and on a shared machine a thread that lost
-    its core stalls every op for a scheduler slice: batched augmentation fell from 13x PIL's speed to
-    below 1x with one core busy elsewhere. One thread per op cannot wait on another. (The count is
-    process-wide, as torch has it; a training step's large convolutions run with the full count again.)
-    """
-    before = torch.get_num_threads()
-    if before <= n:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _few_threads(fn: _F) -> _F:
-    """Decorator: run ``fn`` under ``cpu_threads(SMALL_OP_THREADS)`` when its images are on the CPU."""
-
-    @functools.wraps(fn)
-    def wrapper(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return fn(x, *args, **kwargs)
-        with cpu_threads(SMALL_OP_THREADS):
-            return fn(x, *args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -81,7 +38,6 @@ def _randint(low: int, high: int, n: int, generator: torch.Generator | None, dev
     return torch.randint(low, high, (n,), generator=generator, device=generator.device).to(device)
 
 
-@_few_threads
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """x uint8 (N,3,H,W) any device -> float32 normalised; mean/std are (3,) in 0-1 units."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
@@ -90,7 +46,6 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return torch.addcmul(-mean / std, x.to(torch.float32), 1.0 / (255.0 * std))
 
 
-@_few_threads
 def random_crop_flip(
     x: torch.Tensor, *, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -196,7 +151,6 @@ def _rotation_homography(angles_deg: torch.Tensor, h: int, w: int) -> torch.Tens
 _HSV_K = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)  # HSV->RGB phase of R, G, B in sixths of a turn
 
 
-@_few_threads
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of float RGB (N,3,H,W) by ``shift`` (N,) turns; same result as torchvision.adjust_hue.
 
@@ -236,7 +190,6 @@ def _rotate_nearest(x: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
     return (out * valid.view(n, 1, h * w).to(x.dtype)).view(n, c, h, w)
 
 
-@_few_threads
 def solarize(x: torch.Tensor, threshold: float, apply: torch.Tensor | None = None) -> torch.Tensor:
     """Invert uint8 pixels >= ``threshold`` (torchvision.solarize) in samples where ``apply`` (N,) is set."""
     invert = x >= threshold
@@ -245,7 +198,6 @@ def solarize(x: torch.Tensor, threshold: float, apply: torch.Tensor | None = Non
     return torch.bitwise_xor(x, invert.to(torch.uint8) * 255)  # 255 - v == v ^ 0xFF for uint8
 
 
-@_few_threads
 def strong_augment(x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """The study's oversample_aug transforms, per-sample random params, batched, uint8 (N,3,H,W) in/out.
 
@@ -307,7 +259,6 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 __all__ = [
     "adjust_hue",
-    "cpu_threads",
     "channel_stats",
     "normalize",
     "random_crop_flip",

@@ -13,7 +13,6 @@ from backend.core.hooks import Hooks, Stopped
 from backend.data.cache import DecodedDataset, build_cache, content_key, load_cache
 from backend.data.images import decode_image
 from backend.data.sources import load_digits, scan_imagefolder
-from backend.data.transforms import channel_stats
 from tests.data.conftest import write_folder
 
 
@@ -97,43 +96,3 @@ def test_real_cifar10_counts_and_round_trip(cifar_cache: DecodedDataset, cifar10
     assert np.array_equal(loaded.train_x[3 * 5000], decode_image(first_cat))
     mean = np.asarray(loaded.info["mean"])
     assert np.allclose(mean, [0.491, 0.482, 0.447], atol=0.01)  # the well-known CIFAR-10 statistics
-
-
-def test_parallel_decode_equals_in_process_and_standalone_key(tmp_path: Path) -> None:
-    """Decode processes give the same arrays, key and statistics as decoding here; the key computed from
-    the bytes read while decoding equals ``content_key``; the statistics equal ``channel_stats``."""
-    root = write_folder(tmp_path / "ds", {"a": 9, "b": 7}, size=(6, 5))
-    (root / "b" / "broken.png").write_bytes(b"\x89PNG broken")
-    listing = scan_imagefolder(root)
-    one = build_cache(listing, tmp_path / "c1", processes=1)
-    two = build_cache(scan_imagefolder(root), tmp_path / "c2", processes=2)
-    assert one.key == two.key == content_key(scan_imagefolder(root))
-    assert np.array_equal(one.train_x, two.train_x) and np.array_equal(one.test_x, two.test_x)
-    assert np.array_equal(one.train_y, two.train_y)
-    assert dict(two.info["skipped"]) == {"b/broken.png": dict(one.info["skipped"])["b/broken.png"]}
-    mean, std = channel_stats(np.asarray(two.train_x))
-    np.testing.assert_allclose(two.info["mean"], mean, rtol=1e-6)
-    np.testing.assert_allclose(two.info["std"], std, rtol=1e-5)
-    assert one.info["mean"] == two.info["mean"] and one.info["std"] == two.info["std"]
-
-
-def test_plain_jpegs_decode_like_pil(tmp_path: Path) -> None:
-    """Plain JPEGs take the batched libjpeg-turbo path; rows equal decode_image's PIL pixels, and a JPEG
-    with an EXIF orientation (PIL path) is still turned upright."""
-    rng = np.random.default_rng(3)
-    for cname in ("a", "b"):
-        (tmp_path / "ds" / cname).mkdir(parents=True)
-        for i in range(4):
-            arr = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(tmp_path / "ds" / cname / f"{i}.jpg", quality=90)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees when displayed
-    tall = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    tall[:8] = 255  # top half white: a 90 degree turn moves it to a side
-    Image.fromarray(tall).save(tmp_path / "ds" / "a" / "rot.jpg", quality=95, exif=exif)
-    listing = scan_imagefolder(tmp_path / "ds", test_fraction=0.2)
-    ds = build_cache(listing, tmp_path / "cache", processes=2)
-    assert ds.info["skipped"] == []
-    for files, arr in ((listing.train_files, ds.train_x), (listing.test_files, ds.test_x)):
-        for path, row in zip(files, arr, strict=True):
-            assert np.array_equal(row, decode_image(path)), path.name
