@@ -38,13 +38,13 @@ Measured on the shared 2-core CPU VM (issue 13 sessions), digit 3 kept at 5 of i
 
 So the external-data case does NOT beat oversample here, although a pixel classifier calls 85-99 % of the
 samples 3s. Controls (seed 0, same classifier) show why: the cut set + the 138 removed REAL 3s gives 86.5 %
-minority accuracy, but the same real 3s after an 8 px round trip (box down to 8x8, bicubic back to 32: same
-mean intensity, pixels off by 8 levels on average, 54 at most) give 8.1 %, and 21.6 % with strong
-augmentation on every image. The CNN keys on low-level resampling/intensity statistics that separate the 138 added 3s from the 5 real ones, not on the
-digit's shape; the diffusion samples (16 px model, bilinear up to 32, mean intensity 103 vs 77 for real 3s)
-differ from the real pipeline far more than that round trip. What would close it (not done): sampling at the
-dataset's own resolution and pipeline, intensity matching, or mixing synthetic with real images (SYNAuG's
-mixup) so those statistics stop predicting the label.
+minority accuracy, but the same real 3s after an 8 px round trip (box down to 8x8, bicubic back to 32: same mean
+intensity, pixels off by 8 levels on average, 54 at most) give 8.1 %, and 21.6 % with strong augmentation on
+every image. The CNN keys on low-level resampling/intensity statistics that separate the 138 added 3s from the 5
+real ones, not on the digit's shape; the diffusion samples (16 px model, bilinear up to 32, mean intensity 103
+vs 77 for real 3s) differ from the real pipeline far more than that round trip. What would close it (not done):
+sampling at the dataset's own resolution and pipeline, intensity matching, or mixing synthetic with real images
+(SYNAuG's mixup) so those statistics stop predicting the label.
 """
 
 from __future__ import annotations
