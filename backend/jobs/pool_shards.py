@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -75,19 +76,29 @@ class ShardPoolWriter(PoolWriter):
         self.store.write_bytes(webp, webp_bytes)
 
 
+class PoolParams(Protocol):
+    """What every generator kind's params say about filling its pool."""
+
+    count: int
+    chunk_size: int
+    review_size: int
+    shards: int | None
+
+
 def fill_pool(
     ctx: JobContext,
     pool_id: int,
-    spec: ShardSpec,
+    worker: Callable[..., Any],
+    work: Any,
+    params: PoolParams,
     *,
-    count: int,
     done: int,
     todo: list[int],
-    chunk_size: int,
-    review_size: int,
-    shards: int | None = None,
 ) -> None:
-    """Make the images ``todo`` (``done`` of ``count`` exist already) into pool ``pool_id``."""
+    """Make the images ``todo`` (``done`` of ``params.count`` exist already) into pool ``pool_id``:
+    ``worker(work, ...)`` makes them (a ``ShardSpec`` worker), encoded where they are made."""
+    spec = ShardSpec(worker, work, encode=encoded_on_actor(params.review_size))
+    count, chunk_size, review_size, shards = params.count, params.chunk_size, params.review_size, params.shards
     address = ctx.settings.ray_address
     pieces = [todo[c : c + chunk_size] for c in range(0, len(todo), chunk_size)]
     parts = split(pieces, shards or default_shards(address))

@@ -279,13 +279,20 @@ def persist(
     ctx.browser_states.append(store)
     names = list(fields)
     comps = [fields[n] for n in names]
+    # Saving waits for the restore: the defaults the spec step writes into the form fire change events
+    # too, and a save of those landing before the restore reads the store would replace the saved form.
+    restored = gr.State(False)
 
     def restore(saved: dict[str, Any] | None) -> list[Any]:
         saved = saved or {}
-        return [saved[n] if n in saved and saved[n] is not None else gr.skip() for n in names] + [new_key()]
+        values = [saved[n] if n in saved and saved[n] is not None else gr.skip() for n in names]
+        return [*values, new_key(), True]
 
-    def save(*values: Any) -> tuple[dict[str, Any], str]:
-        return dict(zip(names, values, strict=True)), new_key()
+    def save(*values: Any) -> tuple[Any, Any]:
+        *form, ready = values
+        if not ready:
+            return gr.skip(), gr.skip()
+        return dict(zip(names, form, strict=True)), new_key()
 
     bound = [(fields[f], *target.removesuffix(":choices").split(".", 1), not target.endswith(":choices"))
              for f, target in (spec or {}).items()]  # fmt: skip
@@ -302,7 +309,7 @@ def persist(
         steps.append((from_spec, [], [b[0] for b in bound]))
     if before is not None:
         steps.append((before, [], list(before_outputs)))
-    steps.append((restore, [store], [*comps, key]))
+    steps.append((restore, [store], [*comps, key, restored]))
     event = None
     for fn, inputs, outputs in steps:
         start = ctx.demo.load if event is None else event.then
@@ -310,7 +317,7 @@ def persist(
     gr.on(
         [c.change for c in comps],
         save,
-        inputs=comps,
+        inputs=[*comps, restored],
         outputs=[store, key],
         show_progress="hidden",
         trigger_mode="always_last",

@@ -207,12 +207,21 @@ def test_gan_form_starts_small_on_this_cpu_server_and_says_why(studio: Studio) -
 
 
 def test_job_times_say_utc(studio: Studio) -> None:
-    """Issue 20.8: times in the Jobs tab are marked UTC. (The id box still shows 0 before a job is chosen:
-    not fixed yet, so not asserted here.)"""
+    """Issue 20.8: times in the Jobs tab are marked UTC, and the id box is empty (not a made-up 0) until
+    a job is chosen; a click on a row puts that job's id there."""
     studio.page.reload()
     studio.tab("Jobs")
     studio.page.locator("#jobs-table", has_text="prepare_dataset").wait_for(timeout=240_000)
     assert "UTC" in studio.page.locator("#jobs-table").inner_text()
+    box = studio.page.locator("#jobs-id").locator("input, textarea").first
+    assert box.input_value() == ""
+    studio.click("jobs-cancel")
+    studio.page.locator("#jobs-action-msg", has_text="enter or click a job first").wait_for()
+    # The table's cells are role=gridcell divs with data-row / data-col (its <tbody> only sizes columns).
+    first_id = studio.page.locator("#jobs-table [data-testid='cell-0-0']").inner_text().strip()
+    studio.page.locator("#jobs-table [data-testid='cell-0-1']").click()
+    studio.page.wait_for_function("([el, v]) => el.value === v", arg=[box.element_handle(), first_id])
+    studio.page.locator(f"#jobs-card .rb-job[data-job-id='{first_id}']").wait_for()
 
 
 def test_no_untranslated_gradio_key_was_ever_shown(studio: Studio) -> None:

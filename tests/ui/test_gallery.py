@@ -9,6 +9,7 @@ directly; what the user sees and clicks goes through the page."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from typing import Any
@@ -146,5 +147,10 @@ def test_gan_pool_images_are_shown(studio: Studio) -> None:
     # Select: the chosen candidate pools show their images, a GAN pool included.
     studio.tab("Select")
     studio.pick("sel-pools", f"#{pool['id']} {pool['name']} ({pool['count']})")
-    studio.wait_images("#sel-pool-gallery", 8)
-    assert "dcgan" in studio.page.locator("#sel-pool-gallery").inner_text()  # what made the image
+    # An earlier test may have left another pool chosen, whose images show first: wait for this pool's.
+    js = "(t) => (document.querySelector('#sel-pool-gallery')?.innerText || '').includes(t)"
+    studio.page.wait_for_function(js, arg=f"(pool #{pool['id']})", timeout=30_000)
+    srcs = studio.wait_images("#sel-pool-gallery", 8)
+    assert any(s.endswith(f"/api/images/{first['id']}/review") for s in srcs)
+    text = studio.page.locator("#sel-pool-gallery").inner_text()
+    assert re.search(rf"dcgan[^\n]*\(pool #{pool['id']}\)", text), text  # what made it, which pool

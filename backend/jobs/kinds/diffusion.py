@@ -31,8 +31,8 @@ from backend.generation.prompts import image_seed
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.kinds.gan import SOURCE_FORMS, DatasetSource, PathSource, Source
-from backend.jobs.pool_shards import PoolItem, encoded_on_actor, fill_pool
-from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP, ShardSpec
+from backend.jobs.pool_shards import PoolItem, fill_pool
+from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP
 from backend.jobs.registry import job_kind
 from backend.services.datasets import extract_upload, imbalance_of, open_dataset
 from backend.services.diffusions import (
@@ -378,16 +378,5 @@ def generate_diffusion(ctx: JobContext, params: GenerateDiffusionParams) -> dict
         if ctx.settings.ray_address:  # cluster hosts may not see the workspace: ship the model's files
             files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
         work = DiffusionWork(str(folder), files, label, config, size, output_size, starts, start_index, base)
-        spec = ShardSpec(diffusion_worker, work, encode=encoded_on_actor(params.review_size))
-        fill_pool(
-            ctx,
-            pool_id,
-            spec,
-            count=params.count,
-            done=len(done),
-            todo=todo,
-            chunk_size=params.chunk_size,
-            review_size=params.review_size,
-            shards=params.shards,
-        )
+        fill_pool(ctx, pool_id, diffusion_worker, work, params, done=len(done), todo=todo)
     return {"pool_id": pool_id, "count": params.count, "diffusion_id": row.id, "epoch": model.epoch}

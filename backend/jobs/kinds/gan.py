@@ -37,8 +37,8 @@ from backend.generation.gan_images import load_image_folder
 from backend.generation.imagefiles import encode_png
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
-from backend.jobs.pool_shards import PoolItem, encoded_on_actor, fill_pool
-from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP, ShardSpec
+from backend.jobs.pool_shards import PoolItem, fill_pool
+from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP
 from backend.jobs.registry import job_kind
 from backend.services.datasets import UPLOAD_ID, extract_upload, minority_images, open_dataset
 from backend.services.gans import checkpoint_path, get_gan, samples_path, sampling_epoch
@@ -321,20 +321,8 @@ def generate_gan(ctx: JobContext, params: GenerateGanParams) -> dict[str, Any]:
         todo = [i for i in range(params.count) if i not in done]
         base = {"generator": "dcgan", "gan_id": row.id, "epoch": epoch, "seed": params.seed, "job_id": ctx.job_id}
         base |= {"output_size": output_size}
-        spec = ShardSpec(
-            gan_worker, GanWork(weights, params.seed, output_size, base), encode=encoded_on_actor(params.review_size)
-        )
-        fill_pool(
-            ctx,
-            pool_id,
-            spec,
-            count=params.count,
-            done=len(done),
-            todo=todo,
-            chunk_size=params.chunk_size,
-            review_size=params.review_size,
-            shards=params.shards,
-        )
+        work = GanWork(weights, params.seed, output_size, base)
+        fill_pool(ctx, pool_id, gan_worker, work, params, done=len(done), todo=todo)
         return {"pool_id": pool_id, "count": params.count, "gan_id": row.id, "epoch": epoch}
 
 

@@ -27,8 +27,8 @@ from backend.generation.prompts import PromptItem, Vocabulary, default_vocabular
 from backend.generation.schedulers import SCHEDULERS, SchedulerName
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
-from backend.jobs.pool_shards import PoolItem, encoded_on_actor, fill_pool
-from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP, ShardSpec
+from backend.jobs.pool_shards import PoolItem, fill_pool
+from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP
 from backend.jobs.registry import job_kind
 from backend.services.concepts import usable_concept
 from backend.services.datasets import minority_images, open_dataset
@@ -352,16 +352,5 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
         )
         ctx.log(f"loading {params.model} ({params.mode}, {params.scheduler}, {params.steps} steps)")
         ctx.log(f"generating {len(todo)} images into pool {pool_id}, batches of {params.batch_size}")
-        spec = ShardSpec(sd_worker, work, encode=encoded_on_actor(params.review_size))
-        fill_pool(
-            ctx,
-            pool_id,
-            spec,
-            count=params.count,
-            done=len(done),
-            todo=todo,
-            chunk_size=params.chunk_size,
-            review_size=params.review_size,
-            shards=params.shards,
-        )
+        fill_pool(ctx, pool_id, sd_worker, work, params, done=len(done), todo=todo)
         return {"pool_id": pool_id, "count": params.count}

@@ -84,15 +84,15 @@ def build(ctx: Ctx) -> None:
             variants = gr.CheckboxGroup(
                 value=["imbalanced", "oversample", "full"], label="Variants", elem_id="bench-variants"
             )
+            # Dropdowns get a row of their own: their labels ("#3 SD tiny (txt2img) · 92 images") are long.
+            sel = gr.Dropdown(
+                label="+ selection (accepted picks)", choices=[], allow_custom_value=True, elem_id="bench-selection"
+            )
+            sel_name = gr.Textbox("sd_al", label="as variant", elem_id="bench-selection-name")
+            pool = gr.Dropdown(
+                label="+ random images from pool", choices=[], allow_custom_value=True, elem_id="bench-pool"
+            )
             with gr.Row():
-                sel = gr.Dropdown(
-                    label="+ selection (accepted picks)", choices=[], allow_custom_value=True, elem_id="bench-selection"
-                )
-                sel_name = gr.Textbox("sd_al", label="as variant", elem_id="bench-selection-name")
-            with gr.Row():
-                pool = gr.Dropdown(
-                    label="+ random images from pool", choices=[], allow_custom_value=True, elem_id="bench-pool"
-                )
                 pool_count = gr.Number(50, label="count", precision=0, minimum=1, elem_id="bench-pool-count")
                 pool_name = gr.Textbox("sd_random", label="as variant", elem_id="bench-pool-name")
             with gr.Row():

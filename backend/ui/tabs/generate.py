@@ -75,7 +75,8 @@ DIFF_SAMPLE_PARAMS = {
     "guidance": "guidance",
     "strength": "strength",
 }
-INLINE = "(the editor's current vocabulary)"
+INLINE = "(the editor's current vocabulary)"  # the value (saved in forms); shown as INLINE_LABEL
+INLINE_LABEL = "the Prompts editor's"  # short enough for the half-width dropdown
 LATEST = 12  # images shown from the pool being filled
 
 
@@ -127,7 +128,11 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
                 # Offline demo default; the suggested models are the API's.
                 model = gr.Dropdown(["tiny"], value="tiny", label="Model", allow_custom_value=True, elem_id="sd-model")
                 vocab = gr.Dropdown(
-                    [INLINE], value=INLINE, label="Vocabulary", allow_custom_value=True, elem_id="sd-vocab"
+                    [(INLINE_LABEL, INLINE)],
+                    value=INLINE,
+                    label="Vocabulary",
+                    allow_custom_value=True,
+                    elem_id="sd-vocab",
                 )
             with gr.Row():
                 count = gr.Number(16, label="Images", precision=0, minimum=1, elem_id="sd-count")
@@ -159,7 +164,7 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
 
     def list_vocabs() -> list[tuple[str, Any]]:
         rows = safe_items(api, "/vocabularies")
-        return [(INLINE, INLINE), *choices(rows, lambda v: f"#{v['id']} {v.get('name')}")]
+        return [(INLINE_LABEL, INLINE), *choices(rows, lambda v: f"#{v['id']} {v.get('name')}")]
 
     def refresh() -> Any:
         return gr.update(choices=list_vocabs())

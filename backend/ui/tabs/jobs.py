@@ -30,6 +30,12 @@ def job_rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
+def parse_id(text: Any) -> int | None:
+    """The job id typed or clicked into the id box, or None when it holds no positive whole number."""
+    value = str(text or "").strip().lstrip("#")
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
+
+
 def build(ctx: Ctx) -> None:
     api = ctx.api
     with gr.Row():
@@ -50,7 +56,8 @@ def build(ctx: Ctx) -> None:
         with gr.Column(scale=2, elem_classes="rb-card"):
             # No ``minimum``: an empty Number reaches the server as 0, and Gradio would reject it before
             # any handler runs -- which also broke the tab's timer (the table and health stayed empty).
-            job_id = gr.Number(None, label="Job id", precision=0, elem_id="jobs-id")
+            # A Textbox, not a Number: an empty Number shows 0, which reads as a job id.
+            job_id = gr.Textbox(label="Job id", placeholder="click a row or type an id", max_lines=1, elem_id="jobs-id")
             with gr.Row():
                 cancel = gr.Button("Cancel", variant="stop", min_width=80, elem_id="jobs-cancel")
                 retry = gr.Button("Retry", min_width=80, elem_id="jobs-retry")
@@ -89,7 +96,8 @@ def build(ctx: Ctx) -> None:
             f"{h.get('live_workers', 0)} worker(s) · device {h.get('device')} · v{h.get('version')}"
         )
 
-    def detail(jid: Any) -> tuple[str, Any, str]:
+    def detail(text: Any) -> tuple[str, Any, str]:
+        jid = parse_id(text)
         job = fetch_job(api, jid)
         if not job:
             return job_card(None), None, ""
@@ -104,14 +112,15 @@ def build(ctx: Ctx) -> None:
     def on_row(evt: gr.SelectData, rows: Any) -> Any:
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
         try:
-            return int(rows.iloc[row, 0]) if hasattr(rows, "iloc") else int(rows[row][0])
+            return str(int(rows.iloc[row, 0]) if hasattr(rows, "iloc") else int(rows[row][0]))
         except (IndexError, ValueError, TypeError, KeyError):
             return gr.skip()
 
     def act(verb: str) -> Any:
-        def run(jid: Any) -> str:
-            if not jid or jid < 1:
-                return error_html("job: enter or click a job first")
+        def run(text: Any) -> str:
+            jid = parse_id(text)
+            if jid is None:
+                return error_html("job: enter or click a job first (a whole number such as 12)")
             try:
                 job = api.post(f"/jobs/{int(jid)}/{verb}")
             except ApiError as exc:

@@ -282,7 +282,7 @@ def build(ctx: Ctx) -> None:
                 label="Candidate pools", choices=[], multiselect=True, allow_custom_value=True, elem_id="sel-pools"
             )
             pool_gallery = gr.Gallery(
-                label=f"Candidate images (the first {POOL_PREVIEW} of each chosen pool)",
+                label=f"Candidates (first {POOL_PREVIEW} per pool)",
                 columns=6,
                 height=230,
                 object_fit="contain",
@@ -417,7 +417,8 @@ def build(ctx: Ctx) -> None:
         out: list[tuple[str, str]] = []
         for pid in ids or []:
             rows = safe_items(api, f"/pools/{int(pid)}/images", limit=POOL_PREVIEW)
-            out += [(review_url(base, r["id"]), f"pool #{int(pid)} · {image_caption(r)}") for r in rows]
+            # What made the image first: a thumbnail's caption shows only its start.
+            out += [(review_url(base, r["id"]), f"{image_caption(r)} (pool #{int(pid)})") for r in rows]
         return out
 
     def fit_budget(ids: list[Any] | None, current: Any) -> Any:
