@@ -325,6 +325,13 @@ def persist(
     return store
 
 
+def parse_id(text: Any) -> int | None:
+    """The id typed or clicked into an id box ("12", "#12"), or None when it holds no positive whole
+    number. Id boxes are Textboxes, not Numbers: an empty Number shows 0, which reads as an id."""
+    value = str(text or "").strip().lstrip("#")
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
+
+
 def int_or_none(value: Any) -> int | None:
     if value in (None, "", []):
         return None

@@ -150,3 +150,11 @@ def test_gan_form_starts_small_on_a_cpu_server_and_says_why(served: TestClient) 
     assert "x-suggested" not in param_specs(api, "benchmark")["epochs"]  # only where a suggestion is made
     cuda = _suggested("train_gan", {"properties": {"epochs": {"default": 25}}}, "cuda:0")
     assert cuda == {"properties": {"epochs": {"default": 25}}}  # a GPU server starts at the study's scale
+
+
+def test_id_boxes_take_whole_positive_numbers_only() -> None:
+    from backend.ui.common import parse_id
+
+    assert [parse_id(v) for v in ("12", " #12 ", 7, "0", "", None, "-3", "1.5", "\u00b2", "\u0663", "x")] == [
+        12, 12, 7, None, None, None, None, None, None, None, None,
+    ]  # fmt: skip

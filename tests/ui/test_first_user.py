@@ -222,6 +222,9 @@ def test_job_times_say_utc(studio: Studio) -> None:
     studio.page.locator("#jobs-table [data-testid='cell-0-1']").click()
     studio.page.wait_for_function("([el, v]) => el.value === v", arg=[box.element_handle(), first_id])
     studio.page.locator(f"#jobs-card .rb-job[data-job-id='{first_id}']").wait_for()
+    # The Experiments tab's id box is the same kind of box: empty, not 0, before any experiment.
+    studio.tab("Experiments")
+    assert studio.page.locator("#exp-id").locator("input, textarea").first.input_value() == ""
 
 
 def test_no_untranslated_gradio_key_was_ever_shown(studio: Studio) -> None:

@@ -16,7 +16,7 @@ import gradio as gr
 import yaml
 
 from backend.ui.client import ApiError
-from backend.ui.common import Ctx, error_html, job_card, note_html, ok_html, persist, public_base
+from backend.ui.common import Ctx, error_html, job_card, note_html, ok_html, parse_id, persist, public_base
 
 COLUMNS = ["id", "name", "status", "progress", "minority acc (best variant)", "created"]
 
@@ -102,7 +102,9 @@ def build(ctx: Ctx) -> None:
                 copy = gr.Button("Copy its config", elem_id="exp-copy")
             msg = gr.HTML(elem_id="exp-msg")
         with gr.Column(scale=2, elem_classes="rb-card"):
-            exp_id = gr.Number(None, label="Experiment id", precision=0, elem_id="exp-id")
+            exp_id = gr.Textbox(
+                label="Experiment id", placeholder="launch one or click a row", max_lines=1, elem_id="exp-id"
+            )
             stages = gr.HTML(stages_html(None), elem_id="exp-stages")
     report = gr.HTML(elem_id="exp-report")
     shown = gr.State(None)  # the experiment whose report the iframe shows, so ticks do not reload it
@@ -132,11 +134,12 @@ def build(ctx: Ctx) -> None:
             exp = api.post("/experiments", {"yaml": config or ""})
         except ApiError as exc:
             return gr.skip(), error_html(exc.message)
-        return exp["id"], ok_html(f"experiment #{exp['id']} launched: {len(exp['stages'])} stages")
+        return str(exp["id"]), ok_html(f"experiment #{exp['id']} launched: {len(exp['stages'])} stages")
 
-    def copy_config(eid: Any) -> tuple[Any, str]:
+    def copy_config(text: Any) -> tuple[Any, str]:
         """A past experiment's config (defaults filled in) as the starting point of a new one."""
-        if not eid:
+        eid = parse_id(text)
+        if eid is None:
             return gr.skip(), error_html("experiment: launch one or click a row first")
         try:
             exp = api.get(f"/experiments/{int(eid)}")
@@ -145,8 +148,9 @@ def build(ctx: Ctx) -> None:
         return yaml.safe_dump(exp["config"], sort_keys=False), ok_html(f"config of experiment #{exp['id']} copied")
 
     def act(verb: str) -> Any:
-        def run(eid: Any) -> str:
-            if not eid:
+        def run(text: Any) -> str:
+            eid = parse_id(text)
+            if eid is None:
                 return error_html("experiment: launch one or click a row first")
             try:
                 exp = api.post(f"/experiments/{int(eid)}/{verb}")
@@ -156,9 +160,9 @@ def build(ctx: Ctx) -> None:
 
         return run
 
-    def tick(eid: Any, last: Any, request: gr.Request) -> tuple[str, Any, Any]:
+    def tick(text: Any, last: Any, request: gr.Request) -> tuple[str, Any, Any]:
         exp = None
-        if eid:
+        if (eid := parse_id(text)) is not None:
             try:
                 exp = api.get(f"/experiments/{int(eid)}")
             except ApiError:
@@ -177,7 +181,7 @@ def build(ctx: Ctx) -> None:
     def on_row(evt: gr.SelectData, data: Any) -> Any:
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
         try:
-            return int(data.iloc[row, 0]) if hasattr(data, "iloc") else int(data[row][0])
+            return str(int(data.iloc[row, 0]) if hasattr(data, "iloc") else int(data[row][0]))
         except (IndexError, ValueError, TypeError, KeyError):
             return gr.skip()
 

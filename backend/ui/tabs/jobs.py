@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from backend.ui.client import ApiError
-from backend.ui.common import Ctx, error_html, fetch_job, fmt_eta, job_card, ok_html
+from backend.ui.common import Ctx, error_html, fetch_job, fmt_eta, job_card, ok_html, parse_id
 
 STATUSES = ["all", "queued", "running", "succeeded", "failed", "cancelled"]
 COLUMNS = ["id", "kind", "status", "progress", "ETA", "message", "created (UTC)"]  # the API stores UTC
@@ -28,12 +28,6 @@ def job_rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:
         ]
         for j in jobs
     ]
-
-
-def parse_id(text: Any) -> int | None:
-    """The job id typed or clicked into the id box, or None when it holds no positive whole number."""
-    value = str(text or "").strip().lstrip("#")
-    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
 
 
 def build(ctx: Ctx) -> None:
