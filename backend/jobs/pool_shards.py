@@ -24,7 +24,7 @@ import numpy as np
 from backend.generation.imagefiles import encode_png, encode_webp
 from backend.jobs.context import JobContext
 from backend.jobs.ray_executor import ShardSpec, default_shards, run_shards, split
-from backend.services.pools import ROW_FIELDS, PoolWriter, image_paths
+from backend.services.pools import PoolWriter
 
 
 @dataclass
@@ -58,22 +58,12 @@ def encoded_on_actor(review_size: int) -> functools.partial:
     return functools.partial(encode_items, review_size=review_size)
 
 
-class ShardPoolWriter(PoolWriter):
-    """A PoolWriter that also takes files already encoded elsewhere (same paths, same rows, same flush)."""
-
-    def add_item(self, item: PoolItem) -> None:
-        if item.png is None:
-            self.add(item.idx, item.image, item.review, item.meta)
-            return
-        png, webp = image_paths(self.pool_id, item.idx)
-        self._encoder.submit(self._write_encoded, png, item.png, webp, item.webp)
-        row = {key: item.meta.get(key) for key in ROW_FIELDS}
-        row.update(file=png, review_file=webp, width=item.width, height=item.height, meta=item.meta)
-        self._rows[item.idx] = row
-
-    def _write_encoded(self, png: str, png_bytes: bytes, webp: str, webp_bytes: bytes | None) -> None:
-        self.store.write_bytes(png, png_bytes)
-        self.store.write_bytes(webp, webp_bytes)
+def add_item(writer: PoolWriter, item: PoolItem) -> None:
+    """Write one made image through the pool's writer: arrays here, or files encoded on a Ray actor."""
+    if item.png is None:
+        writer.add(item.idx, item.image, item.review, item.meta)
+    else:
+        writer.add_encoded(item.idx, item.png, item.webp, item.width, item.height, item.meta)
 
 
 class PoolParams(Protocol):
@@ -106,12 +96,12 @@ def fill_pool(
         ctx.log(f"{len(todo)} images in {len(parts)} shard(s) on Ray ({address})")
     t0, made, rate = time.monotonic(), 0, 0.0
 
-    with ShardPoolWriter(ctx.session, ctx.store, pool_id, review_size=review_size) as writer:
+    with PoolWriter(ctx.session, ctx.store, pool_id, review_size=review_size) as writer:
 
         def on_result(items: list[PoolItem]) -> None:
             nonlocal made, rate
             for item in items:
-                writer.add_item(item)
+                add_item(writer, item)
             # Rows per part, not per piece: the pool's count and newest thumbnails, the progress bar and
             # its ETA move while the job runs.
             writer.flush()

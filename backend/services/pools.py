@@ -108,6 +108,18 @@ class PoolWriter:
         row.update(file=png, review_file=webp, width=int(image.shape[1]), height=int(image.shape[0]), meta=meta)
         self._rows[idx] = row
 
+    def add_encoded(self, idx: int, png: bytes, webp: bytes, width: int, height: int, meta: dict[str, Any]) -> None:
+        """Like ``add`` for an image already encoded elsewhere (a Ray actor): same paths, same row."""
+        png_path, webp_path = image_paths(self.pool_id, idx)
+        self._encoder.submit(self._write_encoded, png_path, png, webp_path, webp)
+        row = {key: meta.get(key) for key in ROW_FIELDS}
+        row.update(file=png_path, review_file=webp_path, width=width, height=height, meta=meta)
+        self._rows[idx] = row
+
+    def _write_encoded(self, png_path: str, png: bytes, webp_path: str, webp: bytes) -> None:
+        self.store.write_bytes(png_path, png)
+        self.store.write_bytes(webp_path, webp)
+
     def flush(self) -> int:
         """Wait for the files, then insert the rows not yet in the pool and update its count.
         Returns the number of rows inserted."""

@@ -79,6 +79,9 @@ def small(num_classes: int, dropout: float = 0.0, widths: tuple[int, ...] = (16,
 
 
 MODELS: dict[str, Callable[..., Classifier]] = {"resnet18_cifar": resnet18_cifar, "small": small}
+# Share of one GPU a training run of each model takes on a Ray cluster (--ray): the small CNN leaves room for
+# four runs per GPU; ResNet18 at batch 256 keeps one GPU busy. Models not listed take a whole GPU.
+GPU_SHARE: dict[str, float] = {"small": 0.25, "resnet18_cifar": 1.0}
 ModelName = Literal[tuple(MODELS)]  # type: ignore[valid-type]  # for params: an enum in their JSON schema
 
 

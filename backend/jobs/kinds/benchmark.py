@@ -37,7 +37,7 @@ from backend.jobs.ray_executor import run_units
 from backend.jobs.registry import job_kind
 from backend.services import datasets, pools, selections
 from backend.services.rows import row_for_job
-from backend.training.models import ModelName
+from backend.training.models import GPU_SHARE, ModelName
 from backend.training.trainer import (
     CHECKPOINT_KIND,
     BatchSize,
@@ -154,11 +154,6 @@ class BenchmarkParams(BaseModel):
 def resolve_model(model: str | None, device: str) -> str:
     """The study's ResNet18 on a GPU; the fast ``small`` CNN on CPU, unless a model was named."""
     return model or ("resnet18_cifar" if device.startswith("cuda") else "small")
-
-
-# Share of one GPU a run takes on a Ray cluster (--ray): the small CNN leaves room for four runs per GPU;
-# ResNet18 at batch 256 keeps one GPU busy. Models not listed take a whole GPU.
-GPU_SHARE = {"small": 0.25, "resnet18_cifar": 1.0}
 
 
 def _run_dir(benchmark_id: int, variant: str, seed: int) -> str:
