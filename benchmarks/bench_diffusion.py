@@ -12,44 +12,53 @@ Digits demo (scikit-learn's 8x8 digits at 32 px), one digit cut to a handful of 
 - diffusion_external : a one-class model trained on "a separate folder of that digit": the minority digit's
                        training images the cut removed (never test images, never the kept ones)
 - diffusion_external_sdedit : the external model, each sample started from a kept real image (--strength)
+- diffusion_every_class : diffusion_random's minority samples + as many samples of EVERY other class from the
+                       cut-set model, each labelled with its class (--every-class-count)
+- diffusion_external_every_class : the external model's minority samples + the cut-set model's samples of
+                       every other class
 
+``--base oversample`` adds the synthetic images to the oversampled cut set instead of the cut set.
+``--cache DIR`` keeps the trained diffusion models, so a rerun with other variants skips training.
 Diffusion variants train with the recipes --synthetic-weight / --finetune-real-epochs. The classifier is
 Rebalance's ``small`` CNN; the figure is the minority digit's test accuracy (and overall), mean +- std over the
 seeds; ``judged_minority`` is the share of samples a pixel classifier trained on real digits calls the minority.
 
     python benchmarks/bench_diffusion.py                                   # every variant, 3 seeds, CPU
-    python benchmarks/bench_diffusion.py --seeds 0 --variants oversample diffusion_external --external-epochs 300
+    python benchmarks/bench_diffusion.py --base oversample --cache /tmp/bd \
+        --variants oversample diffusion_every_class diffusion_external_every_class
 
-Measured on the shared 2-core CPU VM (issue 13 sessions), digit 3 kept at 5 of its ~145 training images:
+Measured on the 2-core CPU VM (session of 2026-11-30, nothing else running), digit 3 kept at 5 of its ~145
+training images, cut-set model 16 px / width 0.25 / 40 epochs, external model 141 removed 3s / 400 epochs,
+DPM++ 20 steps, guidance 2, classifier 15 epochs; minority accuracy % per seed 0 / 1 / 2, then mean +- std:
 
-  earlier session, seeds 0-2, cut-set model 16 px / width 0.25 / 20 epochs, guidance 4, classifier 15 epochs:
-    imbalanced        0.0 +-  0.0    87.7 +- 0.5
-    oversample       56.8 +- 17.7    93.5 +- 1.6
-    logit_adjusted    9.0 +-  5.6    88.6 +- 0.6
-    diffusion_random  1.8 +-  3.1    88.1 +- 1.1
-  this session, seed 0 only (external model: 141 removed 3s, 300 epochs = 1,500 steps, loss 0.035):
-    oversample                 43.2    92.5
-    diffusion_external          0.0    87.7   (judged_minority 0.85)
-    diffusion_external_sdedit   2.7    87.7   (judged_minority 0.99, strength 0.6)
+  added to the cut set (default --base imbalanced):
+    imbalanced                       0.0 /  0.0 /  0.0     0.0 +-  0.0
+    oversample                      37.8 / 67.6 / 59.5    55.0 +- 15.4
+    logit_adjusted                  10.8 /  5.4 / 18.9    11.7 +-  6.8
+    diffusion_random                 0.0 /  0.0 /  2.7     0.9 +-  1.6   (judged_minority 0.86 / 0.91 / 0.96)
+    diffusion_external               0.0 /  0.0 /  0.0     0.0 +-  0.0   (judged_minority 0.86 / 0.68 / 0.85)
+    diffusion_every_class           29.7 / 64.9 / 32.4    42.3 +- 19.6
+    diffusion_external_every_class  40.5 / 13.5 / 62.2    38.7 +- 24.4
+  added to the oversampled cut set (--base oversample):
+    diffusion_random                32.4 / 67.6 / 45.9    48.6 +- 17.7
+    diffusion_external              32.4 / 62.2 / 59.5    51.4 +- 16.4
+    diffusion_every_class           48.6 / 81.1 / 56.8    62.2 +- 16.9
+    diffusion_external_every_class  73.0 / 83.8 / 67.6    74.8 +-  8.3   (overall 95.2 +- 1.3 vs 93.2 +- 1.4)
 
-  this session, seeds 0, 1 (seed 2's external run cut by the deadline), minority % per seed:
-    imbalanced 0 / 0 / 0; oversample 43.2 / 73.0 / 56.8; logit_adjusted 18.9 / 2.7 / 18.9;
-    diffusion_external 0.0 / 0.0 / -
-
-So the external-data case does NOT beat oversample here, although a pixel classifier calls 85-99 % of the
-samples 3s. Controls (seed 0, same classifier) show why: the cut set + the 138 removed REAL 3s gives 86.5 %
-minority accuracy, but the same real 3s after an 8 px round trip (box down to 8x8, bicubic back to 32: same mean
-intensity, pixels off by 8 levels on average, 54 at most) give 8.1 %, and 21.6 % with strong augmentation on
-every image. The CNN keys on low-level resampling/intensity statistics that separate the 138 added 3s from the 5
-real ones, not on the digit's shape; the diffusion samples (16 px model, bilinear up to 32, mean intensity 103
-vs 77 for real 3s) differ from the real pipeline far more than that round trip. What would close it (not done):
-sampling at the dataset's own resolution and pipeline, intensity matching, or mixing synthetic with real images
-(SYNAuG's mixup) so those statistics stop predicting the label.
+Why minority-only synthetic images do nothing: the CNN learns the generator's low-level look as the label.
+Controls (same classifier): the cut set + the 138 removed REAL 3s gives 94.6 % (seed 0); the same 3s after a
+box-to-8x8 / 17-level / bicubic round trip (pixels off by 8.6 levels on average) 8.1 %; after box-to-16 / bilinear
+up 27.0 % -- but the same round trips applied to 138 images of EVERY class as well give 70.3 % and 75.7 % (seed
+1: 83.8 % and 86.5 %). So the synthetic images must not predict their label by how they look: samples of every
+class from the same generator, and the real minority kept in view by oversampling, turn the external-data
+model from 0 % into 74.8 +- 8.3 % minority accuracy against oversample's 55.0 +- 15.4 % (higher on every seed).
+The model trained on the cut set alone (5 real 3s) helps less and less reliably (62.2 +- 16.9 %).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -80,6 +89,8 @@ VARIANTS = (
     "diffusion_al",
     "diffusion_external",
     "diffusion_external_sdedit",
+    "diffusion_every_class",
+    "diffusion_external_every_class",
 )
 
 
@@ -89,7 +100,12 @@ def digits_dataset() -> DecodedDataset:
 
 
 def train_diffusion(images: np.ndarray, labels: np.ndarray, classes: list[str], epochs: int, args, seed: int):
-    """A diffusion model trained on ``images``; returns (model, seconds, final epoch loss)."""
+    """A diffusion model trained on ``images``; returns (model, seconds, final epoch loss). With ``--cache DIR``
+    a model trained before on the same images and settings is loaded instead (its seconds are the training's)."""
+    key = hashlib.sha1(images.tobytes() + labels.tobytes() + repr((classes, epochs, seed, _model_args(args))).encode())
+    cached = Path(args.cache) / f"{key.hexdigest()[:20]}.pt" if args.cache else None
+    if cached is not None and cached.exists():
+        return torch.load(cached, weights_only=False)
     t0 = time.perf_counter()
     config = DiffusionConfig(
         image_size=args.diffusion_size,  # digits are 8x8 at heart; 16 px keeps a CPU run in minutes
@@ -106,7 +122,15 @@ def train_diffusion(images: np.ndarray, labels: np.ndarray, classes: list[str], 
     )
     trainer = DiffusionTrainer(config, images, labels, classes, args.device)
     history = fit(trainer)
-    return trainer.model(), time.perf_counter() - t0, history[-1].loss
+    out = (trainer.model(), time.perf_counter() - t0, history[-1].loss)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, cached)
+    return out
+
+
+def _model_args(args) -> tuple:
+    return (args.diffusion_size, args.width, args.diffusion_batch, args.class_balance)
 
 
 def draw(model, minority: str, count: int, args, seed: int, start_images: np.ndarray | None = None) -> np.ndarray:
@@ -140,7 +164,12 @@ def run_seed(ds: DecodedDataset, args, seed: int) -> dict[str, dict]:
     counts = base.counts(len(ds.classes))
     fill = int(np.median(counts)) - int(counts[m])
     out: dict[str, dict] = {}
-    cut_model = None  # the model trained on the cut set, shared by diffusion_random and diffusion_al
+    cut_model = None  # the model trained on the cut set, shared by diffusion_random, _al and *_every_class
+
+    def cut_set_model() -> tuple:
+        kept = imb.kept_idx
+        return train_diffusion(ds.train_x[kept], ds.train_y[kept], ds.classes, args.diffusion_epochs, args, seed)
+
     external = None  # the one-class model of the removed minority images, shared by the external variants
     for name in args.variants:
         t0 = time.perf_counter()
@@ -153,6 +182,8 @@ def run_seed(ds: DecodedDataset, args, seed: int) -> dict[str, dict]:
             variant, loss = base, "logit_adjusted"
         else:
             recipe = {"synthetic_weight": args.synthetic_weight, "finetune_real_epochs": args.finetune_real_epochs}
+            if name.endswith("every_class"):
+                cut_model = cut_model or cut_set_model()
             if name.startswith("diffusion_external"):
                 # "A separate folder of that digit": the minority digit's training images the cut removed
                 # (never the test split, never the kept ones), as a one-class model.
@@ -171,23 +202,27 @@ def run_seed(ds: DecodedDataset, args, seed: int) -> dict[str, dict]:
                 starts = ds.train_x[imb.kept_idx[ds.train_y[imb.kept_idx] == m]] if name.endswith("sdedit") else None
                 images = draw(model, args.minority, fill, args, seed, start_images=starts)
                 extra = {"diffusion_images": len(removed)}
+            elif name == "diffusion_every_class":
+                model, secs, last = cut_model
+                images = draw(model, args.minority, fill, args, seed)
             else:
-                if cut_model is None:
-                    cut_model = train_diffusion(
-                        ds.train_x[imb.kept_idx],
-                        ds.train_y[imb.kept_idx],
-                        ds.classes,
-                        args.diffusion_epochs,
-                        args,
-                        seed,
-                    )
+                cut_model = cut_model or cut_set_model()
                 model, secs, last = cut_model
                 if name == "diffusion_random":
                     images = draw(model, args.minority, fill, args, seed)
                 else:
                     candidates = draw(model, args.minority, args.candidates * fill, args, seed)
                     images = al_picks(ds, base, candidates, m, fill, args, seed)
-            variant = with_synthetic(base, images, [{"generator": "ddpm", "index": i} for i in range(len(images))], m)
+            start = oversample(ds, imb) if args.base == "oversample" else base
+            variant = with_synthetic(start, images, [{"generator": "ddpm", "index": i} for i in range(len(images))], m)
+            if name.endswith("every_class"):
+                # As many samples of every other class from the cut-set model, labelled with their class: the
+                # generator's low-level look then predicts no class, so the classifier must learn the shapes.
+                for c, cls in enumerate(ds.classes):
+                    if c != m:
+                        more = draw(cut_model[0], cls, args.every_class_count or fill, args, seed + 1000 * c)
+                        variant = with_synthetic(variant, more, [{"generator": "ddpm", "class": cls}] * len(more), c)
+                extra["every_class"] = args.every_class_count or fill
             judge = judge_of(ds)
             extra |= {
                 "synthetic": len(images),
@@ -252,6 +287,16 @@ def main() -> None:
     parser.add_argument("--acquisition", default="target_prob", help="diffusion_al: acquisition function")
     parser.add_argument("--synthetic-weight", type=float, default=1.0, help="recipe: loss weight of synthetic images")
     parser.add_argument("--finetune-real-epochs", type=int, default=0, help="recipe: real-only last-layer epochs")
+    parser.add_argument(
+        "--every-class-count", type=int, default=0, help="*_every_class: samples per other class (0: the minority fill)"
+    )
+    parser.add_argument(
+        "--base",
+        default="imbalanced",
+        choices=("imbalanced", "oversample"),
+        help="what the synthetic images are added to: the cut set, or the cut set with its minority oversampled",
+    )
+    parser.add_argument("--cache", help="a folder to keep trained diffusion models in (reruns skip training)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1 is fastest)")
@@ -262,7 +307,7 @@ def main() -> None:
     print(f"\ndigits, digit {args.minority} cut to {args.keep} training images, seeds {args.seeds}, {args.device}")
     print(
         f"diffusion: {args.diffusion_size} px, {args.diffusion_epochs} epochs, class_balance {args.class_balance}, "
-        f"guidance {args.guidance}"
+        f"guidance {args.guidance}, synthetic images added to the {args.base} set"
     )
     print(f"{'variant':18s} {'minority acc %':>18s} {'overall acc %':>18s}")
     for name in args.variants:
