@@ -291,9 +291,10 @@ def full_pass_probs(
             x = to_input(batch, mean, std, device)
             passes = []
             for _ in range(mc_samples):
-                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(x)
-                passes.append(torch.softmax(logits.float(), dim=1))
+                # A whole forward pass each time, in score_pool's arithmetic: the backbone under bf16 autocast
+                # where native, the head in float32 (a bf16 head would differ on CPUs with native bf16).
+                logits = model.head(_backbone(model, x, device, bf16))
+                passes.append(torch.softmax(logits, dim=1))
             out.append(torch.stack(passes).cpu().numpy())
     return np.concatenate(out, axis=1)
 

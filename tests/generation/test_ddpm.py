@@ -123,6 +123,14 @@ def test_class_grid_has_a_row_per_class(learned: Learned) -> None:
 # ------------------------------------------------------------------------------------------------ sampling
 
 
+def _same_up_to_rounding(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal pixels, except that a float kernel chosen per batch shape (oneDNN on CPUs with AVX512-BF16 picks
+    others) may flip a rare value across a rounding boundary: at most one level, on under 1% of values.
+    Noise drawn per batch instead of per image changes most values by far more."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp"])
 def test_images_do_not_depend_on_the_batch(sampler: str) -> None:
     """Breakage caught: noise drawn per batch (one generator for the whole batch) or a stateful sampler reused."""
@@ -133,8 +141,8 @@ def test_images_do_not_depend_on_the_batch(sampler: str) -> None:
     halves = generate(model, labels, indices, cfg.model_copy(update={"batch_size": 2}))
     tail = generate(model, labels[3:], indices[3:], cfg.model_copy(update={"batch_size": 1}))
     assert whole.shape == (5, 16, 16, 3) and whole.dtype == np.uint8
-    np.testing.assert_array_equal(whole, halves)
-    np.testing.assert_array_equal(whole[3:], tail)
+    _same_up_to_rounding(whole, halves)
+    _same_up_to_rounding(whole[3:], tail)
     other_seed = generate(model, labels, indices, cfg.model_copy(update={"seed": 8}))
     assert not np.array_equal(whole, other_seed)
 
