@@ -115,6 +115,15 @@ def _benchmark(session: Session, p: Any) -> None:
             have, source = pool(session, v.pool_id, f"{where}.pool_id").count, f"pool {v.pool_id}"
         if v.count is not None and v.count > have:
             raise Invalid(f"{where}.count", f"variant {v.name!r} asks for {v.count} images; {source} holds {have}")
+        classes = None
+        for j, other in enumerate(v.others):
+            at = f"{where}.others.{j}"
+            have = pool(session, other.pool_id, f"{at}.pool_id").count
+            if other.count > have:
+                raise Invalid(f"{at}.count", f"asks for {other.count} images; pool {other.pool_id} holds {have}")
+            classes = classes if classes is not None else session.get(Dataset, p.dataset_id).classes or []
+            if other.label not in classes:
+                raise Invalid(f"{at}.label", f"{other.label!r} is not a class of dataset {p.dataset_id}")
 
 
 def _source(session: Session, p: Any) -> None:

@@ -54,7 +54,11 @@ def _pool_of_removed_minority(api, dataset_id: int, count: int) -> int:
     """A pool holding real '3's that the imbalance removed: stand-ins for good synthetic images."""
     ds = _open(api, dataset_id)
     removed = apply_imbalance(ds.train_y, ds.classes, SPEC).removed_idx
-    removed = removed[ds.train_y[removed] == ds.classes.index("3")][:count]
+    return _pool_of(api, ds, removed[ds.train_y[removed] == ds.classes.index("3")][:count])
+
+
+def _pool_of(api, ds: DecodedDataset, removed: np.ndarray) -> int:
+    """An imported pool of the training images ``removed`` (indices into ``ds.train_x``)."""
     with api.db.session() as s:
         pool = Pool(name="oracle", kind="imported", params={}, count=len(removed), info={})
         s.add(pool)
@@ -148,6 +152,46 @@ def test_benchmark_job_rows_and_exports(api) -> None:
     assert api.client.get("/api/benchmarks/999/results.csv").status_code == 404
 
 
+def test_synthetic_images_on_the_oversampled_set_with_other_classes(api) -> None:
+    """``base: oversample`` adds a variant's synthetic images to the oversampled set; ``others`` adds pools of
+    other classes, each image labelled with its class (the every-class recipe of bench_diffusion.py).
+    Breakage caught: base ignored, others dropped or labelled as the minority, counts not recorded."""
+    ds_id = _dataset(api)
+    threes = _pool_of_removed_minority(api, ds_id, 20)
+    ds = _open(api, ds_id)
+    zeros = _pool_of(api, ds, np.flatnonzero(ds.train_y == ds.classes.index("0"))[:15])
+    plain = {"name": "plain", "pool_id": threes, "count": 20}
+    every = {**plain, "name": "every", "base": "oversample", "others": [{"pool_id": zeros, "count": 15, "label": "0"}]}
+    params = {"dataset_id": ds_id, "imbalance": SPEC, "variants": ["imbalanced", "oversample", plain, every]}
+    job = api.submit("benchmark", {**params, **FAST, "epochs": 1})
+    (done,) = api.run_jobs()
+    assert done["status"] == "succeeded" and done["id"] == job["id"], done["error"]
+    with api.db.session() as s:
+        runs = {r.variant: r for r in s.query(BenchmarkRun).filter_by(benchmark_id=done["result"]["benchmark_id"])}
+    counts = {name: run.info["variant_counts"] for name, run in runs.items()}
+    assert {name: run.n_synthetic for name, run in runs.items()} == {
+        "imbalanced": 0, "oversample": 0, "plain": 20, "every": 35,
+    }  # fmt: skip
+    assert counts["plain"] == {**counts["imbalanced"], "3": counts["imbalanced"]["3"] + 20}
+    assert counts["oversample"]["3"] > counts["imbalanced"]["3"]  # the minority was oversampled
+    assert counts["every"] == {
+        **counts["oversample"],
+        "3": counts["oversample"]["3"] + 20,
+        "0": counts["oversample"]["0"] + 15,
+    }
+
+    # Submit-time checks name the field: a label that is not a class, more images than the pool holds.
+    for other, field, text in (
+        ({"pool_id": zeros, "count": 15, "label": "cat"}, "others.0.label", "'cat' is not a class"),
+        ({"pool_id": zeros, "count": 16, "label": "0"}, "others.0.count", f"pool {zeros} holds 15"),
+        ({"pool_id": 999, "count": 1, "label": "0"}, "others.0.pool_id", "pool 999 does not exist"),
+    ):
+        bad = {**params, "variants": [{**every, "others": [other]}]}
+        r = api.client.post("/api/jobs", json={"kind": "benchmark", "params": bad})
+        assert r.status_code == 422 and r.json()["message"].startswith(f"params.variants.0.{field}: "), r.text
+        assert text in r.json()["message"], r.text
+
+
 def test_validation_split_holds_only_kept_real_images(api) -> None:
     ds = _open(api, _dataset(api))
     imb = apply_imbalance(ds.train_y, ds.classes, SPEC)
@@ -238,6 +282,12 @@ def test_precision_param_reaches_the_trainer(api) -> None:
         ({"variants": [{"name": "gan", "pool_id": 1}]}, "variants", "count is required"),
         ({"variants": [{"name": "gan", "pool_id": 1, "selection_id": 2, "count": 3}]}, "variants", "exactly one"),
         ({"variants": ["full", "full"]}, "variants", "repeated"),
+        ({"variants": [{"name": "s", "pool_id": 1, "count": 3, "base": "smote"}]}, "variants", ""),
+        (
+            {"variants": [{"name": "s", "pool_id": 1, "count": 3, "others": [{"pool_id": 2, "count": 1}]}]},
+            "variants",
+            "",
+        ),
         ({"model": "vgg"}, "model", "Input should be 'resnet18_cifar' or 'small'"),
         ({"precision": "fp16"}, "precision", ""),
         ({"seeds": []}, "seeds", ""),

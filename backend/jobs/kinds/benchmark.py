@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import re
 import shutil
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
@@ -57,8 +57,19 @@ from backend.training.trainer import (
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+class OtherClassImages(BaseModel):
+    """Synthetic images of another class, added with that class as their label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool_id: DbId = Field(..., description="the pool to take them from")
+    count: int = Field(..., ge=1, le=1_000_000, description="images to take (the pool's first)")
+    label: str = Field(..., description="their class, a class of the dataset")
+
+
 class SyntheticVariant(BaseModel):
-    """The imbalanced set plus synthetic minority images, from a selection or from a pool."""
+    """The imbalanced (or oversampled) set plus synthetic minority images, from a selection or from a pool,
+    optionally with synthetic images of the other classes."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +78,18 @@ class SyntheticVariant(BaseModel):
     pool_id: DbId | None = Field(None, description="use the first `count` images of this pool")
     count: int | None = Field(None, ge=1, le=1_000_000, description="images to take (pool: required)")
     label: str | None = Field(None, description="class of the synthetic images (default: the minority class)")
+    base: Literal["imbalanced", "oversample"] = Field(
+        "imbalanced",
+        description="the set the synthetic images are added to: the imbalanced set, or the same with its minority "
+        "oversampled to the median class count (keeps the few real minority images in view)",
+    )
+    others: list[OtherClassImages] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="synthetic images of the other classes from the same kind of generator, each labelled with its "
+        "class: then how a generator's images look predicts no label, and a classifier must learn the minority's "
+        "shapes from them (benchmarks/bench_diffusion.py: *_every_class)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> SyntheticVariant:
@@ -197,11 +220,10 @@ def validation_for(ds: DecodedDataset, imb: ImbalanceResult | None, fraction: fl
 
 
 def _synthetic_images(ctx: JobContext, spec: SyntheticVariant, ds: DecodedDataset, minority: list[int]):
-    """(uint8 images, provenance, label) of a synthetic variant, decoded from the pool files."""
+    """``[(uint8 images, provenance, label), ...]`` of a synthetic variant, decoded from the pool files: its
+    minority images first, then those of ``others``."""
     if spec.label is not None:
-        if spec.label not in ds.classes:
-            raise JobError(f"variant {spec.name!r}: label {spec.label!r} is not a class of the dataset")
-        label = ds.classes.index(spec.label)
+        label = _label(spec.name, spec.label, ds)
     elif len(minority) == 1:
         label = minority[0]
     else:
@@ -211,17 +233,32 @@ def _synthetic_images(ctx: JobContext, spec: SyntheticVariant, ds: DecodedDatase
             rows = selections.selected_images(s, spec.selection_id)[: spec.count]
         else:
             rows = pools.first_images(s, spec.pool_id, spec.count)
+        others = [pools.first_images(s, o.pool_id, o.count) for o in spec.others]
         s.expunge_all()
+    parts = [(*_decode(ctx, spec.name, rows, ds), label)]
+    for other, other_rows in zip(spec.others, others, strict=True):
+        parts.append((*_decode(ctx, spec.name, other_rows, ds), _label(spec.name, other.label, ds)))
+    return parts
+
+
+def _label(variant: str, label: str, ds: DecodedDataset) -> int:
+    if label not in ds.classes:
+        raise JobError(f"variant {variant!r}: label {label!r} is not a class of the dataset")
+    return ds.classes.index(label)
+
+
+def _decode(ctx: JobContext, name: str, rows: list, ds: DecodedDataset) -> tuple[np.ndarray, list[dict]]:
+    """The pool rows' images at the dataset's size, and their provenance."""
     images, provenance = [], []
     for row in rows:
         try:
             images.append(decode_image(ctx.store.path(row.file), size=ds.image_size))
         except (ImageDecodeError, OSError) as exc:
-            raise JobError(f"variant {spec.name!r}: pool image {row.id} cannot be read ({exc})") from exc
+            raise JobError(f"variant {name!r}: pool image {row.id} cannot be read ({exc})") from exc
         provenance.append({"image_id": row.id, "pool_id": row.pool_id, "prompt": row.prompt, "seed": row.seed})
     if not images:
-        raise JobError(f"variant {spec.name!r}: no synthetic images to add")
-    return np.stack(images), provenance, label
+        raise JobError(f"variant {name!r}: no synthetic images to add")
+    return np.stack(images), provenance
 
 
 def _variant(spec: str | SyntheticVariant, ds: DecodedDataset, imb: ImbalanceResult | None, synthetic) -> Variant:
@@ -229,8 +266,10 @@ def _variant(spec: str | SyntheticVariant, ds: DecodedDataset, imb: ImbalanceRes
     oversampling repeats and class weights see the training images alone; ``full`` holds the split too,
     and the trainer drops every copy of a validation image."""
     if isinstance(spec, SyntheticVariant):
-        images, provenance, label = synthetic
-        return with_synthetic(build_data_variant("imbalanced", ds, imb), images, provenance, label, name=spec.name)
+        variant = build_data_variant(spec.base, ds, imb)
+        for images, provenance, label in synthetic:
+            variant = with_synthetic(variant, images, provenance, label, name=spec.name)
+        return variant
     # logit_adjusted is a loss-side remedy: the imbalanced data, trained with the adjusted loss.
     data_name = DATA_OF.get(spec, spec)
     return build_data_variant(data_name, ds, None if spec == "full" else imb)
@@ -330,13 +369,13 @@ def _run_units_on_ray(ctx, benchmark_id, prepared, counts: tuple[int, int], para
     def units() -> Any:
         for _i, name, seed, variant, val in prepared:
             config = _train_config(params, model, name, seed, variant)
-            kept[(name, seed)] = (variant.origin, val)
+            kept[(name, seed)] = (_made_of(variant, len(ds.classes)), val)
             yield (name, seed), (variant, config, mean, std, val.images, val.labels, k, *test)
 
     def on_result(key: tuple[str, int], outcome: UnitOutcome) -> None:
         nonlocal finished
-        origin, val = kept.pop(key)
-        _store_run(ctx, benchmark_id, *key, params, ds, val, origin, outcome)
+        made, val = kept.pop(key)
+        _store_run(ctx, benchmark_id, *key, params, ds, val, made, outcome)
         finished += 1
         ctx.progress(finished / total, f"{finished} of {total} runs done (on Ray)")
         ctx.save_checkpoint({**ctx.checkpoint, "benchmark_id": benchmark_id, "runs_done": finished})
@@ -427,12 +466,21 @@ def _run_unit(ctx, benchmark_id, variant, name, seed, position, params, model, d
         )
     except ValueError as exc:
         raise JobError(f"variant {name!r}, seed {seed}: {exc}") from exc
-    _store_run(ctx, benchmark_id, name, seed, params, ds, val, variant.origin, outcome)
+    _store_run(ctx, benchmark_id, name, seed, params, ds, val, _made_of(variant, len(ds.classes)), outcome)
 
 
-def _store_run(ctx, benchmark_id, name, seed, params, ds, val: Validation, origin, outcome: UnitOutcome) -> None:
+def _made_of(variant: Variant, k: int) -> tuple[int, list[int]]:
+    """What a row records of its training set: synthetic images, and images per class (copies included)."""
+    n_synthetic = int((np.asarray(variant.origin) == "synthetic").sum())
+    return n_synthetic, np.bincount(variant.labels, minlength=k).astype(int).tolist()
+
+
+def _store_run(
+    ctx, benchmark_id, name, seed, params, ds, val: Validation, made: tuple[int, list[int]], outcome: UnitOutcome
+) -> None:
     """The run's row; then its per-epoch state is no longer needed."""
     result, test = outcome.fit, outcome.test
+    n_synthetic, counts = made
     with ctx.session() as s:
         s.add(
             BenchmarkRun(
@@ -443,7 +491,7 @@ def _store_run(ctx, benchmark_id, name, seed, params, ds, val: Validation, origi
                 per_class=dict(zip(ds.classes, test.per_class, strict=True)),
                 val_acc=result["val_acc"],
                 epochs=params.epochs,
-                n_synthetic=int((np.asarray(origin) == "synthetic").sum()),
+                n_synthetic=n_synthetic,
                 history=result["history"],
                 confusion=test.confusion,
                 info={
@@ -451,6 +499,8 @@ def _store_run(ctx, benchmark_id, name, seed, params, ds, val: Validation, origi
                     "select_epoch": params.select_epoch,
                     "validation": val.summary(list(ds.classes)),
                     "num_train": result["num_train"],
+                    # images per class in the variant (oversampled copies and synthetic images included)
+                    "variant_counts": dict(zip(ds.classes, counts, strict=True)),
                     "num_val": result["num_val"],
                     "seconds": round(result["seconds"], 2),
                     "config": result["config"],
