@@ -61,14 +61,7 @@ def test_register_the_digits_demo(studio: Studio) -> None:
     studio.page.set_default_timeout(90_000)  # a loaded 2-core machine: clicks can wait on a busy renderer
     studio.page.add_init_script(I18N_WATCH)  # for every reload below
     studio.page.evaluate(I18N_WATCH)  # and for this page
-    studio.tab("Dataset")
-    studio.fill("ds-name", "digits-demo")
-    studio.click("ds-register")
-    studio.wait_job("ds-job")
-    studio.page.locator("#ds-info", has_text="digits-demo").wait_for()
-    studio.pick("ds-minority", "3")
-    studio.fill("ds-keep", 20)
-    studio.page.locator("#ds-spec-msg", has_text="Imbalanced training set").wait_for()
+    studio.register_digits()
 
 
 def test_a_running_sd_job_shows_progress_and_thumbnails_before_it_ends(studio: Studio) -> None:

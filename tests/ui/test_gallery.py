@@ -46,16 +46,7 @@ def run_job(studio: Studio, kind: str, params: dict[str, Any], timeout: float = 
 def register_digits(studio: Studio) -> int:
     """The digits demo registered from the Dataset tab, digit 3 cut to 20 images (the tabs' shared spec)."""
     studio.page.set_default_timeout(SLOW_MS)
-    studio.tab("Dataset")
-    studio.fill("ds-name", "digits-demo")
-    studio.click("ds-register")
-    studio.wait_job("ds-job")
-    studio.page.locator("#ds-info", has_text="digits-demo").wait_for()
-    studio.pick("ds-minority", "3")
-    studio.fill("ds-keep", 20)
-    studio.page.locator("#ds-spec-msg", has_text="Imbalanced training set").wait_for()
-    (ds,) = studio.api("/datasets")
-    return int(ds["id"])
+    return int(studio.register_digits()["id"])
 
 
 def box(studio: Studio, selector: str) -> dict[str, float]:

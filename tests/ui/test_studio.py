@@ -103,6 +103,20 @@ class Studio:
         self.page.wait_for_function(js, arg=[selector, n], timeout=30_000)
         return self.page.eval_on_selector_all(f"{selector} img", "els => els.map(e => e.src)")
 
+    def register_digits(self) -> dict[str, Any]:
+        """Register the digits demo from the Dataset tab and cut digit 3 to 20 images (the tests' shared
+        spec); the finished job's dataset is listed and chosen, its classes fill the minority picker."""
+        self.tab("Dataset")
+        self.fill("ds-name", "digits-demo")
+        self.click("ds-register")
+        self.wait_job("ds-job")
+        self.page.locator("#ds-info", has_text="digits-demo").wait_for()
+        self.pick("ds-minority", "3")
+        self.fill("ds-keep", 20)
+        self.page.locator("#ds-spec-msg", has_text="Imbalanced training set").wait_for()
+        (ds,) = self.api("/datasets")
+        return ds
+
     def shot(self, name: str) -> None:
         self.page.wait_for_timeout(600)  # let plots and thumbnails paint
         path = self.shots / f"{name}.png"
@@ -156,16 +170,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
 
 
 def test_register_digits_and_pick_minority(studio: Studio) -> None:
-    studio.tab("Dataset")
-    studio.fill("ds-name", "digits-demo")
-    studio.click("ds-register")
-    studio.wait_job("ds-job")
-    # The finished job's dataset is listed and selected; its classes fill the minority picker.
-    studio.page.locator("#ds-info", has_text="digits-demo").wait_for()
-    studio.pick("ds-minority", "3")
-    studio.fill("ds-keep", 20)
-    studio.page.locator("#ds-spec-msg", has_text="Imbalanced training set").wait_for()
-    (ds,) = studio.api("/datasets")
+    ds = studio.register_digits()
     after = sum(ds["train_counts"].values()) - ds["train_counts"]["3"] + 20
     studio.page.locator("#ds-spec-msg", has_text=f"{after} images").wait_for()
     studio.page.locator("#ds-plot .js-plotly-plot").wait_for()
