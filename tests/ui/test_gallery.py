@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -113,6 +114,29 @@ def test_picks_fit_the_panel_and_a_click_opens_the_preview(studio: Studio) -> No
     assert "pending" not in studio.page.locator("#sel-chosen").inner_text()
     studio.page.locator("#sel-stats", has_text="✓ 1 accepted").wait_for()
     studio.shot("select-review")
+
+    # The closed loop from the page: a generate_sd job like the pool's, with a weighted saved vocabulary.
+    studio.fill("sel-nr-smoothing", 2)
+    studio.click("sel-next-round")
+    said = studio.page.locator("#sel-nr-msg .rb-ok")
+    said.wait_for()
+    found = re.search(r"job #(\d+) with vocabulary #(\d+)", said.inner_text())
+    assert found, said.inner_text()
+    job = studio.api(f"/jobs/{found[1]}")
+    assert job["kind"] == "generate_sd" and job["params"]["vocabulary"] == int(found[2])
+    assert job["params"]["count"] == 16 and job["params"]["model"] == "tiny"
+    weights = studio.api(f"/vocabularies/{found[2]}")["weights"]
+    assert set(weights) == {"style", "n"} and all(w > 0 for ws in weights.values() for w in ws.values())
+    for slot, ws in weights.items():  # the page lists every slot value with its share
+        assert all(f"{v} " in said.inner_text() for v in ws), (slot, said.inner_text())
+    # Twice is the same job (the API is idempotent): no second job is queued.
+    studio.click("sel-next-round")
+    studio.page.wait_for_timeout(1500)
+    assert len(studio.api("/jobs?kind=generate_sd")["items"]) == 2  # the pool's + this one
+    try:  # not needed further: spare the later tests its CPU time (409: it has finished already)
+        post(studio, f"/jobs/{found[1]}/cancel", {})
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 409, exc
 
 
 def test_gan_pool_images_are_shown(studio: Studio) -> None:

@@ -262,6 +262,22 @@ def export_links(sel: dict[str, Any]) -> str:
     return "<div>Export: " + "".join(links) + "</div>"
 
 
+def next_round_text(out: dict[str, Any]) -> str:
+    """One line about a queued next round: the job, its vocabulary and each slot's values by weight."""
+    vocab = out.get("vocabulary") or {}
+    parts = []
+    for slot, weights in (vocab.get("weights") or {}).items():
+        total = sum(weights.values()) or 1.0
+        ranked = sorted(weights.items(), key=lambda kv: -kv[1])
+        parts.append(f"{slot}: " + ", ".join(f"{v} {100 * w / total:.0f}%" for v, w in ranked))
+    text = f"queued generate_sd job #{out['job']['id']} with vocabulary #{out['vocabulary_id']}"
+    if parts:
+        text += " — " + "; ".join(parts)
+    if out.get("negative_terms"):
+        text += " — negative prompt adds: " + ", ".join(out["negative_terms"])
+    return text + " (follow it on the Jobs tab)"
+
+
 def _sel_label(s: dict[str, Any]) -> str:
     acquisition = (s.get("params") or {}).get("acquisition", "selection")
     return f"#{s['id']} {acquisition} ({s.get('picks')} picks){status_mark(s)} · {when(s)}"
@@ -339,6 +355,24 @@ def build(ctx: Ctx) -> None:
             )
             review_msg = gr.HTML(elem_id="sel-review-msg")
             export = gr.HTML(elem_id="sel-export")
+            gr.Markdown(
+                "**The next round** — a new Stable Diffusion job like this selection's pool, whose prompts draw "
+                "each slot value in proportion to how well its images did here (picked, accepted)."
+            )
+            with gr.Row():
+                nr_smoothing = gr.Number(
+                    1.0, label="Smoothing (larger: flatter weights)", minimum=0, elem_id="sel-nr-smoothing"
+                )
+                nr_negative = gr.Number(
+                    0,
+                    label="Confused classes as negative prompt",
+                    precision=0,
+                    minimum=0,
+                    maximum=10,
+                    elem_id="sel-nr-negative",
+                )
+                nr_button = gr.Button("Generate the next round", elem_id="sel-next-round")
+            nr_msg = gr.HTML(elem_id="sel-nr-msg")
 
     def list_pools() -> list[tuple[str, int]]:
         return choices(safe_items(api, "/pools"), lambda p: f"#{p['id']} {p.get('name')} ({p.get('count')})")
@@ -479,6 +513,21 @@ def build(ctx: Ctx) -> None:
 
         return act
 
+    def do_next_round(sel_id: Any, smoothing: Any, negative: Any) -> str:
+        """Queue the closed loop's next generate_sd job; say which job, vocabulary and weights it got."""
+        if not sel_id:
+            return error_html("choose a selection first")
+        body: dict[str, Any] = {}
+        if smoothing is not None:
+            body["smoothing"] = float(smoothing)
+        if negative is not None:
+            body["negative_classes"] = int(negative)
+        try:
+            out = api.post(f"/selections/{int(sel_id)}/next_round", body)
+        except ApiError as exc:
+            return error_html(exc.message)
+        return ok_html(next_round_text(out))
+
     tick = result_tick(api, "selection_id", list_selections)
 
     fields = {
@@ -494,6 +543,8 @@ def build(ctx: Ctx) -> None:
         "diversity": diversity,
         "selection": selection,
         "which": which,
+        "nr_smoothing": nr_smoothing,
+        "nr_negative": nr_negative,
         "job": job_id,
     }
     spec = {f: f"select.{p}" for f, p in SELECT_PARAMS.items()}
@@ -533,4 +584,5 @@ def build(ctx: Ctx) -> None:
         (reject_near, bulk("reject_near"), [selection, replace_box]),
     ):
         button.click(fn, inputs, review_msg).then(show, view_in, view_out, show_progress="hidden")
+    nr_button.click(do_next_round, [selection, nr_smoothing, nr_negative], nr_msg, concurrency_limit=1)
     ctx.timer.tick(tick, [job_id, handled, selection], [card, selection, handled], show_progress="hidden")
