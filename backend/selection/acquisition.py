@@ -246,7 +246,8 @@ class ValidityThenBald(Heuristic):
     The spread step is greedy k-center (farthest-point) over L2-normalised features among the top
     ``spread_factor * k`` valid candidates, seeded with the best one, so one round is not ``k``
     near-copies of the same image. If fewer than ``k`` candidates pass the threshold, every valid one
-    is taken and the rest are the highest-``target_prob`` invalid ones, with a note saying so.
+    is taken and the rest come from the highest-``target_prob`` invalid ones (see ``_fallback``), with a
+    note saying so.
     """
 
     name = "validity_then_bald"
@@ -278,12 +279,7 @@ class ValidityThenBald(Heuristic):
         ranked = self.get_ranks(scores, available)
         n_valid = int((scores[ranked] >= 2.0).sum())
         if n_valid < k:
-            chosen = ranked[:k]
-            note = (
-                f"only {n_valid} of {len(ranked)} candidates have minority posterior >= {self.threshold}; "
-                f"{len(chosen) - n_valid} picks fall back to the highest minority posterior"
-            )
-            return RoundPicks(chosen, scores[chosen], [note])
+            return self._fallback(summary, scores, ranked, n_valid, k, features_fn)
         valid = ranked[:n_valid]
         b = self.batch
         # Stochastic order among the valid ones only (on the inner score), so sampling never lets an
@@ -296,6 +292,41 @@ class ValidityThenBald(Heuristic):
             chosen = top[k_center(features_fn(top), k)]
         return RoundPicks(chosen, scores[chosen])
 
+    def _fallback(
+        self,
+        summary: dict[str, np.ndarray],
+        scores: np.ndarray,
+        ranked: np.ndarray,
+        n_valid: int,
+        k: int,
+        features_fn: FeatureFn | None,
+    ) -> RoundPicks:
+        """Fewer than ``k`` valid candidates: all valid ones, then ``k - n_valid`` of the invalid ones.
+
+        The fill comes from the ``spread_factor`` x as many invalid candidates with the highest minority
+        posterior, ordered by the inner score and spread (k-center, the valid picks already placed), so a
+        round that falls back does not fill up with near-copies of the one image that looks most like the
+        class (measured in ``bench_select.py --evidence``: same precision, fewer near-duplicate pairs).
+        """
+        valid, rest = ranked[:n_valid], ranked[n_valid:]
+        need = min(k - n_valid, len(rest))
+        cand = rest[: self.spread_factor * need]
+        inner = np.asarray(summary[self.inner], dtype=np.float64)
+        cand = cand[np.argsort(-inner[cand], kind="stable")]
+        if features_fn is None or len(cand) <= need:
+            fill = cand[:need]
+        else:
+            both = np.concatenate([valid, cand])
+            order = k_center(features_fn(both), n_valid + need, fixed=n_valid)
+            fill = both[order[n_valid:]]
+        chosen = np.concatenate([valid, fill]).astype(np.int64)
+        note = (
+            f"only {n_valid} of {len(ranked)} candidates have minority posterior >= {self.threshold}; "
+            f"{len(fill)} picks fall back to the {len(cand)} highest minority posteriors, ranked by {self.inner}"
+            + (" and spread out" if features_fn is not None and len(cand) > need else "")
+        )
+        return RoundPicks(chosen, scores[chosen], [note])
+
 
 class ValidityThenEpig(ValidityThenBald):
     """``validity_then_bald`` with EPIG instead of BALD ranking the valid candidates."""
@@ -305,11 +336,12 @@ class ValidityThenEpig(ValidityThenBald):
     needs_targets = True
 
 
-def k_center(features: np.ndarray, k: int) -> np.ndarray:
+def k_center(features: np.ndarray, k: int, fixed: int = 0) -> np.ndarray:
     """Greedy farthest-point order over L2-normalised rows. features (M, F) -> row indices (min(k, M),).
 
-    Starts from row 0 (the caller passes rows best-first), then repeatedly adds the row whose nearest
-    already-chosen row is farthest away (Gonzalez 1985, a 2-approximation of k-center).
+    Starts from rows ``0 .. fixed-1`` (always chosen; row 0 alone when ``fixed`` is 0, as the caller passes
+    rows best-first), then repeatedly adds the row whose nearest already-chosen row is farthest away
+    (Gonzalez 1985, a 2-approximation of k-center).
     """
     x = np.asarray(features, dtype=np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), EPS)
@@ -317,12 +349,16 @@ def k_center(features: np.ndarray, k: int) -> np.ndarray:
     k = min(k, m)
     if k == 0:
         return np.zeros(0, dtype=np.int64)
-    chosen = [0]
-    dist = np.linalg.norm(x - x[0], axis=1)
-    for _ in range(1, k):
+    chosen = list(range(max(min(fixed, k), 1)))
+    dist = np.full(m, np.inf)
+    for c in chosen:
+        dist = np.minimum(dist, np.linalg.norm(x - x[c], axis=1))
+    dist[chosen] = -1.0  # exact copies are at distance 0 too: a chosen row must never be chosen again
+    while len(chosen) < k:
         nxt = int(np.argmax(dist))  # argmax takes the first, i.e. better-ranked, row on ties
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
+        dist[nxt] = -1.0
     return np.asarray(chosen, dtype=np.int64)
 
 

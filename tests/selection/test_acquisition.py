@@ -124,6 +124,32 @@ def test_validity_then_bald_spreads_a_round_and_falls_back_with_a_note() -> None
     assert "only 6 of 8" in fallback.notes[0]
 
 
+def test_k_center_never_repeats_a_row_of_identical_features() -> None:
+    order = acq.k_center(np.ones((4, 3)), 3)
+    assert sorted(order.tolist()) == [0, 1, 2]
+    # Fixed rows come first and stay; the next is the farthest from all of them.
+    feats = np.array([[1.0, 0.0], [0.0, 1.0], [0.99, 0.01], [0.7, 0.7], [0.01, 0.99]])
+    assert acq.k_center(feats, 3, fixed=2).tolist() == [0, 1, 3]
+
+
+def test_a_fallback_round_keeps_every_valid_pick_and_spreads_the_fill() -> None:
+    """3 valid candidates, 5 picks: the 2 fills come from the 4 invalid ones with the highest posterior,
+    ordered by BALD and spread, so not two near-copies of the most class-like image (3, 4, 5)."""
+    n = 8
+    summary = {k: np.zeros(n, np.float32) for k in acq.SUMMARY_KEYS}
+    summary["target_prob"] = np.array([0.9, 0.8, 0.7, 0.45, 0.45, 0.44, 0.3, 0.1], np.float32)
+    summary["bald"] = np.array([0.1, 0.1, 0.1, 0.5, 0.4, 0.3, 0.2, 0.9], np.float32)
+    feats = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0.01, 1], [0.01, 0, 1], [1, 0, 1], [0, 1, 1]])
+    h = acq.ValidityThenBald(threshold=0.5, spread_factor=2)
+    picks = h.select(summary, np.ones(n, bool), 5, features_fn=lambda idx: feats[idx].astype(float))
+    assert sorted(picks.indices[:3].tolist()) == [0, 1, 2]
+    assert picks.indices[3:].tolist() == [3, 6]  # best BALD first, then the far one, not the copies 4 or 5
+    assert "only 3 of 8" in picks.notes[0] and "spread out" in picks.notes[0]
+    # Without features the fill is the candidate pool (never 7: its posterior is outside it) by BALD.
+    plain = h.select(summary, np.ones(n, bool), 5)
+    assert plain.indices[3:].tolist() == [3, 4]
+
+
 def test_unknown_acquisition_names_the_field() -> None:
     with pytest.raises(ValueError, match="acquisition"):
         acq.get_heuristic("most_cat")
