@@ -37,6 +37,7 @@ def run_rows(runs: list[BenchmarkRun]) -> list[dict[str, Any]]:
             "select_epoch": (r.info or {}).get("select_epoch"),
             "validation": (r.info or {}).get("validation"),
             "n_synthetic": r.n_synthetic,
+            "variant_counts": (r.info or {}).get("variant_counts"),
             "history": r.history or [],
             "confusion": r.confusion or [],
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ui.test_gallery import register_digits
+from tests.ui.test_gallery import register_digits, run_job
 from tests.ui.test_studio import Studio, studio  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -89,3 +89,35 @@ def test_reload_keeps_the_section(studio: Studio) -> None:
     assert studio.wait_images("#diff-grid", 1)[0].endswith(f"/api/diffusions/{model['id']}/samples/2")
     studio.wait_images("#diff-pool-gallery", 4)
     studio.page.locator("#diff-sample-job .rb-job[data-status='succeeded']").wait_for()
+
+
+def test_benchmark_the_every_class_recipe_from_the_tab(studio: Studio) -> None:
+    """Benchmark tab: the minority's diffusion pool added to the oversampled set with another class's pool of
+    the same model, labelled with its class (the every-class recipe), reaches the job params and the run."""
+    (model,) = studio.api("/diffusions")
+    minority = next(p for p in studio.api("/pools?kind=diffusion") if p["params"]["class"] == "3")
+    other = run_job(studio, "generate_diffusion", {"diffusion_id": model["id"], "class": "0", "count": 3,
+                                                   "steps": 2, "sampler": "ddim", "seed": 5})  # fmt: skip
+    zero = studio.api(f"/pools/{other['result']['pool_id']}")
+    studio.tab("Benchmark")
+    studio.page.locator("#bench-variants").get_by_text("full", exact=True).click()  # keep imbalanced, oversample
+    studio.fill("bench-epochs", 1)
+    studio.fill("bench-batch", 128)
+    studio.pick("bench-pool", f"#{minority['id']} {minority['name']} · {minority['count']} images")
+    studio.fill("bench-pool-count", 4)
+    studio.fill("bench-pool-name", "diffusion_every")
+    studio.page.locator("#bench-pool-base input").check()
+    # Only pools sampled as one class are offered here, labelled with it.
+    options = f"#{zero['id']} class 0 · {zero['name']} · 3 images"
+    studio.pick("bench-others", options)
+    studio.click("bench-run")
+    job_id = studio.wait_job("bench-job")
+    variant = studio.api(f"/jobs/{job_id}")["params"]["variants"][-1]
+    assert variant["name"] == "diffusion_every" and variant["base"] == "oversample"
+    # 4 asked, the pool has 3: the other class takes what its pool holds.
+    assert variant["others"] == [{"pool_id": zero["id"], "count": 3, "label": "0"}]
+    bench_id = studio.api(f"/jobs/{job_id}")["result"]["benchmark_id"]
+    rows = {r["variant"]: r for r in studio.api(f"/benchmarks/{bench_id}")["rows"]}
+    counts, over = rows["diffusion_every"]["variant_counts"], rows["oversample"]["variant_counts"]
+    assert counts["3"] == over["3"] + 4 and counts["0"] == over["0"] + 3
+    studio.page.locator("#bench-table tbody tr", has_text="diffusion_every").wait_for()

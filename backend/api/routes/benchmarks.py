@@ -47,6 +47,8 @@ class RunOut(BaseModel):
     select_epoch: str | None  # how it was chosen: last | best_balanced
     validation: dict[str, Any] | None  # the seed's validation split: size, counts per class, fingerprint
     n_synthetic: int
+    # images per class the variant trained on (oversampled copies and synthetic images included)
+    variant_counts: dict[str, int] | None = None
     curves: list[dict[str, Any]]  # per epoch: epoch, train_loss, train_acc, val_acc, val_balanced, lr, seconds
     confusion: list[list[int]]  # rows = true class, columns = predicted, in `classes` order
     created_at: datetime

@@ -73,6 +73,31 @@ def usable_selections(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return choices(usable, lambda s: f"#{s['id']} {acquisition(s)} · {s['picks']} picks · {when(s)}")
 
 
+def class_pools(pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pools sampled as one class (a diffusion model's ``generate_diffusion`` pools record it)."""
+    return [p for p in pools if isinstance((p.get("params") or {}).get("class"), str)]
+
+
+def class_pool_label(p: dict[str, Any]) -> str:
+    return f"#{p['id']} class {p['params']['class']} · {p.get('name')} · {p.get('count')} images"
+
+
+def pool_variant_extras(oversampled: bool, others: list[dict[str, Any]], count: int | None) -> dict[str, Any]:
+    """The pool variant's ``base`` and ``others`` params: each other-class pool labelled with the class it was
+    sampled as, taking as many images as the minority's (fewer if the pool is smaller)."""
+    extra: dict[str, Any] = {"base": "oversample"} if oversampled else {}
+    if others:
+        extra["others"] = [
+            {
+                "pool_id": int(p["id"]),
+                "count": min(count, int(p["count"])) if count else int(p["count"]),
+                "label": (p.get("params") or {}).get("class"),
+            }
+            for p in others
+        ]
+    return extra
+
+
 def build(ctx: Ctx) -> None:
     api = ctx.api
     key = gr.State("")
@@ -95,6 +120,20 @@ def build(ctx: Ctx) -> None:
             with gr.Row():
                 pool_count = gr.Number(50, label="count", precision=0, minimum=1, elem_id="bench-pool-count")
                 pool_name = gr.Textbox("sd_random", label="as variant", elem_id="bench-pool-name")
+            pool_base = gr.Checkbox(
+                False,
+                label="Add them to the oversampled set (keeps the few real minority images in view)",
+                elem_id="bench-pool-base",
+            )
+            others = gr.Dropdown(
+                label="+ the same generator's images of the other classes (a pool per class, labelled with it)",
+                info="The every-class recipe: when only the minority has generated images, a classifier learns "
+                "their look as the label; samples of every class remove that shortcut.",
+                choices=[],
+                multiselect=True,
+                allow_custom_value=True,
+                elem_id="bench-others",
+            )
             with gr.Row():
                 model = gr.Radio(["small"], value="small", label="Model", elem_id="bench-model")
                 epochs = gr.Number(label="Epochs", precision=0, elem_id="bench-epochs")
@@ -124,15 +163,19 @@ def build(ctx: Ctx) -> None:
     def list_pools() -> list[tuple[str, int]]:
         return choices(safe_items(api, "/pools"), lambda p: f"#{p['id']} {p.get('name')} · {p.get('count')} images")
 
-    def refresh() -> tuple[Any, Any, Any]:
+    def list_class_pools() -> list[tuple[str, int]]:
+        return choices(class_pools(safe_items(api, "/pools")), class_pool_label)
+
+    def refresh() -> tuple[Any, Any, Any, Any]:
         return (
             gr.update(choices=list_benchmarks()),
             gr.update(choices=list_selections()),
             gr.update(choices=list_pools()),
+            gr.update(choices=list_class_pools()),
         )
 
     def do_run(*args: Any) -> tuple[Any, str]:
-        vs, sl, sln, pl, plc, pln, mdl, ep, bs, sds, sw, ft, prec, k, ds, *imb = args
+        vs, sl, sln, pl, plc, pln, plb, oth, mdl, ep, bs, sds, sw, ft, prec, k, ds, *imb = args
         if not ds:
             return gr.skip(), error_html("dataset_id: choose a dataset on the Dataset tab")
         seed_list, err = parse_seeds(sds)
@@ -142,7 +185,14 @@ def build(ctx: Ctx) -> None:
         if sl:
             chosen.append({"name": (sln or "sd_al").strip(), "selection_id": int(sl)})
         if pl:
-            chosen.append({"name": (pln or "sd_random").strip(), "pool_id": int(pl), "count": int_or_none(plc)})
+            count = int_or_none(plc)
+            try:
+                extra = pool_variant_extras(plb, [api.get(f"/pools/{int(o)}") for o in oth or []], count)
+            except ApiError as exc:
+                return gr.skip(), error_html(exc.message)
+            chosen.append({"name": (pln or "sd_random").strip(), "pool_id": int(pl), "count": count, **extra})
+        elif oth:
+            return gr.skip(), error_html("others: choose the minority's pool above as well")
         if not chosen:
             return gr.skip(), error_html("variants: choose at least one variant")
         params = {
@@ -184,6 +234,8 @@ def build(ctx: Ctx) -> None:
         "pool": pool,
         "pool_count": pool_count,
         "pool_name": pool_name,
+        "pool_base": pool_base,
+        "others": others,
         "model": model,
         "epochs": epochs,
         "batch": batch,
@@ -203,10 +255,11 @@ def build(ctx: Ctx) -> None:
         "synthetic_weight": "benchmark.synthetic_weight",
         "finetune": "benchmark.finetune_real_epochs",
     }
-    persist(ctx, "benchmark", fields, key, before=refresh, before_outputs=[bench, sel, pool], spec=spec)
+    persist(ctx, "benchmark", fields, key, before=refresh, before_outputs=[bench, sel, pool, others], spec=spec)
     live_choices(ctx, bench, list_benchmarks)
     live_choices(ctx, sel, list_selections)
     live_choices(ctx, pool, list_pools)
+    live_choices(ctx, others, list_class_pools)
     run.click(
         do_run,
         [
@@ -216,6 +269,8 @@ def build(ctx: Ctx) -> None:
             pool,
             pool_count,
             pool_name,
+            pool_base,
+            others,
             model,
             epochs,
             batch,
