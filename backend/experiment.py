@@ -37,6 +37,7 @@ from pydantic.fields import FieldInfo
 
 from backend.config import Settings
 from backend.data.imbalance import ImbalanceSpec
+from backend.data.sources import source_classes
 from backend.data.variants import CLASSICAL
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -211,6 +212,28 @@ DiffusionStageConfig = _overlay(
         bool,
         Field(False, description="also pick from the pool with the AL selection (variant diffusion_al)"),
     ),
+    base=(
+        Literal["imbalanced", "oversample"],
+        Field(
+            "imbalanced",
+            description="the set the diffusion variant's images are added to: the imbalanced set, or the same "
+            "with its minority oversampled (keeps the few real minority images in view)",
+        ),
+    ),
+    every_class=(
+        bool,
+        Field(
+            False,
+            description="the every-class recipe: also sample every other class of the dataset (one "
+            "generate_diffusion job each, every_class_count images) and add each with its class label, so how "
+            "generated images look predicts no class; with source_path the other classes come from a second "
+            "model trained on the imbalanced set",
+        ),
+    ),
+    every_class_count=(
+        int | None,
+        Field(None, ge=1, description="images per other class (default: the diffusion variant's count)"),
+    ),
     train_params=(
         dict[str, Any],
         Field(default_factory=dict, description="any other train_diffusion param, verbatim"),
@@ -354,6 +377,10 @@ def config_hash(config: ExperimentConfig) -> str:
         data.pop("reweight")
     if data.get("diffusion") == DiffusionStageConfig().model_dump(mode="json"):
         data.pop("diffusion")
+    elif "diffusion" in data:
+        for key in ("base", "every_class", "every_class_count"):  # the every-class recipe, added later
+            if data["diffusion"].get(key) == DiffusionStageConfig.model_fields[key].default:
+                data["diffusion"].pop(key)
     for key in ("synthetic_weight", "finetune_real_epochs"):  # the training recipes (issue 13)
         if data["benchmark"].get(key) == BenchmarkConfig.model_fields[key].default:
             data["benchmark"].pop(key)
@@ -521,15 +548,30 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
         )
         variants.append(("gan", "gan"))
     if config.diffusion.enabled:
-        variants += _diffusion_steps(config, base_dir, imb, steps)
+        classes = None
+        if config.diffusion.every_class:
+            try:
+                classes = source_classes(ds.source, dataset_path)
+            except ValueError as exc:
+                raise ExperimentError(f"dataset.path: {exc}") from None
+        variants += _diffusion_steps(config, base_dir, imb, steps, classes)
     bench = config.benchmark
-    needs = ["dataset", *sorted({v[1] for v in variants if isinstance(v, tuple)})]
+    needs = ["dataset", *sorted({s for v in variants for s in _variant_steps(v)})]
 
     def benchmark_params(r: dict[str, dict]) -> dict[str, Any]:
         specs: list[Any] = []
         for v in variants:
             if isinstance(v, str):
                 specs.append(v)
+            elif isinstance(v, dict):  # a pool variant with base / others (the diffusion stage)
+                spec = {"name": v["name"], "pool_id": r[v["step"]]["pool_id"], "count": v["count"]}
+                if v["base"] != "imbalanced":
+                    spec["base"] = v["base"]
+                if v.get("others"):
+                    spec["others"] = [
+                        {"pool_id": r[step]["pool_id"], "count": n, "label": label} for step, n, label in v["others"]
+                    ]
+                specs.append(spec)
             elif "selection_id" in r[v[1]]:
                 specs.append({"name": v[0], "selection_id": r[v[1]]["selection_id"]})
             else:
@@ -546,26 +588,29 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
     return steps
 
 
-def _diffusion_steps(config: ExperimentConfig, base_dir: Path, imb: dict[str, Any], steps: list[Step]) -> list[Any]:
-    """Append the diffusion stage's jobs to ``steps``; return its benchmark variants."""
+def _diffusion_steps(
+    config: ExperimentConfig, base_dir: Path, imb: dict[str, Any], steps: list[Step], classes: list[str] | None
+) -> list[Any]:
+    """Append the diffusion stage's jobs to ``steps``; return its benchmark variants. ``classes``: the
+    dataset's class names (needed by ``every_class`` only)."""
     d, sel = config.diffusion, config.selection
     source_path = _resolve(base_dir, d.source_path) if d.source_path else None
     count = d.count or sel.budget
-    steps.append(
-        Step(
-            "diffusion_train",
+
+    def train_step(name: str, path: str | None, label: str) -> Step:
+        return Step(
+            name,
             "train_diffusion",
             ["dataset"],
             lambda r: {
-                "source": {"path": source_path}
-                if source_path
-                else {"dataset_id": r["dataset"]["dataset_id"], "imbalance": imb},
+                "source": {"path": path} if path else {"dataset_id": r["dataset"]["dataset_id"], "imbalance": imb},
                 **d.model_dump(include=set(DIFFUSION_KEYS)),
-                "name": f"{config.name}: diffusion",
+                "name": f"{config.name}: {label}",
                 **d.train_params,
             },
         )
-    )
+
+    steps.append(train_step("diffusion_train", source_path, "diffusion"))
     steps.append(
         Step(
             "diffusion",
@@ -581,7 +626,38 @@ def _diffusion_steps(config: ExperimentConfig, base_dir: Path, imb: dict[str, An
             },
         )
     )
-    variants: list[Any] = [("diffusion", "diffusion", count)]
+    variant: dict[str, Any] = {"name": "diffusion", "step": "diffusion", "count": count, "base": d.base}
+    if d.every_class:
+        minority = d.class_name or config.imbalance.minority
+        if classes is None:
+            raise ExperimentError("diffusion.every_class: the dataset's classes could not be listed")
+        if source_path:  # a model of a separate folder: the other classes come from one of the imbalanced set
+            steps.append(train_step("diffusion_train_all", None, "diffusion (every class)"))
+        model_step = "diffusion_train_all" if source_path else "diffusion_train"
+        n = d.every_class_count or count
+        others = []
+        for i, cls in enumerate(classes):
+            if cls == minority:
+                continue
+            name = f"diffusion_other_{i}"
+            steps.append(
+                Step(
+                    name,
+                    "generate_diffusion",
+                    [model_step],
+                    lambda r, _cls=cls, _i=i: {
+                        "diffusion_id": r[model_step]["diffusion_id"],
+                        "class": _cls,
+                        "count": n,
+                        "seed": d.seed + 1000 * (_i + 1),  # other classes' noise differs from the minority's
+                        "name": f"{config.name}: diffusion samples of {_cls}",
+                        **d.generate_params,
+                    },
+                )
+            )
+            others.append((name, n, cls))
+        variant["others"] = others
+    variants: list[Any] = [variant]
     if d.select:
         common = {**sel.model_dump(include=set(SELECTION_KEYS)), **sel.job_params}
         steps.append(
@@ -600,6 +676,15 @@ def _diffusion_steps(config: ExperimentConfig, base_dir: Path, imb: dict[str, An
         )
         variants.append(("diffusion_al", "select_diffusion"))
     return variants
+
+
+def _variant_steps(v: Any) -> list[str]:
+    """The steps a benchmark variant needs results of."""
+    if isinstance(v, str):
+        return []
+    if isinstance(v, dict):
+        return [v["step"], *(step for step, _, _ in v.get("others", []))]
+    return [v[1]]
 
 
 def round_stages(config: ExperimentConfig) -> list[tuple[int, str, str, str]]:
@@ -641,6 +726,7 @@ def check_plan(steps: list[Step]) -> None:
         "gan_train": {"gan_id": 1},
         "gan": {"pool_id": 1},
         "diffusion_train": {"diffusion_id": 1},
+        "diffusion_train_all": {"diffusion_id": 1},
         "diffusion": {"pool_id": 1},
         "personalize": {"concept_id": 1},
     }
@@ -667,7 +753,7 @@ def check_plan(steps: list[Step]) -> None:
         try:
             kind.params_model.model_validate(step.build(fake))
         except ValidationError as exc:
-            where = section.get(step.name, "selection")  # select_al_r<k>
+            where = section.get(step.name, "diffusion" if step.name.startswith("diffusion_") else "selection")
             raise ExperimentError(f"{where} ({step.kind} params): {_format_errors(exc)}") from None
 
 

@@ -285,6 +285,64 @@ def test_diffusion_stage_plans_train_sample_select_and_its_variants(tmp_path: Pa
         parse_config({"imbalance": {"profile": "longtail", "imbalance_factor": 10}, "diffusion": {"enabled": True}})
 
 
+def test_every_class_stage_samples_each_other_class_and_labels_it(tmp_path: Path) -> None:
+    """diffusion.every_class: one generate_diffusion per other class of the dataset, the benchmark's diffusion
+    variant on the oversampled set with each of those pools labelled with its class; with a source_path the
+    other classes come from a second model of the imbalanced set."""
+    from backend.experiment import config_hash
+
+    base = {"dataset": {"source": "digits"}, "imbalance": {"minority": "3", "keep": 5}, "sd": {"enabled": False}}
+    stage = {"enabled": True, "count": 30, "base": "oversample", "every_class": True, "every_class_count": 20}
+    config = parse_config(base | {"diffusion": stage})
+    steps = plan(config, tmp_path, None)
+    check_plan(steps)
+    by = {s.name: s for s in steps}
+    others = [s for s in steps if s.name.startswith("diffusion_other_")]
+    built = [s.build({"diffusion_train": {"diffusion_id": 7}}) for s in others]
+    assert sorted(b["class"] for b in built) == [c for c in "012456789"]  # every digit but the minority
+    assert {b["diffusion_id"] for b in built} == {7} and {b["count"] for b in built} == {20}
+    assert (
+        len({b["seed"] for b in built} | {by["diffusion"].build({"diffusion_train": {"diffusion_id": 7}})["seed"]})
+        == 10
+    )
+    results = {s.name: {"dataset_id": 1, "pool_id": 100 + i} for i, s in enumerate(steps)}
+    bench = by["benchmark"].build(results)
+    assert set(by["benchmark"].needs) >= {s.name for s in others} | {"diffusion"}
+    (variant,) = [v for v in bench["variants"] if isinstance(v, dict) and v["name"] == "diffusion"]
+    assert (variant["pool_id"], variant["count"], variant["base"]) == (
+        results["diffusion"]["pool_id"],
+        30,
+        "oversample",
+    )
+    labels = {o["label"]: o for o in variant["others"]}
+    assert sorted(labels) == [c for c in "012456789"]
+    assert all(
+        o["count"] == 20 and o["pool_id"] == results[s.name]["pool_id"]
+        for o, s in zip(variant["others"], others, strict=True)
+    )
+    # A one-class model from elsewhere: a second model, of the imbalanced set, samples the other classes.
+    folder = parse_config(base | {"diffusion": stage | {"source_path": "threes"}})
+    fsteps = {s.name: s for s in plan(folder, tmp_path, None)}
+    assert fsteps["diffusion_train_all"].build({"dataset": {"dataset_id": 1}})["source"]["dataset_id"] == 1
+    assert fsteps["diffusion_other_0"].needs == ["diffusion_train_all"]
+    # The recipe's keys change the study's key only when set.
+    plain = parse_config(base | {"diffusion": {"enabled": True}})
+    data = plain.model_dump(mode="json")
+    for key in ("base", "every_class", "every_class_count"):
+        data["diffusion"].pop(key)
+    for key in ("synthetic_weight", "finetune_real_epochs"):  # defaults: not hashed either
+        data["benchmark"].pop(key)
+    data.pop("rounds"), data.pop("reweight")
+    import hashlib
+
+    assert config_hash(plain) == hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(config) != config_hash(plain)
+    example = REPO / "examples" / "digits_every_class_cpu.yaml"
+    steps = plan(load_config(example), example.parent, None)
+    check_plan(steps)
+    assert len([s for s in steps if s.kind == "generate_diffusion"]) == 10
+
+
 def test_rounds_example_is_valid() -> None:
     path = REPO / "examples" / "cifar10_cat_rounds.yaml"
     config = load_config(path)

@@ -62,6 +62,23 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+# torchvision's CIFAR10.classes, for planning before the data is loaded (load_cifar10 reads them from torchvision).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DIGITS_CLASSES = tuple(str(c) for c in range(10))
+
+
+def source_classes(source: str, path: str | Path | None = None) -> list[str]:
+    """The class names a ``prepare_dataset`` source will have, without decoding anything
+    (``imagefolder``: its class folders, listed as :func:`scan_imagefolder` lists them)."""
+    if source == "cifar10":
+        return list(CIFAR10_CLASSES)
+    if source == "digits":
+        return list(DIGITS_CLASSES)
+    if path is None:
+        raise ValueError(f"source {source!r} needs a path to list its classes")
+    return scan_imagefolder(path).classes
+
+
 def load_cifar10(root: Path, download: bool) -> ArraySource:
     """CIFAR-10 through ``torchvision.datasets.CIFAR10`` stored under ``root`` (downloaded on first use).
 
@@ -211,7 +228,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ArraySource:
     tr, te = stratified_split(labels, test_fraction, seed)
     return ArraySource(
         name="digits",
-        classes=[str(c) for c in range(10)],
+        classes=list(DIGITS_CLASSES),
         train_x=big[tr],
         train_y=labels[tr],
         test_x=big[te],
