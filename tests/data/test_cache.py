@@ -10,10 +10,23 @@ import pytest
 from PIL import Image
 
 from backend.core.hooks import Hooks, Stopped
+from backend.data import cache as cache_mod
 from backend.data.cache import DecodedDataset, build_cache, content_key, load_cache
 from backend.data.images import decode_image
 from backend.data.sources import load_digits, scan_imagefolder
+from backend.data.transforms import channel_stats
 from tests.data.conftest import write_folder
+
+
+@pytest.fixture(params=["threads", "processes"], autouse=True)
+def executor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every folder test runs on both decode paths: threads (small folders) and worker processes (large
+    ones; forced here by lowering the threshold, so the same small folders go through the process pool)."""
+    if request.param == "processes":
+        monkeypatch.setattr(cache_mod, "PROCESS_MIN_FILES", 0)
+        if cache_mod._workers() < 2:
+            pytest.skip("one CPU: the process path is never taken")
+    return request.param
 
 
 def test_build_and_load_round_trip(tmp_path: Path) -> None:
@@ -28,7 +41,12 @@ def test_build_and_load_round_trip(tmp_path: Path) -> None:
     assert calls[-1] == 1.0
     again = load_cache(ds.path)
     assert again.classes == ["a", "b"] and again.key == ds.key
-    assert len(again.info["mean"]) == 3
+    # One read per file gives the key two reads give (caches built before stay valid), and the integer
+    # statistics of the tasks equal a float pass over the stored training images.
+    assert ds.key == content_key(listing)
+    mean, std = channel_stats(np.asarray(ds.train_x))
+    np.testing.assert_allclose(again.info["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(again.info["std"], std, rtol=1e-5)
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp")]
 
 
@@ -60,6 +78,10 @@ def test_bad_images_skipped_and_reported(tmp_path: Path) -> None:
     assert set(skipped) == {"a/empty.png", "b/corrupt.jpg", "b/truncated.png"}
     assert skipped["a/empty.png"] == "empty file"
     assert len(ds.train_y) + len(ds.test_y) == 8
+    # Rows of the skipped files are gone, and the statistics cover only the images kept.
+    mean, _ = channel_stats(np.asarray(ds.train_x))
+    np.testing.assert_allclose(ds.info["mean"], mean, rtol=1e-6)
+    assert ds.key == content_key(listing)
 
 
 def test_mixed_sizes_become_32_unless_size_given(tmp_path: Path) -> None:
@@ -96,3 +118,25 @@ def test_real_cifar10_counts_and_round_trip(cifar_cache: DecodedDataset, cifar10
     assert np.array_equal(loaded.train_x[3 * 5000], decode_image(first_cat))
     mean = np.asarray(loaded.info["mean"])
     assert np.allclose(mean, [0.491, 0.482, 0.447], atol=0.01)  # the well-known CIFAR-10 statistics
+
+
+def test_a_dead_decode_worker_fails_the_build_and_leaves_nothing(
+    tmp_path: Path, executor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if executor != "processes":
+        pytest.skip("worker processes only")
+    from backend.data.decode_worker import WorkerPool
+
+    class OneDeadWorker(WorkerPool):
+        """A real pool whose first worker process is killed before any task reaches it."""
+
+        def __init__(self, n: int) -> None:
+            super().__init__(n)
+            self._procs[0].kill()
+            self._procs[0].wait()
+
+    monkeypatch.setattr(cache_mod, "WorkerPool", OneDeadWorker)
+    root = write_folder(tmp_path / "ds", {"a": 3, "b": 3})
+    with pytest.raises(RuntimeError, match="decode worker process died"):
+        build_cache(scan_imagefolder(root), tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
