@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.training.models import build_model  # noqa: E402
-from backend.training.trainer import TrainConfig, fit, uses_bf16  # noqa: E402
+from backend.training.trainer import COMPILE_MIN_STEPS, TrainConfig, fit, uses_bf16  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -159,12 +159,15 @@ def pipeline_seconds(images, labels, device: torch.device, batch: int, workers: 
 
 
 def trainer_epoch_seconds(
-    images, labels, model_name: str, device: torch.device, batch: int, precision: str = "auto"
-) -> float:
-    """Seconds of the trainer's second epoch (the first warms up kernels and caches)."""
-    config = TrainConfig(model=model_name, epochs=2, batch_size=batch, device=str(device), precision=precision)
+    images, labels, model_name: str, device: torch.device, batch: int, precision: str = "auto", compile: str = "off"
+) -> tuple[float, float]:
+    """Seconds of the trainer's (second, first) epoch: the first warms up kernels and caches, and with
+    ``compile`` "on" also compiles (its excess over the second is what compiling costs a run)."""
+    config = TrainConfig(
+        model=model_name, epochs=2, batch_size=batch, device=str(device), precision=precision, compile=compile
+    )
     result = fit((images, labels), config, mean=MEAN, std=STD, num_classes=10)
-    return result.history[-1]["seconds"]
+    return result.history[-1]["seconds"], result.history[0]["seconds"]
 
 
 def main() -> None:
@@ -177,6 +180,10 @@ def main() -> None:
     parser.add_argument("--precision", choices=["both", "fp32", "bf16"], default="both")
     parser.add_argument("--reps", type=int, default=2, help="alternated rounds (trainer, peer, model alone)")
     parser.add_argument("--quick", action="store_true", help="2,048 images")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled trainer")
+    parser.add_argument(
+        "--amortise-epochs", type=int, default=30, help="run length over which compiling's one-off cost is spread"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     model_name = args.model or ("resnet18_cifar" if device.type == "cuda" else "small")
@@ -196,16 +203,22 @@ def main() -> None:
         bf16 = precision == "bf16"
         rounds = []
         for _ in range(args.reps):
-            fast = trainer_epoch_seconds(images, labels, model_name, device, args.batch_size, precision)
+            fast, _ = trainer_epoch_seconds(images, labels, model_name, device, args.batch_size, precision)
+            comp, comp_first = (
+                trainer_epoch_seconds(images, labels, model_name, device, args.batch_size, precision, "on")
+                if args.compile
+                else (float("nan"), float("nan"))
+            )
             base = baseline_epoch_seconds(images, labels, model_name, device, args.batch_size, args.workers, bf16)
             floor = model_only_seconds(model_name, device, args.batch_size, steps, bf16)
-            rounds.append((fast, base, floor))
+            rounds.append((fast, base, floor, comp, comp_first - comp))
             print(
-                f"  [{precision}] trainer {trained / fast:7.0f} img/s | peer {trained / base:7.0f} img/s"
-                f" | model alone {trained / floor:7.0f} img/s",
+                f"  [{precision}] trainer {trained / fast:7.0f} img/s | compiled {trained / comp:7.0f} img/s"
+                f" (compiling took {comp_first - comp:5.1f} s) | peer {trained / base:7.0f} img/s"
+                f" | model alone (eager) {trained / floor:7.0f} img/s",
                 flush=True,
             )
-        fast, base, floor = (statistics.median(r[i] for r in rounds) for i in range(3))
+        fast, base, floor, comp, overhead = (statistics.median(r[i] for r in rounds) for i in range(5))
         vs_peer = statistics.median(r[1] / r[0] for r in rounds)
         vs_floor = statistics.median(r[2] / r[0] for r in rounds)
         print(
@@ -214,8 +227,17 @@ def main() -> None:
         )
         print(
             f"{precision}: ratio trainer / peer {vs_peer:.2f}x (target >= 3x); trainer runs at {100 * vs_floor:.0f}%"
-            " of the model-alone speed (median of rounds)"
+            " of the eager model-alone speed (median of rounds)"
         )
+        if args.compile:
+            vs_peer_c = statistics.median(r[1] / r[3] for r in rounds)
+            e = args.amortise_epochs
+            amortised = statistics.median(e * r[1] / (e * r[3] + r[4]) for r in rounds)
+            print(
+                f"{precision}: compiled trainer (compile='on', what 'auto' picks for runs of {COMPILE_MIN_STEPS}+"
+                f" steps) epoch {comp:6.2f} s -> ratio {vs_peer_c:.2f}x per epoch; compiling costs {overhead:.0f} s"
+                f" once, so over a {e}-epoch run of this size {amortised:.2f}x"
+            )
     p_fast, p_base = pipeline_seconds(images, labels, device, args.batch_size, args.workers)
     print(
         f"input pipeline alone (no model): batched {trained / p_fast:.0f} images/s, PIL {trained / p_base:.0f} images/s"

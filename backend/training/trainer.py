@@ -20,7 +20,10 @@ algorithms per shape, so runs agree closely but not bitwise.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +52,9 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+log = logging.getLogger(__name__)
+
+
 def uses_bf16(precision: str, device: torch.device) -> bool:
     """Whether forward passes run under bf16 autocast.
 
@@ -59,6 +65,23 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     if precision == "auto":
         return device.type == "cuda" or cpu_has_native_bf16()
     return precision == "bf16"
+
+
+def uses_compile(setting: str, steps: int) -> bool:
+    """Whether ``fit`` compiles its training forward (``TrainConfig.compile``)."""
+    if setting != "auto":
+        return setting == "on"
+    return steps >= COMPILE_MIN_STEPS and shutil.which(_cxx()) is not None
+
+
+def _cxx() -> str:
+    """The C++ compiler torch.compile's CPU backend (inductor) calls."""
+    try:
+        from torch._inductor import config as inductor_config
+
+        return str(inductor_config.cpp.cxx[-1])
+    except (ImportError, AttributeError, IndexError, TypeError):
+        return os.environ.get("CXX", "g++")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -76,6 +99,15 @@ SelectEpoch = Annotated[
     Literal["last", "best_balanced"],
     Field(description="weights kept: last = end of schedule; best_balanced = best mean per-class validation accuracy"),
 ]
+Compile = Annotated[
+    Literal["auto", "on", "off"],
+    Field(
+        description="torch.compile the training step's model: auto = when the run has at least "
+        "COMPILE_MIN_STEPS steps and a C compiler is present (compiling takes ~1 minute on a CPU and makes each "
+        "step ~1.4x faster for `small`); off for short runs, where it costs more than it saves"
+    ),
+]
+COMPILE_MIN_STEPS = 2000
 Precision = Annotated[
     Literal["auto", "fp32", "bf16"],
     Field(description="autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"),
@@ -116,6 +148,7 @@ class TrainConfig(BaseModel):
     seed: int = 0  # seeds weights, data order, augmentation and dropout
     device: str = "cpu"  # "cpu" or "cuda"; channels_last memory format on both
     precision: Precision = "auto"  # autocast dtype; see ``uses_bf16``
+    compile: Compile = "auto"  # torch.compile the training forward; see ``uses_compile``
     eval_batch_size: int = Field(1024, ge=1)  # examples per forward pass during evaluation
     # Recipes for training on synthetic images (recorded with every result):
     synthetic_weight: SyntheticWeight = 1.0  # loss weight of a synthetic example relative to a real one
@@ -470,6 +503,13 @@ def fit(
     )
     all_steps = total_steps + ft_total_steps
 
+    # The compiled module shares the model's parameters: the optimiser, state_dict, checkpoints and evaluation
+    # all use ``model`` itself; only the training forward runs compiled.
+    forward: Any = model
+    compiled_ok = False
+    if uses_compile(config.compile, all_steps):
+        forward = torch.compile(model)
+
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "model": None}  # kept only for select_epoch="best_balanced"
     start_epoch = 0
@@ -518,8 +558,16 @@ def fit(
                     with torch.no_grad():
                         feats = model.features(xb)
                     logits = model.head(feats)
+                elif forward is not model and not compiled_ok:
+                    try:  # the first compiled call compiles; a toolchain problem must not fail the run
+                        logits = forward(xb)
+                        compiled_ok = True
+                    except Exception as exc:  # noqa: BLE001 - any compiler failure: train eagerly instead
+                        log.warning("torch.compile failed (%s: %s); training without it", type(exc).__name__, exc)
+                        forward = model
+                        logits = model(xb)
                 else:
-                    logits = model(xb)
+                    logits = forward(xb)
             if finetune:
                 loss = ft_loss_fn(logits, yb)
             else:

@@ -21,6 +21,7 @@ from backend.training.trainer import (
     make_loss,
     predict,
     uses_bf16,
+    uses_compile,
     validation_split,
 )
 
@@ -321,3 +322,45 @@ def test_finetune_real_needs_real_images(toy) -> None:
         fit(all_synthetic, _cfg(finetune_real_epochs=1), mean=MEAN, std=STD)
     with pytest.raises(ValueError):
         TrainConfig(synthetic_weight=0)
+
+
+def test_compile_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor import config as inductor_config
+
+    from backend.training.trainer import COMPILE_MIN_STEPS
+
+    assert uses_compile("on", 1) and not uses_compile("off", 10**6)
+    assert not uses_compile("auto", COMPILE_MIN_STEPS - 1)  # short runs: compiling costs more than it saves
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    assert not uses_compile("auto", COMPILE_MIN_STEPS)  # no compiler: never tried
+
+
+def test_compiled_training_learns_and_keeps_plain_weights(toy) -> None:
+    """compile="on": the training forward runs through torch.compile (inductor, a real C++ build), the
+    model learns like the eager one, and the weights, checkpoints and evaluation stay the plain module's."""
+    x, y, tx, ty, _ = toy
+    states: list[dict] = []
+    compiled = fit(
+        (x, y), _cfg(compile="on", precision="fp32"), mean=MEAN, std=STD, hooks=Hooks(checkpoint=states.append)
+    )
+    eager = fit((x, y), _cfg(precision="fp32"), mean=MEAN, std=STD)
+    assert _test(compiled, tx, ty).accuracy >= 90.0
+    assert set(_weights(compiled)) == set(_weights(eager))  # no "_orig_mod." prefixes
+    assert compiled.config["compile"] == "on"
+    resumed = fit((x, y), _cfg(compile="on", precision="fp32"), mean=MEAN, std=STD, resume=states[1])
+    assert len(resumed.history) == 3 and _test(resumed, tx, ty).accuracy >= 90.0
+
+
+def test_a_compiler_failure_trains_eagerly(toy, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached build would need no compiler
+    torch._dynamo.reset()
+    x, y, tx, ty, _ = toy
+    with caplog.at_level("WARNING", logger="backend.training.trainer"):
+        result = fit((x, y), _cfg(compile="on", precision="fp32"), mean=MEAN, std=STD)
+    torch._dynamo.reset()
+    assert "torch.compile failed" in caplog.text
+    eager = fit((x, y), _cfg(precision="fp32"), mean=MEAN, std=STD)
+    assert _history(result) == _history(eager)  # the whole run was the eager one
