@@ -49,7 +49,8 @@
    (75.2 +- 2.4 vs 75.7 +- 1.5, within one std); spread_factor 2 (row "x2") is 1.1 points MORE precise than
    target_prob on every seed (77.3 / 78.0 / 77.3 / 75.3 / 76.0) with a quarter fewer near-duplicates. Both
    inner scores give the same picks here: in a fallback round the spread decides, not BALD or EPIG, so
-   this gain is the fallback's, not EPIG's. Stochastic sampling keeps precision within a point and lowers
+   this gain is the fallback's, not EPIG's. Tried and not kept: ranking by target_prob x EPIG, 72.8 +- 2.6 /
+   3.42 (below target_prob on 4 of 5 seeds). Stochastic sampling keeps precision within a point and lowers
    near-duplicates only slightly (within about one std); k-center diversity is what halves them (or better)
    at the same precision.
 """
