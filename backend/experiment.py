@@ -868,7 +868,8 @@ def config_reference() -> str:
         "GPU + real SD weights), `examples/cifar10_cat_cpu.yaml` (shrunk to run on 2 CPU cores),",
         "`examples/cifar10_cat_rounds.yaml` (generate -> select -> reweight rounds), and, offline on the digits demo,",
         "`examples/digits_diffusion_cpu.yaml` (a diffusion model trained here) and",
-        "`examples/digits_every_class_cpu.yaml` (the same with the every-class recipe).",
+        "`examples/digits_every_class_cpu.yaml` (the same with the every-class recipe); on a GPU,",
+        "`examples/cifar10_cat_diffusion_gpu.yaml` (CIFAR-10's cat repaired by a diffusion model trained here).",
         "",
     ]
 

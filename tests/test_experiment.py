@@ -343,6 +343,19 @@ def test_every_class_stage_samples_each_other_class_and_labels_it(tmp_path: Path
     assert len([s for s in steps if s.kind == "generate_diffusion"]) == 10
 
 
+def test_cifar10_diffusion_gpu_example_is_valid(cifar10_root: Path) -> None:
+    """The GPU recipe plans one generate_diffusion per non-cat class, read from the real CIFAR-10 folders."""
+    gpu = REPO / "examples" / "cifar10_cat_diffusion_gpu.yaml"
+    steps = plan(load_config(gpu), gpu.parent, str(cifar10_root))
+    check_plan(steps)
+    others = [
+        s.build({"diffusion_train": {"diffusion_id": 1}})["class"] for s in steps if s.name.startswith("diffusion_o")
+    ]
+    assert sorted(others) == sorted(
+        c for c in ("airplane", "automobile", "bird", "deer", "dog", "frog", "horse", "ship", "truck")
+    )
+
+
 def test_rounds_example_is_valid() -> None:
     path = REPO / "examples" / "cifar10_cat_rounds.yaml"
     config = load_config(path)
