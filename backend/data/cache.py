@@ -105,9 +105,13 @@ def _folder_key(source: FolderListing, digests: dict[str, list[bytes]]) -> str:
     h = _key_hash()
     params = ["folder", source.classes, source.image_size and list(source.image_size), source.split]
     h.update(json.dumps(params).encode())
+    # Listed files lie under the root (the walker builds them from it): slicing the string gives
+    # relative_to().as_posix() without pathlib's per-file parsing.
+    prefix = len(os.path.join(str(source.root), ""))
     for part, files, labels in _parts(source):
         for path, label, digest in zip(files, labels.tolist(), digests[part], strict=True):
-            h.update(f"{part}\0{path.relative_to(source.root).as_posix()}\0{label}\0".encode())
+            rel = str(path)[prefix:].replace(os.sep, "/")
+            h.update(f"{part}\0{rel}\0{label}\0".encode())
             h.update(digest)
     return f"folder-{h.hexdigest()}"
 

@@ -25,7 +25,9 @@ import numpy as np
 
 from backend.data.images import ImageDecodeError, decode_image, resize_rgb
 
-SQUARES = np.arange(256, dtype=np.int64) ** 2
+VALUES = np.arange(256, dtype=np.int64)
+SQUARES = VALUES**2
+CHANNEL_OFFSET = np.array([0, 256, 512], dtype=np.uint16)  # channel c's values map to bins 256c .. 256c + 255
 
 
 @dataclass
@@ -49,8 +51,9 @@ def decode_rows(
     """Decode ``files`` into rows ``start ..`` of the ``.npy`` array at ``npy_path`` (opened read-write as a
     memory map, so tasks in other processes fill their own rows of the same file). With ``resize`` False an
     image of another size ends the task with ``mixed`` set (the caller decodes again, resized)."""
-    out = np.load(npy_path, mmap_mode="r+")
     res = TaskResult(start=start)
+    h, w = size
+    buf = np.zeros((len(files), h, w, 3), dtype=np.uint8)  # rows land here, then in the file in one write
     ok = np.zeros(len(files), dtype=bool)
     for j, name in enumerate(files):
         i = start + j
@@ -69,19 +72,21 @@ def decode_rows(
         if arr.shape[:2] != tuple(size):
             if not resize:
                 res.mixed = True
-                break
+                return res
             arr = resize_rgb(arr, size)
-        out[i] = arr
+        buf[j] = arr
         ok[j] = True
-    if stats and not res.mixed and ok.any():
-        rows = np.asarray(out[start : start + len(files)])[ok]
-        flat = rows.reshape(-1, 3)
-        res.sums = [int(v) for v in flat.sum(0, dtype=np.int64)]
-        # Sum of squares from a 256-bin histogram per channel: exact integers, no float pass over the pixels.
-        res.squares = [int(np.bincount(flat[:, c], minlength=256) @ SQUARES) for c in range(3)]
-        res.pixels = int(flat.shape[0])
+    out = np.load(npy_path, mmap_mode="r+")
+    out[start : start + len(files)] = buf
     out.flush()
     del out
+    if stats and ok.any():
+        flat = buf[ok].reshape(-1, 3)
+        # One histogram of (value + 256 * channel): exact integer sums and sums of squares, one pass.
+        hist = np.bincount((flat + CHANNEL_OFFSET).ravel(), minlength=768).reshape(3, 256).astype(np.int64)
+        res.sums = [int(v) for v in hist @ VALUES]
+        res.squares = [int(v) for v in hist @ SQUARES]
+        res.pixels = int(flat.shape[0])
     return res
 
 

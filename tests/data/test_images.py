@@ -116,3 +116,21 @@ def test_probe_size_reads_header(tmp_path) -> None:
     bad.write_bytes(b"junk")
     with pytest.raises(ImageDecodeError):
         probe_size(bad)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_applied_and_plain_images_stay_put(fmt: str) -> None:
+    """A camera's 'rotate 90' tag turns the pixels (orientation 6: the stored 10x20 shows as 20x10);
+    the same image without the tag keeps its shape (JPEGs without EXIF skip the EXIF parse)."""
+    img = Image.new("RGB", (20, 10), (200, 30, 30))
+    img.paste((30, 30, 200), (0, 0, 4, 10))  # a blue stripe on the left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, exif=exif.tobytes())
+    turned = decode_image(buf.getvalue())
+    plain = decode_image(_bytes(img, fmt))
+    assert plain.shape == (10, 20, 3) and turned.shape == (20, 10, 3)
+    # Orientation 6 = rotate 90 degrees clockwise to display: the left edge becomes the top edge.
+    assert turned[0, :, 2].mean() > 150 and turned[-1, :, 0].mean() > 150
+    assert probe_size(io.BytesIO(buf.getvalue())) == (20, 10)
