@@ -67,11 +67,17 @@ def uses_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16"
 
 
-def uses_compile(setting: str, steps: int) -> bool:
-    """Whether ``fit`` compiles its training forward (``TrainConfig.compile``)."""
+def uses_compile(setting: str, steps: int, device: torch.device | None = None, bf16: bool = False) -> bool:
+    """Whether ``fit`` compiles its training forward (``TrainConfig.compile``).
+
+    "auto" compiles where it was measured to pay (benchmarks/bench_train.py, 2-core CPU with native bf16):
+    fp32 on a CPU, 1.2x per epoch for ``small``, for runs of ``COMPILE_MIN_STEPS``+ steps (a first compile
+    takes ~35 s). Not bf16 on a CPU (compiled was 0.9x eager there) and not yet CUDA (not measured: no GPU
+    was lent); "on" forces it anywhere."""
     if setting != "auto":
         return setting == "on"
-    return steps >= COMPILE_MIN_STEPS and shutil.which(_cxx()) is not None
+    cpu = device is None or device.type == "cpu"
+    return cpu and not bf16 and steps >= COMPILE_MIN_STEPS and shutil.which(_cxx()) is not None
 
 
 def _cxx() -> str:
@@ -102,9 +108,9 @@ SelectEpoch = Annotated[
 Compile = Annotated[
     Literal["auto", "on", "off"],
     Field(
-        description="torch.compile the training step's model: auto = when the run has at least "
-        "COMPILE_MIN_STEPS steps and a C compiler is present (compiling takes ~1 minute on a CPU and makes each "
-        "step ~1.4x faster for `small`); off for short runs, where it costs more than it saves"
+        description="torch.compile the training forward: auto = fp32 on a CPU for runs of 2,000+ steps with a "
+        "C++ compiler present (measured 1.2x per epoch for `small`; a first compile takes ~35 s), else off; "
+        "on = always (bf16 on a CPU measured slower compiled; CUDA not measured yet)"
     ),
 ]
 COMPILE_MIN_STEPS = 2000
@@ -507,7 +513,7 @@ def fit(
     # all use ``model`` itself; only the training forward runs compiled.
     forward: Any = model
     compiled_ok = False
-    if uses_compile(config.compile, all_steps):
+    if uses_compile(config.compile, all_steps, device, bf16):
         forward = torch.compile(model)
 
     history: list[dict[str, Any]] = []

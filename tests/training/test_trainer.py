@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -331,6 +332,10 @@ def test_compile_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert uses_compile("on", 1) and not uses_compile("off", 10**6)
     assert not uses_compile("auto", COMPILE_MIN_STEPS - 1)  # short runs: compiling costs more than it saves
+    cpu = torch.device("cpu")
+    assert not uses_compile("auto", COMPILE_MIN_STEPS, cpu, bf16=True)  # measured slower compiled
+    assert not uses_compile("auto", COMPILE_MIN_STEPS, torch.device("cuda"))  # not measured yet
+    assert uses_compile("auto", COMPILE_MIN_STEPS, cpu) == (shutil.which(inductor_config.cpp.cxx[-1]) is not None)
     monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
     assert not uses_compile("auto", COMPILE_MIN_STEPS)  # no compiler: never tried
 
