@@ -15,7 +15,6 @@ import pickle
 import queue
 import subprocess
 import sys
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +112,6 @@ class WorkerPool:
         for proc in self._procs:
             self._idle.put(proc)
         self._threads = ThreadPoolExecutor(max_workers=n)
-        self._lock = threading.Lock()
 
     def submit(self, fn: Any, *args: Any) -> Future:
         if fn is not decode_rows:
