@@ -163,3 +163,24 @@ def test_extract_features_keeps_the_requested_order() -> None:
     np.testing.assert_allclose(
         scoring.extract_features(model, x, MEAN, STD, indices=idx, batch_size=2), everything[idx], atol=1e-6
     )
+
+
+def test_scoring_puts_a_checkpoint_model_in_channels_last_without_changing_its_outputs() -> None:
+    """A model loaded from a checkpoint comes in NCHW; scoring converts its weights once (the input is
+    channels_last already) and the probabilities stay what the NCHW model gives."""
+    torch.manual_seed(0)
+    x = _images(9)
+    model = _warm_bn(build_model("small", 4, dropout=0.5), x)
+    reference = build_model("small", 4, dropout=0.5)
+    reference.load_state_dict(model.state_dict())
+    conv = model.backbone[0].weight
+    assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # the same arithmetic as scoring (bf16 backbone where native), NCHW weights
+        feats = scoring._backbone(reference.eval(), scoring.to_input(x, MEAN, STD, "cpu").contiguous(), "cpu")
+        expected = torch.softmax(reference.head[1](feats), dim=1).numpy()
+    model.head[0].p = 1e-9  # dropout that keeps every feature: each pass is the plain forward
+    probs = scoring.mc_probs(model, x, MEAN, STD, mc_samples=2, batch_size=4, seed=0)
+    assert model.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert probs.shape == (2, 9, 4)
+    np.testing.assert_allclose(probs[0], expected, atol=0.01)
+    np.testing.assert_allclose(probs[1], expected, atol=0.01)
