@@ -10,10 +10,15 @@ seeds of the `small` CNN on the digits demo) in the worker's process, then as Ra
     python benchmarks/bench_ray.py --quick            # fewer images and epochs
     python benchmarks/bench_ray.py --model DIR --count 256 --resolution 512   # a GPU machine: 1 vs all GPUs
 
-Measured on the 2-core CPU VM (2026-11-30, nothing else running), ``--count 192 --resolution 128 --steps 8
---epochs 3``: generate_sd 1 shard 9.94 s vs 2 shards 10.97 s (0.91x); benchmark serial 3.22 s vs Ray tasks
-6.08 s (0.53x). One host with 2 cores gains nothing (one shard already uses both cores; small runs pay task and
-transfer overhead); the executor is meant for several GPUs or hosts, not measured yet (no GPU lent).
+Measured on the 2-core CPU VM (Intel Xeon, 2026-11-30 fourth session, nothing else running), ``--count 192
+--resolution 128 --steps 8 --epochs 3``, two runs: generate_sd without Ray (2 threads) 15.26 s, 1 shard 16.07 /
+17.94 s, 2 shards 9.24 / 9.96 s -> 1.74x / 1.80x over 1 shard, 1.53x over no Ray; benchmark serial (2 threads)
+4.41 / 7.60 s vs Ray tasks (warm workers) 2.71 / 2.58 s -> 1.63x / 2.95x (the serial side's time varies with
+the VM); the first Ray benchmark run, which starts the task workers, took 11-13 s. ``--quick`` and the defaults:
+1.46-1.62x generation, 1.30x benchmark. The session before measured 0.91x and 0.53x: the first actor took
+every shard's first piece (so the second actor was still cold when timed) and the serial side ran one thread.
+Each actor or task gets one CPU, so on 2 cores 2 shards simply use both; several GPUs or hosts are not measured
+(no GPU lent).
 """
 
 from __future__ import annotations
@@ -76,7 +81,8 @@ def main() -> None:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     device = "cuda" if gpus else "cpu"
     shards = args.shards or gpus or args.cpus
-    torch.set_num_threads(1 if device == "cpu" else torch.get_num_threads())  # as the Ray workers run
+    # The serial side keeps torch's default threads (all cores), as a worker runs a benchmark without Ray;
+    # each Ray actor or task gets one CPU (one thread).
     address = ray.get_runtime_context().gcs_address
     print(f"Ray at {address}: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, {gpus} GPUs; device {device}")
 
@@ -91,10 +97,13 @@ def main() -> None:
         run(db, on_ray, "generate_sd", sd | {"shards": shards, "count": 4 * shards})  # start actors, load
         _, one = run(db, on_ray, "generate_sd", sd | {"shards": 1})
         _, many = run(db, on_ray, "generate_sd", sd | {"shards": shards})
+        run(db, serial, "generate_sd", sd | {"count": 4})  # load the pipeline in this process
+        _, here = run(db, serial, "generate_sd", sd)
         print(f"\ngenerate_sd, {args.count} images of {args.model} at {args.resolution} px, {args.steps} steps:")
+        print(f"  without Ray  {here:7.2f} s  {args.count / here:7.2f} images/s  ({torch.get_num_threads()} threads)")
         print(f"  1 shard      {one:7.2f} s  {args.count / one:7.2f} images/s")
         print(f"  {shards} shards     {many:7.2f} s  {args.count / many:7.2f} images/s")
-        print(f"  speed-up     {one / many:7.2f}x")
+        print(f"  speed-up     {one / many:7.2f}x over 1 shard, {here / many:.2f}x over no Ray")
         ray_executor.release_actors()
 
         # -- benchmark: serial runs in the worker's process vs Ray tasks
@@ -109,10 +118,13 @@ def main() -> None:
             "batch_size": 64,
         }
         _, alone = run(db, serial, "benchmark", bench)
+        # The first Ray run starts the task workers (each imports torch): timed apart, as a cold start.
+        _, cold = run(db, on_ray, "benchmark", bench | {"seeds": [10, 11]})
         _, spread = run(db, on_ray, "benchmark", bench)
         print(f"\nbenchmark, 2 variants x 2 seeds of `small`, {args.epochs} epochs each:")
-        print(f"  serial       {alone:7.2f} s")
-        print(f"  Ray tasks    {spread:7.2f} s  (GPU share {0.25 if gpus else 0} each, 1 CPU each)")
+        print(f"  serial       {alone:7.2f} s  ({torch.get_num_threads()} threads, in this process)")
+        print(f"  Ray tasks    {spread:7.2f} s  (GPU share {0.25 if gpus else 0} each, 1 CPU each; warm workers)")
+        print(f"  (the first Ray run, other seeds, starting the workers: {cold:.2f} s)")
         print(f"  speed-up     {alone / spread:7.2f}x")
         db.dispose()
     ray.shutdown()

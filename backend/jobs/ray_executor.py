@@ -310,6 +310,12 @@ def _run_on_ray(ray, spec, shards, on_result, on_piece, should_stop) -> None:
 
     finished = False
     try:
+        # Every actor gets its own shard before any takes a second one: feeding actor 0 first would let
+        # it queue the next shard's piece (IN_FLIGHT_PER_ACTOR) and leave the last actors idle -- and
+        # cold for the next job -- whenever shards have one piece each.
+        for a in range(len(actors)):
+            if waiting:
+                queues[a].extend(waiting.popleft())
         for a in range(len(actors)):
             feed(a)
         while inflight:

@@ -329,3 +329,20 @@ def test_a_job_without_ray_runs_as_before_and_never_imports_ray(tmp_path: Path) 
     assert out["status"] == "succeeded", out["error"]
     assert out["health"] == {"executor": "local"}
     assert out["ray"] is False
+
+
+def _pid_worker(config: Any, hooks: Any, device: str) -> Any:
+    """A shard worker that says which process made each item (module-level: Ray pickles it by name)."""
+    return lambda piece: [[(i, os.getpid()) for i in piece]]
+
+
+def test_each_actor_gets_its_own_shard_first(ray_address: str) -> None:
+    """Two shards of one piece each run on two actors, not both on the first one (which would leave the
+    second actor idle and its model unloaded for the next job)."""
+    ray_executor.release_actors()
+    got: list[tuple[int, int]] = []
+    spec = ray_executor.ShardSpec(_pid_worker, None, gpu=False)
+    ray_executor.run_shards(spec, [[[0]], [[1]]], on_result=got.extend, should_stop=lambda: False, address=ray_address)
+    ray_executor.release_actors()
+    assert sorted(i for i, _ in got) == [0, 1]
+    assert len({pid for _, pid in got}) == 2
