@@ -62,9 +62,17 @@
    target_prob on every seed (77.3 / 78.0 / 77.3 / 75.3 / 76.0) with a quarter fewer near-duplicates. Both
    inner scores give the same picks here: in a fallback round the spread decides, not BALD or EPIG, so
    this gain is the fallback's, not EPIG's. Tried and not kept: ranking by target_prob x EPIG, 72.8 +- 2.6 /
-   3.42 (below target_prob on 4 of 5 seeds). Stochastic sampling keeps precision within a point and lowers
-   near-duplicates only slightly (within about one std); k-center diversity is what halves them (or better)
-   at the same precision.
+   3.42 (below target_prob on 4 of 5 seeds). Also tried (fourth session, an experiment script patching the
+   scorer's EPIG, not kept), versions that use what EPIG ignores here -- the candidate will be added WITH the
+   minority label c, and the targets' label is c too -- plain pool, precision %:
+   pointwise MI of (y = c, y* = c), i.e. the expected gain in the targets' log p(c) from training on (x, c):
+   34.0 (seed 0; it favours images that are cats only under a few dropout masks); KL of the targets'
+   predictive after conditioning on y = c: 32.7 (seed 0); EPIG's y = c term p(c|x) KL(...): 64.5 +- 6.3;
+   p(c|x) x that pointwise MI: 72.9 +- 3.4 (5 seeds; target_prob 75.7 +- 1.5 in the table, 75.3 on seed 0
+   with this session's masks). None reaches target_prob: on a pool where half the candidates are not the
+   class, being the class is what matters first, and every information measure rewards some confusable
+   non-cats. Stochastic sampling keeps precision within a point and lowers near-duplicates only slightly
+   (within about one std); k-center diversity is what halves them (or better) at the same precision.
 """
 
 from __future__ import annotations
