@@ -10,6 +10,14 @@ speed at equal settings.
    32 px -- and (b) ``generate`` in batches. The two alternate (A B A B ...) ``--reps`` times after a
    warm-up of each; the ratio printed is the median of the per-pair ratios.
 
+3. FLOP use: the UNet's FLOPs for one latent at the run's resolution are counted once with
+   ``torch.utils.flop_counter.FlopCounterMode``; the defaults run's achieved UNet TFLOP/s is images/s x
+   steps x 2 (classifier-free guidance doubles the UNet batch) x that count, printed against the card's
+   dense bf16/fp16 peak (``--peak-tflops``; H100/H200 default to 989, A100 to 312). UNet only: the VAE
+   decode and the scheduler are time spent outside that count, so the figure is a lower bound.
+4. Turbo-style: the same pipeline (DPM++ 2M) at ``--turbo-steps`` (default 1 and 4) steps with guidance 0
+   (one UNet pass per step, no negative branch), batched: images/s and UNet TFLOP/s.
+
     python benchmarks/bench_sd.py                       # tiny random pipeline on CPU
     python benchmarks/bench_sd.py --model sd15-random --device cuda   # SD 1.5-sized, random weights
 """
@@ -52,6 +60,48 @@ def run(pipe, items, *, steps: int, batch_size: int, resolution: int, device: st
     elapsed = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return len(out) / elapsed, peak
+
+
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense bf16/fp16 tensor-core peaks (spec sheets)
+
+
+def unet_flops_per_latent(pipe, resolution: int) -> float:
+    """FLOPs of one UNet forward for ONE latent at ``resolution`` (counted, not estimated), via
+    ``FlopCounterMode`` on a batch of one: matmuls and convolutions, as the counter defines them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = pipe.unet
+    dtype, device = unet.dtype, unet.device
+    side = resolution // pipe.vae_scale_factor
+    latent = torch.zeros(1, unet.config.in_channels, side, side, dtype=dtype, device=device)
+    context = torch.zeros(1, 77, unet.config.cross_attention_dim, dtype=dtype, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(latent, torch.tensor([500], device=device), encoder_hidden_states=context)
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    """The card's dense bf16/fp16 peak: ``given``, else looked up by name; None on a CPU or unknown card."""
+    if given:
+        return given
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def turbo(pipe, items, *, steps: int, batch_size: int, resolution: int, device: str) -> float:
+    """Images/s of ``generate`` at ``steps`` steps with guidance 0 (one UNet pass per step), after a
+    warm-up batch."""
+    params = dict(steps=steps, guidance=0.0, resolution=resolution, output_size=32, batch_size=batch_size)
+    generate(pipe, items[:batch_size], **params)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    generate(pipe, items, **params)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return len(items) / (time.perf_counter() - t0)
 
 
 def study_loop(pipe, items, *, steps: int, resolution: int) -> float:
@@ -118,6 +168,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
     ap.add_argument("--quick", action="store_true", help="fewer images")
     ap.add_argument("--reps", type=int, default=2, help="alternated pairs for the equal-settings comparison")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16/fp16 TFLOP/s")
+    ap.add_argument("--turbo-steps", type=int, nargs="*", default=[1, 4], help="turbo-style runs (guidance 0)")
     args = ap.parse_args()
 
     cuda = args.device.startswith("cuda")
@@ -154,6 +206,18 @@ def main() -> None:
         equal_settings(
             pipe, items[:n_default], batch_size=batch, resolution=resolution, device=args.device, reps=args.reps
         )
+        per_latent = unet_flops_per_latent(pipe, resolution)
+        peak = peak_tflops(args.device, args.peak_tflops)
+
+        def use(images_per_s: float, steps: int, cfg: int) -> str:
+            tflops = images_per_s * steps * cfg * per_latent / 1e12
+            share = f", {100 * tflops / peak:.1f} % of the {peak:.0f} TFLOP/s peak" if peak else ""
+            return f"UNet {tflops:8.2f} TFLOP/s{share}"
+
+        turbo_rates = {
+            n: turbo(pipe, items[:n_default], steps=n, batch_size=batch, resolution=resolution, device=args.device)
+            for n in args.turbo_steps
+        }
         del pipe
 
         def mem(peak: float | None) -> str:
@@ -161,6 +225,10 @@ def main() -> None:
 
         print(f"study    (batch 1, PNDM 100 steps):        {study:8.3f} images/s{mem(study_mem)}")
         print(f"defaults (batch {batch}, DPM++ 2M 25 steps): {fast:8.3f} images/s{mem(fast_mem)}")
+        print(f"UNet forward, one latent at {resolution} px: {per_latent / 1e9:.2f} GFLOP (counted)")
+        print(f"defaults FLOP use (25 steps, guidance 7.5): {use(fast, 25, 2)}")
+        for n, rate in turbo_rates.items():
+            print(f"turbo-style ({n} step(s), guidance 0, batch {batch}): {rate:8.3f} images/s, {use(rate, n, 1)}")
         if args.vae:
             vae = args.vae
             if vae == "taesd-random":  # the real TAESD architecture (AutoencoderTiny defaults), random weights
