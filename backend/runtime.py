@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from backend.config import Settings
+from backend.core.allocator import keep_freed_memory
 from backend.db.migrate import upgrade
 from backend.db.session import Database
 from backend.store import sweep_stale_tmp
@@ -90,7 +91,9 @@ def clean_workspace(settings: Settings) -> None:
 
 def prepare(settings: Settings) -> Database:
     """What every entry point runs first: a writable workspace that holds all temp files, cleaned of
-    what killed processes left, and a reachable, migrated database."""
+    what killed processes left, and a reachable, migrated database. Also the malloc settings that keep
+    a training step from page-faulting its activations in (``backend.core.allocator``)."""
+    keep_freed_memory()
     check_workspace(settings)
     use_workspace_temp(settings)
     clean_workspace(settings)

@@ -99,6 +99,7 @@ from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.core.allocator import keep_freed_memory  # noqa: E402
 from backend.data.cache import DecodedDataset  # noqa: E402
 from backend.data.imbalance import apply_imbalance  # noqa: E402
 from backend.data.sources import load_digits  # noqa: E402
@@ -388,6 +389,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1 is fastest)")
     args = parser.parse_args()
+    keep_freed_memory()  # as every Rebalance process does at start-up (backend/core/allocator.py)
     torch.set_num_threads(args.threads)
     if args.dataset == "digits":
         ds = digits_dataset()

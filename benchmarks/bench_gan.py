@@ -28,6 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.core.allocator import keep_freed_memory  # noqa: E402
 from backend.generation.gan import GanConfig, GanTrainer, augment_batch  # noqa: E402
 
 
@@ -82,6 +83,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer steps")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    keep_freed_memory()  # as every Rebalance process does at start-up (backend/core/allocator.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":

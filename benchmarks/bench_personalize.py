@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.core.allocator import keep_freed_memory  # noqa: E402
 from backend.generation.diffusion import load_pipeline  # noqa: E402
 from backend.generation.personalize import ConceptTrainer  # noqa: E402
 from backend.generation.personalize_config import PersonalizeConfig  # noqa: E402
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     parser.add_argument("--method", action="append", choices=["textual_inversion", "lora"], help="repeatable")
     args = parser.parse_args()
+    keep_freed_memory()  # as every Rebalance process does at start-up (backend/core/allocator.py)
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp)
         model = args.model

@@ -37,6 +37,7 @@ from diffusers import AutoencoderTiny
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.core.allocator import keep_freed_memory  # noqa: E402
 from backend.generation.diffusion import generate, load_pipeline  # noqa: E402
 from backend.generation.prompts import default_vocabulary  # noqa: E402
 from benchmarks.sd15 import build_random_sd15_pipeline  # noqa: E402
@@ -171,6 +172,7 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16/fp16 TFLOP/s")
     ap.add_argument("--turbo-steps", type=int, nargs="*", default=[1, 4], help="turbo-style runs (guidance 0)")
     args = ap.parse_args()
+    keep_freed_memory()  # as every Rebalance process does at start-up (backend/core/allocator.py)
 
     cuda = args.device.startswith("cuda")
     if args.threads or not cuda:

@@ -26,7 +26,10 @@
    (bf16 does it; batching the head adds nothing there). Peak RSS while scoring 901 MB at 20,000 images,
    903 MB at 80,000 (1.00x, flat). Where the time went before: ``nn.Dropout``'s Bernoulli sampler took a
    third of ``small``'s scoring time on 1.3 M mask values per batch; ``torch.rand >= p`` draws them 4x
-   faster.
+   faster. Fifth session, a 2-core AMD EPYC (Zen 5, AVX512-BF16) VM, every side under the malloc settings
+   of backend/core/allocator.py (scoring's own gain from them, 1.53x, is in bench_malloc.py): score_pool
+   24,708 img/s, T head calls 1.48x slower, issue-time code 13,191 -> **1.89x**, baal 2.1 1,020 -> 24x;
+   peak RSS 900 MB at 20,000 images, 903 MB at 80,000 (flat).
 3. ``--evidence``: the real-data experiment of tests/selection/test_evidence.py for every
    acquisition function (300 removed cats + 300 other images, 150 picks), then the batch-aware
    variants (stochastic sampling, k-center diversity): precision of the picks (real-cat share) and the
@@ -100,6 +103,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.core.allocator import keep_freed_memory  # noqa: E402
 from backend.selection.scoring import NpyRows, full_pass_probs, score_pool  # noqa: E402
 from backend.training.models import build_model  # noqa: E402
 
@@ -370,6 +374,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1, help="--evidence: seeds 0..N-1 per row (mean +- std)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    keep_freed_memory()  # as every Rebalance process does at start-up (backend/core/allocator.py)
     if args.child:
         _child(args.child, args.model, args.device, args.t, args.batch)
         return

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.core.allocator import keep_freed_memory
 from backend.core.hooks import NO_HOOKS, Hooks, Stopped
 
 log = logging.getLogger("rebalance.ray")
@@ -190,6 +191,7 @@ class ShardActor:
     """
 
     def __init__(self) -> None:
+        keep_freed_memory()  # an actor is a process of its own: the malloc settings every worker runs with
         self.spec_ref: Any = None
         self.spec: ShardSpec | None = None
         self.worker: Worker | None = None
@@ -348,6 +350,7 @@ def _with_device(fn: Callable[..., Any], *args: Any) -> Any:
     """A unit as a Ray task: ``fn(*args, device=...)`` on the GPU Ray gave the task, else the CPU."""
     import ray
 
+    keep_freed_memory()  # once per task worker process (later calls return at once)
     return fn(*args, device="cuda" if ray.get_gpu_ids() else "cpu")
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from backend.api.app import create_api
+from backend.core import allocator
 from backend.db.models import PoolImage
 from backend.jobs import ray_executor
 from backend.jobs.worker import JobWorker
@@ -336,10 +337,47 @@ def _pid_worker(config: Any, hooks: Any, device: str) -> Any:
     return lambda piece: [[(i, os.getpid()) for i in piece]]
 
 
+def _release_and_wait() -> None:
+    """Kill this process's idle actors and wait until Ray has their CPUs back (a kill lands
+    asynchronously; a job started before would find fewer free CPUs and start fewer actors)."""
+    ray_executor.release_actors()
+    deadline = time.monotonic() + 20
+    while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _malloc_settings(device: str) -> bool | None:
+    """A unit that says whether its Ray worker process runs with backend.core.allocator's settings."""
+    return allocator._done
+
+
+def _malloc_worker(config: Any, hooks: Any, device: str) -> Any:
+    return lambda piece: [[_malloc_settings(device) for _ in piece]]
+
+
+@pytest.mark.skipif(not allocator.supported(), reason="glibc malloc only (Linux)")
+def test_ray_actors_and_tasks_run_with_the_malloc_settings(ray_address: str) -> None:
+    # Ray's worker processes never run ``prepare``: the actor and the task wrapper apply the settings.
+    _release_and_wait()
+    from_actor: list[bool | None] = []
+    spec = ray_executor.ShardSpec(_malloc_worker, None, gpu=False)
+    ray_executor.run_shards(spec, [[[0]]], on_result=from_actor.extend, should_stop=lambda: False, address=ray_address)
+    _release_and_wait()
+    from_task: dict[str, bool | None] = {}
+    ray_executor.run_units(
+        _malloc_settings,
+        [("unit", ())],
+        on_result=from_task.__setitem__,
+        should_stop=lambda: False,
+        address=ray_address,
+    )
+    assert from_actor == [True] and from_task == {"unit": True}
+
+
 def test_each_actor_gets_its_own_shard_first(ray_address: str) -> None:
     """Two shards of one piece each run on two actors, not both on the first one (which would leave the
     second actor idle and its model unloaded for the next job)."""
-    ray_executor.release_actors()
+    _release_and_wait()
     got: list[tuple[int, int]] = []
     spec = ray_executor.ShardSpec(_pid_worker, None, gpu=False)
     ray_executor.run_shards(spec, [[[0]], [[1]]], on_result=got.extend, should_stop=lambda: False, address=ray_address)
