@@ -26,7 +26,6 @@ from backend.data.images import ImageDecodeError, decode_image, resize_rgb
 
 VALUES = np.arange(256, dtype=np.int64)
 SQUARES = VALUES**2
-CHANNEL_OFFSET = np.array([0, 256, 512], dtype=np.uint16)  # channel c's values map to bins 256c .. 256c + 255
 
 
 @dataclass
@@ -57,7 +56,8 @@ def decode_rows(
     for j, name in enumerate(files):
         i = start + j
         try:
-            data = Path(name).read_bytes()
+            with open(name, "rb") as fh:  # not Path(name): no path parsing per file
+                data = fh.read()
         except OSError as exc:
             res.digests.append(b"")
             res.failed[i] = f"unreadable ({exc.strerror or exc})"
@@ -77,15 +77,16 @@ def decode_rows(
         ok[j] = True
     out = np.load(npy_path, mmap_mode="r+")
     out[start : start + len(files)] = buf
-    out.flush()
+    # No flush here: the rows sit in the page cache, shared with every process mapping the file, and the
+    # build fsyncs the whole file once when all tasks are done (a flush per task cost 5 % of the build).
     del out
     if stats and ok.any():
-        flat = buf[ok].reshape(-1, 3)
-        # One histogram of (value + 256 * channel): exact integer sums and sums of squares, one pass.
-        hist = np.bincount((flat + CHANNEL_OFFSET).ravel(), minlength=768).reshape(3, 256).astype(np.int64)
+        channels = buf[ok].reshape(-1, 3).T  # (3, pixels) view
+        # A histogram per channel: exact integer sums and sums of squares in one pass over the pixels.
+        hist = np.stack([np.bincount(channels[c], minlength=256) for c in range(3)]).astype(np.int64)
         res.sums = [int(v) for v in hist @ VALUES]
         res.squares = [int(v) for v in hist @ SQUARES]
-        res.pixels = int(flat.shape[0])
+        res.pixels = int(channels.shape[1])
     return res
 
 
