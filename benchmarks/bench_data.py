@@ -27,8 +27,8 @@ peer: 2.9-3.2 s for the 60,000): at first 1.00x and 1.10x (target 1.2x missed). 
 straight to Pillow's JPEG reader (its format probing was 15 % of a decode), no msync per task (the build
 fsyncs the file once), per-channel histograms (0.99 vs 1.72 ms per 256 images), no pathlib per file in the
 worker or the extension test -> register 2.30 s vs 2.90 s = 1.26x (rounds 1.20, 1.26, 1.28), and 2.34 s vs
-3.12 s = 1.33x (1.33, 1.28, 1.38). Augmentation in that run: quiet 7.5x and 4.0x, one core busy 8.3x and
-7.2x.
+3.12 s = 1.33x (1.33, 1.28, 1.38). Augmentation, three runs: crop+flip+normalize quiet 7.1-7.5x, one core
+busy 8.1-8.5x; with strong_augment quiet 4.0-5.8x, busy 6.3-7.2x (this CPU's PIL is fast too).
 """
 
 from __future__ import annotations
