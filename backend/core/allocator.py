@@ -13,7 +13,9 @@ jemalloc/tcmalloc advice for PyTorch on CPUs fixes; glibc's own knobs do it with
 The settings: blocks up to 32 MiB (glibc's own ceiling for its adaptive mmap threshold) come from the
 heap, and the heap keeps up to 1 GiB of free memory instead of returning it. The cost: a process's
 resident memory stays near its peak after a large job, up to 1 GiB more than it would otherwise. Only
-allocation placement changes, never a value computed.
+allocation placement changes, never a value computed. ``REBALANCE_KEEP_FREED_MEMORY=0`` in a process's
+environment keeps glibc's defaults there (a host where memory handed back matters more than speed); Ray
+workers read it from the environment their node was started with.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import platform
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 # mallopt parameter numbers from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+ENV_SWITCH = "REBALANCE_KEEP_FREED_MEMORY"  # "0", "false", "no" or "off": keep glibc's defaults
 MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 1 << 30
 
@@ -41,12 +45,13 @@ def supported() -> bool:
 
 def keep_freed_memory() -> bool:
     """Apply the settings above once per process; True where they are in effect (glibc), False elsewhere
-    (macOS, musl, Windows: nothing is changed there). Safe to call any number of times."""
+    (macOS, musl, Windows: nothing is changed there) and where ``REBALANCE_KEEP_FREED_MEMORY`` turns them
+    off. Safe to call any number of times."""
     global _done
     if _done is not None:
         return _done
     _done = False
-    if not supported():
+    if not supported() or os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

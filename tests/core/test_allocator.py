@@ -4,6 +4,7 @@ page-faulting fresh memory in, and every entry point (``prepare``) applies them.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,9 +58,15 @@ print(json.dumps({"applied": allocator._done, "faults_per_step": (faults() - bef
 pytestmark = pytest.mark.skipif(not allocator.supported(), reason="glibc malloc only (Linux)")
 
 
-def _faults(*args: str) -> dict:
+def _faults(*args: str, env: dict[str, str] | None = None) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", STEPS, *args], cwd=ROOT, capture_output=True, text=True, timeout=180, check=True
+        [sys.executable, "-c", STEPS, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+        env={**os.environ, **(env or {})},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -82,6 +89,11 @@ def test_every_entry_point_applies_them_at_start_up(default: dict, tmp_path: Pat
     started = _faults("prepare", str(tmp_path))
     assert started["applied"] is True
     assert started["faults_per_step"] * 3 < default["faults_per_step"], (started, default)
+
+
+def test_the_environment_can_keep_glibcs_defaults() -> None:
+    assert _faults("tuned", env={"REBALANCE_KEEP_FREED_MEMORY": "off"})["applied"] is False
+    assert _faults("tuned", env={"REBALANCE_KEEP_FREED_MEMORY": "1"})["applied"] is True
 
 
 def test_calling_it_again_changes_nothing() -> None:
