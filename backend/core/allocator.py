@@ -1,19 +1,23 @@
 """Keep freed memory in the process for reuse, so a training step does not page-fault its activations in.
 
-PyTorch's CPU tensors come from glibc ``malloc``. A block of 128 KiB or more is mapped fresh from the
-kernel and unmapped when freed, and free memory at the top of the heap is handed back once it passes a
-trim threshold. Training and scoring allocate and free the same activations every step (``small`` at
-batch 256: 16 MiB tensors in its first layer), so with the defaults the memory keeps going back to the
-kernel and coming back as fresh pages, one minor page fault per 4 KiB (microseconds each in a VM).
+PyTorch's CPU tensors come from glibc ``malloc``. A block above the mmap threshold (128 KiB at first;
+glibc raises it towards 32 MiB as such blocks are freed) is mapped fresh from the kernel and unmapped when
+freed, and free memory at the top of the heap is handed back once it passes a trim threshold. Training
+and scoring allocate and free the same activations every step (``small`` at batch 256: 16 MiB tensors in
+its first layer), so with the defaults the memory keeps going back to the kernel and coming back as fresh
+pages, one minor page fault per 4 KiB (microseconds each in a VM).
 Measured with ``benchmarks/bench_malloc.py`` (fresh processes, 2-core VM): MC-dropout scoring 12,900
 faults per 512 images -> ~100, 1.53x the images/s; training ``small`` 1,800-3,300 faults per step ->
 ~400, 1.04x in fp32 (up to 1.5x in processes whose heap settled badly), bf16 unchanged. This is what the
 jemalloc/tcmalloc advice for PyTorch on CPUs fixes; glibc's own knobs do it without preloading a library.
 
 The settings: blocks up to 32 MiB (glibc's own ceiling for its adaptive mmap threshold) come from the
-heap, and the heap keeps up to 1 GiB of free memory instead of returning it. The cost: a process's
-resident memory stays near its peak after a large job, up to 1 GiB more than it would otherwise. Only
-allocation placement changes, never a value computed. ``REBALANCE_KEEP_FREED_MEMORY=0`` in a process's
+heap, and the heap keeps up to 1 GiB of free memory at its top instead of returning it. The cost: memory
+a process frees stays in that process for reuse, so its resident size stays near its peak after a large
+job (each process on its own: the server, every worker, every Ray actor). Only allocation placement
+changes, never a value computed. ``mallopt`` is not thread-safe against concurrent frees; a Ray worker
+applies it with Ray's threads running, where a racing free could at worst leave glibc's adaptive
+thresholds in place (the faults come back, nothing breaks). ``REBALANCE_KEEP_FREED_MEMORY=0`` in a process's
 environment keeps glibc's defaults there (a host where memory handed back matters more than speed); Ray
 workers read it from the environment their node was started with.
 """

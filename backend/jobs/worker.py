@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete
 
 from backend.config import Settings
+from backend.core.allocator import keep_freed_memory
 from backend.core.hooks import Stopped
 from backend.db.models import Job, Worker, utcnow
 from backend.db.session import Database
@@ -185,6 +186,7 @@ class JobWorker:
 
 def run_worker(settings: Settings) -> None:
     """Entry point of a worker process (``python app.py worker`` and the embedded workers)."""
+    keep_freed_memory()  # embedded workers are spawned fresh: they never ran the server's ``prepare``
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     worker = JobWorker(settings)
     worker.install_signal_handlers()

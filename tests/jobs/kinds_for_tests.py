@@ -68,3 +68,11 @@ def crash(ctx: JobContext, params: FailParams) -> dict:
     """Kill the worker process outright, as an out-of-memory kill would."""
     os.kill(os.getpid(), signal.SIGKILL)
     return {}
+
+
+@job_kind("test_malloc", EchoParams)
+def malloc(ctx: JobContext, params: EchoParams) -> dict:
+    """Whether the worker process running the job has backend.core.allocator's malloc settings."""
+    from backend.core import allocator
+
+    return {"applied": allocator._done}

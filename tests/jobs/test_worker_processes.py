@@ -202,3 +202,30 @@ def test_recover_requeues_running_jobs_of_dead_local_workers(tmp_path: Path) -> 
     assert queue.recover_dead_local_workers(db) == 1
     assert queue.claim(db, "w2", 30).id == job.id
     db.dispose()
+
+
+def test_worker_processes_run_jobs_with_the_malloc_settings(tmp_path: Path) -> None:
+    """`python app.py worker` and the server's embedded (spawned) workers both apply them."""
+    from backend.core import allocator
+    from backend.server import start_workers, stop_workers
+
+    if not allocator.supported():
+        pytest.skip("glibc malloc only (Linux)")
+    w = Workers(tmp_path, f"sqlite:///{tmp_path / 'rebalance.db'}")
+    env = {k: v for k, v in os.environ.items() if k != "REBALANCE_KEEP_FREED_MEMORY"}
+    w.env = {**env, **{k: v for k, v in w.env.items() if k != "REBALANCE_KEEP_FREED_MEMORY"}}
+    try:
+        first = w.submit("test_malloc", {})
+        w.start(1)
+        w.wait(lambda: w.job(first).status == "succeeded", what="the app.py worker's job")
+        w.stop_all()
+        second = w.submit("test_malloc", {})
+        embedded = start_workers(w.settings, 1)
+        try:
+            w.wait(lambda: w.job(second).status == "succeeded", what="the embedded worker's job")
+        finally:
+            stop_workers(embedded)
+        assert w.job(first).result == {"applied": True}
+        assert w.job(second).result == {"applied": True}
+    finally:
+        w.stop_all()
