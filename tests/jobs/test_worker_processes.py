@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from backend.core import allocator
 from backend.db.models import Job, JobLog, Worker
 from backend.jobs import queue
 from backend.runtime import prepare
@@ -204,16 +205,13 @@ def test_recover_requeues_running_jobs_of_dead_local_workers(tmp_path: Path) -> 
     db.dispose()
 
 
-def test_worker_processes_run_jobs_with_the_malloc_settings(tmp_path: Path) -> None:
+@pytest.mark.skipif(not allocator.supported(), reason="glibc malloc only (Linux): elsewhere nothing is set")
+def test_worker_processes_run_jobs_with_the_malloc_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`python app.py worker` and the server's embedded (spawned) workers both apply them."""
-    from backend.core import allocator
     from backend.server import start_workers, stop_workers
 
-    if not allocator.supported():
-        pytest.skip("glibc malloc only (Linux)")
+    monkeypatch.delenv(allocator.ENV_SWITCH, raising=False)  # the embedded worker inherits this environment
     w = Workers(tmp_path, f"sqlite:///{tmp_path / 'rebalance.db'}")
-    env = {k: v for k, v in os.environ.items() if k != "REBALANCE_KEEP_FREED_MEMORY"}
-    w.env = {**env, **{k: v for k, v in w.env.items() if k != "REBALANCE_KEEP_FREED_MEMORY"}}
     try:
         first = w.submit("test_malloc", {})
         w.start(1)
