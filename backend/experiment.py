@@ -130,6 +130,7 @@ DIFFUSION_KEYS = (
 SELECTION_KEYS = ("budget", "per_round", "acquisition", "mc_samples", "model", "epochs", "seed")
 BENCHMARK_KEYS = (
     "model",
+    "steps",
     "epochs",
     "batch_size",
     "lr",
@@ -139,6 +140,7 @@ BENCHMARK_KEYS = (
     "precision",
     "synthetic_weight",
     "finetune_real_epochs",
+    "min_side",
 )
 
 SDConfig = _overlay(
@@ -215,16 +217,17 @@ DiffusionStageConfig = _overlay(
     base=(
         Literal["imbalanced", "oversample"],
         Field(
-            "imbalanced",
+            "oversample",
             description="the set the diffusion variant's images are added to: the imbalanced set, or the same "
-            "with its minority oversampled (keeps the few real minority images in view)",
+            "with its minority oversampled (keeps the few real minority images in view; the default)",
         ),
     ),
     every_class=(
         bool,
         Field(
-            False,
-            description="the every-class recipe: also sample every other class of the dataset (one "
+            True,
+            description="the every-class recipe (the default; false = the minority's samples alone, which a "
+            "classifier can learn as 'looks generated = minority'): also sample every other class of the dataset (one "
             "generate_diffusion job each, every_class_count images) and add each with its class label, so how "
             "generated images look predicts no class; with source_path the other classes come from a second "
             "model trained on the imbalanced set",
@@ -264,7 +267,7 @@ BenchmarkConfig = _overlay(
     "The classifiers trained on every variant (job ``benchmark``).",
     _PARAMS["benchmark"],
     BENCHMARK_KEYS,
-    {"epochs": 100},  # the study's
+    {},
     variants=(
         list[str],
         Field(
@@ -547,6 +550,7 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
             )
         )
         variants.append(("gan", "gan"))
+        steps.append(_assess_step("assess_gan", "gan", ["gan"], imb))
     if config.diffusion.enabled:
         classes = None
         if config.diffusion.every_class:
@@ -557,6 +561,8 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
         variants += _diffusion_steps(config, base_dir, imb, steps, classes)
     bench = config.benchmark
     needs = ["dataset", *sorted({s for v in variants for s in _variant_steps(v)})]
+    # The two-sample tests run first: their warning is in the log (and the pool) before the benchmark trains.
+    needs += [s.name for s in steps if s.kind == "assess_pool"]
 
     def benchmark_params(r: dict[str, dict]) -> dict[str, Any]:
         specs: list[Any] = []
@@ -657,6 +663,7 @@ def _diffusion_steps(
             )
             others.append((name, n, cls))
         variant["others"] = others
+    steps.append(_assess_step("assess_diffusion", "diffusion", [o[0] for o in variant.get("others", [])], imb))
     variants: list[Any] = [variant]
     if d.select:
         common = {**sel.model_dump(include=set(SELECTION_KEYS)), **sel.job_params}
@@ -676,6 +683,17 @@ def _diffusion_steps(
         )
         variants.append(("diffusion_al", "select_diffusion"))
     return variants
+
+
+def _assess_step(name: str, pool_step: str, after: list[str], imb: dict[str, Any]) -> Step:
+    """The two-sample test of ``pool_step``'s pool (job ``assess_pool``), after the steps whose pools it may use
+    (the every-class samples stand in for a starved minority)."""
+    return Step(
+        name,
+        "assess_pool",
+        ["dataset", pool_step, *[a for a in after if a != pool_step]],
+        lambda r: {"pool_id": r[pool_step]["pool_id"], "dataset_id": r["dataset"]["dataset_id"], "imbalance": imb},
+    )
 
 
 def _variant_steps(v: Any) -> list[str]:
@@ -799,22 +817,42 @@ def write_outputs(db, benchmark_id: int, config: ExperimentConfig, out: Path, jo
     from backend.db.models import Benchmark
     from backend.reports.html import render_report
     from backend.reports.tables import results_csv, results_json
-    from backend.services.benchmarks import rows_of, variant_quality
+    from backend.services.benchmarks import rows_of, variant_assessments, variant_quality, verdicts_of
 
     with db.read_session() as s:
         info, rows = rows_of(s, benchmark_id)
+        bench = s.get(Benchmark, benchmark_id)
+        verdicts, assessments = verdicts_of(bench, rows), variant_assessments(s, bench)
     classes, minority = info.get("classes", []), info.get("minority", [])
     resolved = config.model_dump(mode="json")
     meta = {"benchmark_id": benchmark_id, "model": info.get("model"), "device": info.get("device"), "jobs": jobs}
     (out / "results.csv").write_text(results_csv(rows, classes), "utf-8")
     (out / "results.json").write_text(
-        json.dumps(results_json(rows, classes, minority, meta={**meta, "config": resolved}), indent=1), "utf-8"
+        json.dumps(
+            results_json(
+                rows,
+                classes,
+                minority,
+                meta={**meta, "config": resolved, "assessments": assessments},
+                verdicts=verdicts,
+            ),
+            indent=1,
+        ),
+        "utf-8",
     )
     with db.read_session() as s:
         quality = variant_quality(s, s.get(Benchmark, benchmark_id))
         rounds = round_summaries(s, config, jobs) if config.rounds > 1 else None
     report = render_report(
-        rows, classes, minority, title=config.name, meta={**meta, "config": resolved}, quality=quality, rounds=rounds
+        rows,
+        classes,
+        minority,
+        title=config.name,
+        meta={**meta, "config": resolved},
+        quality=quality,
+        rounds=rounds,
+        verdicts=verdicts,
+        assessments=assessments,
     )
     (out / "report.html").write_text(report, "utf-8")
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), "utf-8")

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from backend.config import PathNotAllowed, Settings
-from backend.db.models import Job
+from backend.db.models import Benchmark, Job
 from backend.db.session import Database
 from backend.experiment import (
     ExperimentConfig,
@@ -35,7 +35,7 @@ from backend.experiment import (
 )
 from backend.jobs import queue
 from backend.services import experiments as svc
-from backend.services.benchmarks import rows_of
+from backend.services.benchmarks import rows_of, verdicts_of
 from backend.services.errors import DomainError, Invalid, NotReady
 
 OUTPUT_FILES = ("results.csv", "results.json", "report.html", "config.yaml")
@@ -200,9 +200,12 @@ def _complete(
             shutil.rmtree(tmp, ignore_errors=True)
     with db.read_session() as s:
         info, rows = rows_of(s, benchmark_id)
+        verdicts = verdicts_of(s.get(Benchmark, benchmark_id), rows)
     compact = [{k: r[k] for k in ("variant", "seed", "overall_acc", "per_class")} for r in rows]
     outputs: dict[str, Any] = {name: str(out / name) for name in OUTPUT_FILES}
-    outputs.update(benchmark_id=benchmark_id, classes=info.get("classes", []), minority=info.get("minority", []))
+    outputs.update(
+        benchmark_id=benchmark_id, classes=info.get("classes", []), minority=info.get("minority", []), verdicts=verdicts
+    )
     _finish(db, experiment_id, "succeeded", rows=compact, outputs=outputs)
 
 
@@ -260,6 +263,7 @@ def describe(db: Database, settings: Settings, experiment_id: int) -> dict[str, 
         "minority": minority,
         "benchmark_id": (row.outputs or {}).get("benchmark_id"),
         "headline": svc.headline(row.rows or [], minority),
+        "verdicts": (row.outputs or {}).get("verdicts", []),
         "links": {name: f"/api/experiments/{row.id}/{name}" for name in ("results.csv", "report.html")}
         if row.status == "succeeded"
         else {},

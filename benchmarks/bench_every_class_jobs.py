@@ -29,7 +29,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +40,14 @@ from backend.config import Settings  # noqa: E402
 from backend.data.imbalance import apply_imbalance  # noqa: E402
 from backend.data.sources import load_digits  # noqa: E402
 from backend.generation.imagefiles import encode_png  # noqa: E402
-from backend.jobs import queue  # noqa: E402
-from backend.jobs.worker import JobWorker  # noqa: E402
 from backend.runtime import prepare  # noqa: E402
+from benchmarks import jobrun  # noqa: E402
 
 MINORITY, KEEP = "3", 5
 
 
 def run(db: Any, settings: Settings, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Submit and run one job; its result (exits with the job's error if it failed)."""
-    job, _ = queue.submit(db, kind, params)
-    t0 = time.perf_counter()
-    JobWorker(settings, db=db, worker_id=f"bench-{job.id}").run_once()
-    with db.read_session() as s:
-        row = s.get(type(job), job.id)
-        if row.status != "succeeded":
-            raise SystemExit(f"{kind} job failed: {row.error}")
-        print(f"  {kind:18s} {time.perf_counter() - t0:6.1f} s  {dict(row.result)}", flush=True)
-        return dict(row.result)
+    return jobrun.run(db, settings, kind, params, show_result=True)
 
 
 def main() -> None:
@@ -66,7 +55,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="benchmark seeds")
     parser.add_argument("--external-epochs", type=int, default=400)
     parser.add_argument("--cut-epochs", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=15, help="classifier epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="classifier epochs (default: the benchmark's steps)")
+    parser.add_argument("--cut-set", action="store_true", help="also the recipe with the cut-set model's own 3s")
+    parser.add_argument("--noise", action="store_true", help="also a pool of uniform noise images added to the 3s")
     args = parser.parse_args()
     imbalance = {"minority": MINORITY, "keep": KEEP, "seed": 0}
     model = {"image_size": 16, "width": 0.25, "layers_per_block": 1, "attention": False, "batch_size": 32}
@@ -102,16 +93,33 @@ def main() -> None:
                            "class": cls, "count": fill, "seed": 1000 * c})["pool_id"]  # fmt: skip
                 others.append({"pool_id": pool, "count": fill, "label": cls})
         every = {"name": "external_every_class", "pool_id": threes, "count": fill, "base": "oversample"}
-        variants = ["oversample", "logit_adjusted", {**every, "others": others}]
+        variants = ["oversample", "class_weighted", "logit_adjusted", {**every, "others": others}]
+        if args.cut_set:  # the product's default recipe: the 3s from the cut-set model too
+            own = run(db, settings, "generate_diffusion", sample | {"diffusion_id": cut["diffusion_id"],
+                      "class": MINORITY, "count": fill, "seed": 0})["pool_id"]  # fmt: skip
+            variants.append({"name": "cut_every_class", "pool_id": own, "count": fill, "base": "oversample",
+                             "others": others})  # fmt: skip
+        if args.noise:  # a control that must never be called helpful
+            noise = Path(tmp) / "noise"
+            noise.mkdir()
+            rng = np.random.default_rng(0)
+            for i in range(fill):
+                (noise / f"{i}.png").write_bytes(encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+            pool = run(db, settings, "import_pool", {"path": str(noise), "name": "noise"})["pool_id"]
+            variants.append({"name": "noise", "pool_id": pool, "count": fill})
         bench = {"dataset_id": dataset_id, "imbalance": imbalance, "variants": variants, "seeds": args.seeds}
-        bench |= {"model": "small", "epochs": args.epochs, "batch_size": 64}
+        bench |= {"model": "small"} | ({"epochs": args.epochs, "batch_size": 64} if args.epochs else {})
         benchmark_id = run(db, settings, "benchmark", bench)["benchmark_id"]
 
-        from backend.db.models import BenchmarkRun
+        from backend.db.models import Benchmark, BenchmarkRun
+        from backend.services.benchmarks import rows_of, verdicts_of
 
         with db.read_session() as s:
             rows = s.query(BenchmarkRun).filter_by(benchmark_id=benchmark_id).all()
             table = [(r.variant, r.seed, r.per_class[MINORITY], r.overall_acc) for r in rows]
+            under = sorted({(r.variant, r.seed) for r in rows if (r.info or {}).get("under_trained")})
+            steps = sorted({(r.info or {}).get("steps") for r in rows})
+            verdicts = verdicts_of(s.get(Benchmark, benchmark_id), rows_of(s, benchmark_id)[1])
         db.dispose()
     print(f"\ndigits, digit {MINORITY} kept at {KEEP}, seeds {args.seeds}: minority / overall test accuracy %")
     for name in dict.fromkeys(v for v, *_ in table):
@@ -120,6 +128,13 @@ def main() -> None:
         sd = statistics.stdev(mins) if len(mins) > 1 else 0.0
         per = " / ".join(f"{x:.1f}" for x in mins)
         print(f"  {name:22s} {statistics.mean(mins):5.1f} +- {sd:4.1f}  ({per})   overall {statistics.mean(alls):5.1f}")
+    print(f"steps per run: {steps}; under-trained runs: {under or 'none'}")
+    for v in verdicts:
+        print(
+            f"  verdict {v['variant']} vs {v['baseline']}: {v['verdict']}, minority {v['minority_delta']:+.1f} pp "
+            f"{v['minority_ci']}, overall {v['overall_delta']:+.1f} pp {v['overall_ci']} ({v['reason']}; "
+            f"seeds needed {v['seeds_needed']})"
+        )
 
 
 if __name__ == "__main__":

@@ -230,7 +230,7 @@ def test_two_rounds_end_to_end_report_shows_each_round(tmp_path: Path) -> None:
         "selection": {"budget": 6, "per_round": 3, "mc_samples": 2, "model": "small", "epochs": 1,
                       "random_job": False},
         "rounds": 2,
-        "benchmark": {"variants": ["imbalanced"], "model": "small", "epochs": 1, "batch_size": 16},
+        "benchmark": {"variants": ["imbalanced", "oversample"], "model": "small", "epochs": 1, "batch_size": 16},
     }  # fmt: skip
     path = archive.parent / "study.yaml"
     path.write_text(yaml.safe_dump(config), "utf-8")
@@ -239,7 +239,14 @@ def test_two_rounds_end_to_end_report_shows_each_round(tmp_path: Path) -> None:
     result = run_experiment(path, out, settings, quiet=True, poll_s=0.05)
     assert {"sd", "select_al", "sd_r2", "select_al_r2", "benchmark"} <= set(result.jobs)
     _, rows = read_results_csv((out / "results.csv").read_text("utf-8"))
-    assert [r["variant"] for r in rows] == ["imbalanced", "sd_random", "sd_al", "sd_al_r2"]
+    assert [r["variant"] for r in rows] == ["imbalanced", "oversample", "sd_random", "sd_al", "sd_al_r2"]
+    # The answer: each synthetic variant's verdict against the classical remedy (one seed: can't tell), and
+    # the two-sample test of the pools the selections drew from (4 real greens: too few to test).
+    results = json.loads((out / "results.json").read_text("utf-8"))
+    verdicts = {v["variant"]: v for v in results["verdicts"]}
+    assert list(verdicts) == ["sd_random", "sd_al", "sd_al_r2"]
+    assert all(v["baseline"] == "oversample" and v["verdict"] == "cant_tell" for v in verdicts.values())
+    assert results["meta"]["assessments"]["sd_al"]["method"] == "untestable"
 
     db = prepare(settings)  # the study's database, opened again
     with db.read_session() as s:
@@ -253,6 +260,7 @@ def test_two_rounds_end_to_end_report_shows_each_round(tmp_path: Path) -> None:
 
     report = (out / "report.html").read_text("utf-8")
     assert "Rounds: generate → select → reweight" in report and "Quality of the synthetic images" in report
+    assert "Verdict: do the synthetic images help?" in report and "Can a classifier tell" in report
     rounds_table = report.split('class="results rounds"')[1].split("</table>")[0]
     assert rounds_table.count("<tr>") == 3  # header + one line per round
     assert "sd_al_r2" in rounds_table
@@ -264,19 +272,35 @@ def test_diffusion_stage_plans_train_sample_select_and_its_variants(tmp_path: Pa
     steps = plan(config, path.parent, None)
     check_plan(steps)
     by = {s.name: s for s in steps}
-    assert [s.name for s in steps] == ["dataset", "diffusion_train", "diffusion", "select_diffusion", "benchmark"]
+    # The default recipe: every other class sampled too, the two-sample test before the benchmark.
+    others = [f"diffusion_other_{i}" for i in range(10) if i != 3]
+    assert [s.name for s in steps] == ["dataset", "diffusion_train", "diffusion", *others, "assess_diffusion",
+                                       "benchmark"]  # fmt: skip
+    assert set(by["assess_diffusion"].needs) == {"dataset", "diffusion", *others}
+    assert "assess_diffusion" in by["benchmark"].needs
     train = by["diffusion_train"].build({"dataset": {"dataset_id": 1}})
     assert train["source"] == {"dataset_id": 1, "imbalance": {"minority": "3", "keep": 5, "seed": 0}}
     assert (train["image_size"], train["epochs"], train["class_balance"]) == (16, 40, 0.7)
     sample = by["diffusion"].build({"diffusion_train": {"diffusion_id": 4}})
-    assert (sample["diffusion_id"], sample["class"], sample["count"], sample["guidance"]) == (4, "3", 280, 2.0)
-    results = {"dataset": {"dataset_id": 1}, "diffusion": {"pool_id": 2}, "select_diffusion": {"selection_id": 3}}
+    assert (sample["diffusion_id"], sample["class"], sample["count"], sample["guidance"]) == (4, "3", 140, 2.0)
+    results = {s.name: {"dataset_id": 1, "pool_id": 100 + i} for i, s in enumerate(steps)}
+    assess = by["assess_diffusion"].build(results)
+    assert assess == {
+        "pool_id": results["diffusion"]["pool_id"],
+        "dataset_id": 1,
+        "imbalance": train["source"]["imbalance"],
+    }
     bench = by["benchmark"].build(results)
-    assert bench["variants"][-2:] == [
-        {"name": "diffusion", "pool_id": 2, "count": 280},
-        {"name": "diffusion_al", "selection_id": 3},
-    ]
-    assert by["select_diffusion"].build(results)["budget"] == 140
+    (variant,) = [v for v in bench["variants"] if isinstance(v, dict)]
+    assert variant["base"] == "oversample" and len(variant["others"]) == 9 and variant["count"] == 140
+    # The schedule is the benchmark's default (steps sized to the data), the same for every variant.
+    assert "epochs" not in {k for k, v in bench.items() if v is not None} and bench.get("steps") is None
+    # Switched off, the minority's samples stand alone (and no other class is sampled).
+    alone = parse_config(
+        {"diffusion": {"enabled": True, "class_name": "3", "every_class": False, "base": "imbalanced"}}
+    )
+    names = [s.name for s in plan(alone, path.parent, None)]
+    assert not [n for n in names if n.startswith("diffusion_other_")] and "assess_diffusion" in names
     # A folder from elsewhere (relative to the config) replaces the imbalanced set as the training source.
     folder = parse_config({"diffusion": {"enabled": True, "source_path": "threes", "class_name": "3"}})
     src = {s.name: s for s in plan(folder, tmp_path, None)}["diffusion_train"].build({"dataset": {"dataset_id": 1}})

@@ -19,3 +19,6 @@ DbId = Annotated[int, Field(ge=1, le=INT32_MAX, description="a row id (1 to 2147
 
 DbOffset = Annotated[int, Field(ge=0, le=INT32_MAX, description="0 to 2147483647")]
 """A list offset (``?offset=``) or an "after this id" cursor (``?after_id=``)."""
+
+Seed = Annotated[int, Field(ge=0, le=INT32_MAX, description="a seed (0 to 2147483647)")]
+"""A random seed that is stored (benchmark runs, pool images): non-negative and within an INTEGER column."""

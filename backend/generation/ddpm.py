@@ -207,7 +207,7 @@ class DiffusionTrainer:
             self.ema.step(self.unet.parameters())
             self.steps += 1
             loss_sum += loss.detach()
-            hooks.progress((step + 1) / steps, f"epoch {self.epoch + 1} step {step + 1}/{steps}")
+            hooks.progress((step + 1) / steps, f"step {step + 1}/{steps}")
         # One host sync per epoch: a per-step .item() would stall the GPU queue.
         stats = EpochStats(self.epoch + 1, float(loss_sum) / max(steps, 1), self.steps)
         self.epoch += 1

@@ -10,7 +10,17 @@ from typing import Any
 import plotly.offline
 
 from backend.reports.figures import confusion_heatmap, minority_vs_synthetic, per_class_bars, training_curves
-from backend.reports.tables import quality_html, rounds_html, selection_note, summarize, summary_html
+from backend.reports.tables import (
+    ASSESS_NOTE,
+    VERDICT_NOTE,
+    assessments_html,
+    quality_html,
+    rounds_html,
+    selection_note,
+    summarize,
+    summary_html,
+    verdicts_html,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; }
@@ -32,6 +42,8 @@ def render_report(
     meta: dict[str, Any] | None = None,
     quality: dict[str, dict[str, Any]] | None = None,
     rounds: Sequence[dict[str, Any]] | None = None,
+    verdicts: Sequence[dict[str, Any]] | None = None,
+    assessments: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """A complete HTML document that opens offline: table, figures (one confusion matrix per variant), metadata.
 
@@ -52,6 +64,12 @@ def render_report(
         for fig in figures
     ]
     extra = []
+    if verdicts:
+        extra += ["<h2>Verdict: do the synthetic images help?</h2>", f"<p>{esc(VERDICT_NOTE)}</p>",
+                  verdicts_html(verdicts)]  # fmt: skip
+    if assessments:
+        extra += ["<h2>Can a classifier tell the generated images from real ones?</h2>",
+                  f"<p>{esc(ASSESS_NOTE)}</p>", assessments_html(assessments)]  # fmt: skip
     if quality:
         extra += [
             "<h2>Quality of the synthetic images</h2>",

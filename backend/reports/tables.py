@@ -171,10 +171,86 @@ def selection_note(rows: Sequence[dict[str, Any]], minority: Sequence[str]) -> s
     return text
 
 
+VERDICT_WORDS = {"helps": "helps", "hurts": "hurts", "cant_tell": "can't tell"}
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "–" if not ci else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def verdicts_html(verdicts: Sequence[dict[str, Any]]) -> str:
+    """One line per synthetic variant: its verdict against the strongest classical variant, the mean paired
+    differences (percentage points) with their 95 % intervals, the seeds compared and why."""
+    esc = html.escape
+    cols = ("variant", "verdict", "against", "minority Δ (pp)", "95 % interval", "overall Δ (pp)", "95 % interval",
+            "seeds", "why")  # fmt: skip
+    body = []
+    for v in verdicts:
+        why = v.get("reason", "")
+        if v.get("verdict") == "cant_tell" and v.get("seeds_needed"):
+            why += f"; about {v['seeds_needed']} seeds would resolve it at this spread"
+        cells = [
+            esc(v["variant"]),
+            f'<b class="verdict-{esc(v["verdict"])}">{VERDICT_WORDS.get(v["verdict"], esc(v["verdict"]))}</b>',
+            esc(str(v.get("baseline") or "–")),
+            _num(v.get("minority_delta"), 2),
+            _ci(v.get("minority_ci")),
+            _num(v.get("overall_delta"), 2),
+            _ci(v.get("overall_ci")),
+            esc(", ".join(map(str, v.get("seeds") or [])) or "–"),
+            esc(why),
+        ]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    return f'<table class="results verdicts"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+VERDICT_NOTE = (
+    "Each variant with synthetic images against the classical remedy with the best mean minority accuracy: the mean "
+    "paired difference over seeds, its 95 % interval covering both the seed-to-seed spread and the test set's "
+    "sampling noise (a bootstrap over test images). helps = minority interval above 0 and overall accuracy down "
+    "by at most the margin; hurts = minority interval below 0 or overall clearly lower; can't tell = anything "
+    "else, one seed, or an under-trained run."
+)
+
+
+ASSESS_NOTE = (
+    "A two-sample test per pool: logistic regression on pixels trained to tell the pool's images from real images "
+    "of the same class, scored on held-out halves (domain AUC; 0.5 = indistinguishable). A pool a classifier "
+    "tells apart (AUC >= 0.9) teaches 'looks generated = this class' when only one class gets such images: use "
+    "the every-class recipe (samples of every class, each labelled with it) on the oversampled set."
+)
+
+
+def assessments_html(assessments: dict[str, dict[str, Any]]) -> str:
+    """One line per variant's pool: its domain AUC, how it was measured, the counts, and the flag."""
+    esc = html.escape
+    cols = ("variant", "pool", "domain AUC", "measured on", "real", "generated", "flag")
+    body = []
+    for variant, a in assessments.items():
+        flag = a.get("flagged")
+        cells = [
+            esc(variant),
+            esc(str(a.get("pool_id", ""))),
+            _num(a.get("domain_auc"), 3),
+            esc(str(a.get("method", ""))),
+            _num(a.get("n_real")),
+            _num(a.get("n_synthetic")),
+            esc(a.get("reason") or ("flagged" if flag else "–" if flag is None else "ok")),
+        ]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    return f'<table class="results assessments"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
 def results_json(
-    rows: Sequence[dict[str, Any]], classes: Sequence[str], minority: Sequence[str], meta: dict[str, Any] | None = None
+    rows: Sequence[dict[str, Any]],
+    classes: Sequence[str],
+    minority: Sequence[str],
+    meta: dict[str, Any] | None = None,
+    verdicts: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything in one JSON-ready dict: runs, the mean ± std summary and any metadata (config, ids)."""
+    """Everything in one JSON-ready dict: runs, the mean ± std summary, the verdicts and any metadata."""
     summary = summarize(rows, classes)
 
     def clean(v: float) -> float | None:
@@ -184,7 +260,8 @@ def results_json(
         "classes": list(classes),
         "minority": list(minority),
         "meta": meta or {},
-        "rows": [dict(r) for r in rows],
+        "verdicts": [dict(v) for v in verdicts or []],
+        "rows": [{k: v for k, v in r.items() if k != "test_correct"} for r in rows],
         "summary": [
             {
                 "variant": s.variant,

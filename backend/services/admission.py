@@ -159,7 +159,28 @@ def _generate_diffusion(session: Session, p: Any) -> None:
         )
 
 
+def _assess_pool(session: Session, p: Any) -> None:
+    from backend.selection.twosample import MIN_PER_SIDE
+    from backend.services.assessments import pool_label
+
+    ds = dataset(session, p.dataset_id, "params.dataset_id", p.imbalance, "params.imbalance")
+    row = pool(session, p.pool_id, "params.pool_id")
+    if row.count < MIN_PER_SIDE:
+        raise Invalid(
+            "params.pool_id", f"pool {row.id} holds {row.count} image(s); the two-sample test needs {MIN_PER_SIDE}+"
+        )
+    minority = p.imbalance.minority_names if p.imbalance is not None else []
+    label = pool_label(row, p.label, minority, field="params.label")
+    if label not in (ds.classes or []):
+        field = "params.label" if p.label else "params.pool_id"
+        raise Invalid(field, f"pool {row.id} shows class {label!r}, not a class of dataset {ds.id} ({ds.classes})")
+    imb = p.imbalance
+    if imb is not None and imb.keep == 0 and label in imb.minority_names:
+        raise Invalid("params.imbalance.keep", f"the imbalance keeps no real image of {label!r} to compare with")
+
+
 CHECKS: dict[str, Callable[[Session, Any], None]] = {
+    "assess_pool": _assess_pool,
     "select": _select,
     "benchmark": _benchmark,
     "generate_sd": _generate_sd,

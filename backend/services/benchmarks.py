@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.models import Benchmark, BenchmarkRun, Selection
+from backend.db.models import Benchmark, BenchmarkRun, Pool, Selection
+from backend.reports.verdict import verdicts
 from backend.services.errors import NotFound
 
 
@@ -40,9 +41,20 @@ def run_rows(runs: list[BenchmarkRun]) -> list[dict[str, Any]]:
             "variant_counts": (r.info or {}).get("variant_counts"),
             "history": r.history or [],
             "confusion": r.confusion or [],
+            "steps": (r.info or {}).get("steps"),
+            "batch_size": (r.info or {}).get("batch_size"),
+            "train_balanced": (r.info or {}).get("train_balanced"),
+            "under_trained": (r.info or {}).get("under_trained"),
+            "test_correct": (r.info or {}).get("test_correct"),
         }
         for r in runs
     ]
+
+
+def verdicts_of(benchmark: Benchmark, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The verdict of each synthetic variant against the strongest classical one (``reports/verdict.py``)."""
+    info = benchmark.info or {}
+    return verdicts(rows, info.get("classes", []), info.get("minority", []), info.get("test_labels"))
 
 
 def rows_of(session: Session, benchmark_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -71,4 +83,22 @@ def variant_quality(session: Session, benchmark: Benchmark) -> dict[str, dict[st
             "picks": quality.get("picks"),
             "pool": (quality.get("pool") or {}).get(target),
         }
+    return out
+
+
+def variant_assessments(session: Session, benchmark: Benchmark) -> dict[str, dict[str, Any]]:
+    """The two-sample test of each synthetic variant's pool (``Pool.info["assessment"]``), by variant name;
+    a variant from a selection shows the test of its selection's first pool. Untested pools are left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in (benchmark.params or {}).get("variants", []):
+        if not isinstance(spec, dict):
+            continue
+        pool_id = spec.get("pool_id")
+        if pool_id is None and spec.get("selection_id") is not None:
+            sel = session.get(Selection, spec["selection_id"])
+            pool_id = ((sel.params or {}).get("pool_ids") or [None])[0] if sel is not None else None
+        pool = session.get(Pool, pool_id) if pool_id is not None else None
+        found = (pool.info or {}).get("assessment") if pool is not None else None
+        if found:
+            out[spec["name"]] = found
     return out

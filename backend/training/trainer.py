@@ -114,6 +114,27 @@ Compile = Annotated[
     ),
 ]
 COMPILE_MIN_STEPS = 2000
+# A run set in optimiser steps (``TrainConfig.steps``) is cut into at most this many evaluation periods (its
+# "epochs" in the history, checkpoints and ``select_epoch``), so a tiny training set is not validated after
+# every one of its few-step passes.
+MAX_PERIODS = 30
+Steps = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=1_000_000,
+        description="optimiser steps of the run, whatever the size of its training set (replaces epochs)",
+    ),
+]
+MinSide = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=512,
+        description="images with a side shorter than this are upscaled (bilinear) to it before training and "
+        "testing, so padded crops and the network's pooling suit tiny images (8x8 digits); 0 = never",
+    ),
+]
 Precision = Annotated[
     Literal["auto", "fp32", "bf16"],
     Field(description="autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"),
@@ -134,6 +155,26 @@ FinetuneRealEpochs = Annotated[
 ]
 
 
+# The benchmark's default schedule (``auto_steps``): the study's 100 passes over the dataset's training images,
+# within a floor that lets a small set converge and a per-device ceiling that keeps a run to about a minute
+# of ``small`` on 2 CPU cores (~8,000 images/s) or the study's 100 CIFAR-10 epochs at batch 256 on a GPU.
+AUTO_PASSES = 100
+AUTO_STEPS = {"cpu": (500, 6000), "cuda": (500, 20000)}  # device -> (floor, ceiling)
+DEFAULT_BATCH = {"cpu": 64, "cuda": 256}  # device -> the benchmark's default batch size
+
+
+def auto_steps(num_images: int, batch_size: int, device: str) -> int:
+    """Optimiser steps of a benchmark run when none are given: ``AUTO_PASSES`` passes over ``num_images``
+    (the dataset's training images, the same number for every variant) at ``batch_size``, clamped to the
+    device's ``AUTO_STEPS`` range. Measured: README "Benchmark schedule"."""
+    floor, ceiling = AUTO_STEPS["cuda" if device.startswith("cuda") else "cpu"]
+    return int(min(max(AUTO_PASSES * num_images // max(batch_size, 1), floor), ceiling))
+
+
+def default_batch(device: str) -> int:
+    return DEFAULT_BATCH["cuda" if device.startswith("cuda") else "cpu"]
+
+
 class TrainConfig(BaseModel):
     """Every hyperparameter of a training run, with its unit. Stored with every result and checkpoint."""
 
@@ -141,6 +182,9 @@ class TrainConfig(BaseModel):
 
     model: ModelName = "small"  # classifier name in backend.training.models.MODELS
     epochs: Epochs = 30
+    # A fixed number of optimiser steps instead of epochs: every training set, large or small, gets the
+    # same amount of optimisation (a benchmark compares variants of different sizes; see ``periods``).
+    steps: Steps | None = None
     batch_size: BatchSize = 256
     lr: LearningRate = 0.1  # scaled linearly with batch_size
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD heavy-ball momentum
@@ -156,6 +200,7 @@ class TrainConfig(BaseModel):
     precision: Precision = "auto"  # autocast dtype; see ``uses_bf16``
     compile: Compile = "auto"  # torch.compile the training forward; see ``uses_compile``
     eval_batch_size: int = Field(1024, ge=1)  # examples per forward pass during evaluation
+    min_side: MinSide = 0  # upscale smaller images to this side before training and testing (0 = never)
     # Recipes for training on synthetic images (recorded with every result):
     synthetic_weight: SyntheticWeight = 1.0  # loss weight of a synthetic example relative to a real one
     finetune_real_epochs: FinetuneRealEpochs = 0  # last-layer epochs on real images only, after ``epochs``
@@ -172,6 +217,21 @@ class TrainConfig(BaseModel):
     def warmup(self) -> int:
         """Warm-up epochs actually used: the study's 5 for 50+ epochs, one per ten epochs below that."""
         return min(5, self.epochs // 10) if self.warmup_epochs is None else self.warmup_epochs
+
+    def periods(self, steps_per_epoch: int) -> tuple[int, int]:
+        """(periods, steps per period) of the main phase for a training set of ``steps_per_epoch`` batches.
+
+        Without ``steps``: one period per epoch. With ``steps``: periods of at least one pass over the data
+        and at most ``MAX_PERIODS`` of them; the last period may be shorter, so the total is exactly ``steps``.
+        """
+        if self.steps is None:
+            return self.epochs, steps_per_epoch
+        per = max(steps_per_epoch, math.ceil(self.steps / MAX_PERIODS))
+        return math.ceil(self.steps / per), per
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimiser steps of the main phase (without the real-only fine-tune)."""
+        return self.steps if self.steps is not None else self.epochs * steps_per_epoch
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -196,6 +256,10 @@ class FitResult:
     num_val: int
     config: dict[str, Any]
     seconds: float
+    steps: int = 0  # optimiser steps of the main phase (the real-only fine-tune's not counted)
+    # mean per-class accuracy (%) of the returned weights on the real training images, unaugmented (at most
+    # FIT_SAMPLE per class): how well the run fit its own data; low = under-trained (``UNDER_TRAINED_BELOW``)
+    train_balanced: float | None = None
 
     @property
     def val_acc(self) -> float | None:
@@ -210,6 +274,8 @@ class Scores:
     accuracy: float  # share of all images classified correctly (NaN for no images)
     per_class: list[float | None]  # recall per class index; None for a class without images
     confusion: list[list[int]]  # rows = true class, columns = predicted class
+    # bool (N,): image i classified correctly, in the order given (the verdict's paired bootstrap needs it)
+    correct: np.ndarray | None = None
 
     @property
     def balanced(self) -> float:
@@ -289,12 +355,29 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return np.sort(val)
 
 
-def _to_device_nchw(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC (possibly memory-mapped) -> uint8 NCHW tensor resident on ``device``."""
+def _to_device_nchw(images: np.ndarray, device: torch.device, min_side: int = 0) -> torch.Tensor:
+    """uint8 NHWC (possibly memory-mapped) -> uint8 NCHW tensor resident on ``device``, upscaled so that
+    its shorter side is at least ``min_side`` (see ``upscaled``)."""
     arr = np.ascontiguousarray(images)
     if not arr.flags.writeable:  # read-only memory maps: torch wants writable memory
         arr = arr.copy()
-    return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).contiguous()
+    return upscaled(torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).contiguous(), min_side)
+
+
+def upscaled(x: torch.Tensor, min_side: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) resized (bilinear, aspect kept) so its shorter side is ``min_side``; unchanged when
+    it already is at least that (or ``min_side`` is 0).
+
+    Why: the trainer's 4-pixel padded crop shifts an 8x8 digit by half its width, and ``small`` pools an
+    8x8 input down to 1x1 after three stages. Measured on the digits as 8x8 PNGs (benchmarks/bench_train.py
+    --schedule): see README "Benchmark schedule"."""
+    h, w = x.shape[-2:]
+    if min_side <= 0 or min(h, w) >= min_side or len(x) == 0:
+        return x
+    scale = min_side / min(h, w)
+    size = (max(min_side, round(h * scale)), max(min_side, round(w * scale)))
+    out = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -374,11 +457,19 @@ def _autocast(device: torch.device, bf16: bool):
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, images: np.ndarray, *, mean, std, batch_size: int = 1024, precision: str = "auto"
+    model: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    mean,
+    std,
+    batch_size: int = 1024,
+    precision: str = "auto",
+    min_side: int = 0,
 ) -> np.ndarray:
     """int64 (N,) argmax classes of ``model`` for uint8 (N, H, W, 3) ``images``, without augmentation.
 
     mean/std: per-channel statistics in 0-1 units, as used in training. Runs on the model's device.
+    min_side: the training config's (images are upscaled exactly as in training).
     """
     device = next(model.parameters()).device
     bf16 = uses_bf16(precision, device)
@@ -387,7 +478,7 @@ def predict(
     model.eval()
     preds = []
     for start in range(0, len(images), batch_size):
-        x = _to_device_nchw(images[start : start + batch_size], device)
+        x = _to_device_nchw(images[start : start + batch_size], device, min_side)
         with _autocast(device, bf16):
             preds.append(model(_prepare(x, mean_t, std_t)).argmax(1).cpu())
     model.train(was_training)
@@ -404,12 +495,29 @@ def evaluate(
     num_classes: int,
     batch_size: int = 1024,
     precision: str = "auto",
+    min_side: int = 0,
 ) -> Scores:
     """Accuracy of ``model`` on ``images`` with int ``labels`` (see :func:`predict`)."""
-    pred = predict(model, images, mean=mean, std=std, batch_size=batch_size, precision=precision)
-    cm = confusion_matrix(np.asarray(labels, dtype=np.int64), pred, labels=np.arange(num_classes))
+    pred = predict(model, images, mean=mean, std=std, batch_size=batch_size, precision=precision, min_side=min_side)
+    labels = np.asarray(labels, dtype=np.int64)
+    cm = confusion_matrix(labels, pred, labels=np.arange(num_classes))
     per_class = [None if math.isnan(a) else float(a) for a in per_class_accuracy(cm)]
-    return Scores(accuracy=overall_accuracy(cm), per_class=per_class, confusion=cm.tolist())
+    return Scores(accuracy=overall_accuracy(cm), per_class=per_class, confusion=cm.tolist(), correct=pred == labels)
+
+
+def evaluate_as_trained(model: torch.nn.Module, images, labels, config: TrainConfig, *, mean, std, k: int) -> Scores:
+    """:func:`evaluate` with the batch size, precision and upscaling ``config`` trained with."""
+    return evaluate(
+        model,
+        images,
+        labels,
+        mean=mean,
+        std=std,
+        num_classes=k,
+        batch_size=config.eval_batch_size,
+        precision=config.precision,
+        min_side=config.min_side,
+    )
 
 
 def chosen_epoch(history: list[dict[str, Any]], select_epoch: str) -> int:
@@ -468,7 +576,7 @@ def fit(
             raise ValueError("device: 'cuda' requested but no CUDA device is available")
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its kernels once
 
-    x_train = _to_device_nchw(d.images[keep], device)
+    x_train = _to_device_nchw(d.images[keep], device, config.min_side)
     y_train = torch.from_numpy(d.labels[keep]).to(device)
     strong = torch.from_numpy(d.strong_mask[keep]).to(device)
     any_strong = bool(strong.any())
@@ -485,8 +593,14 @@ def fit(
     n = len(keep)
     bs = min(config.batch_size, n)
     steps_per_epoch = max(n // bs, 1)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = config.warmup * steps_per_epoch
+    periods, period_steps = config.periods(steps_per_epoch)
+    total_steps = config.total_steps(steps_per_epoch)
+    if config.steps is None:
+        warmup_steps = config.warmup * steps_per_epoch
+    elif config.warmup_epochs is None:
+        warmup_steps = total_steps // 20  # the study's 5 warm-up epochs of 100
+    else:
+        warmup_steps = min(config.warmup_epochs * steps_per_epoch, total_steps)
     generator = torch.Generator().manual_seed(config.seed)  # data order + augmentation, drawn on CPU
     synthetic = d.synthetic[keep]
     sample_weight = None  # None keeps the plain loss (and bitwise results) when the recipe is off
@@ -523,31 +637,35 @@ def fit(
         start_epoch = _restore(resume, config, model, optimizer, head_optimizer, generator, history, best)
 
     # -- loop ------------------------------------------------------------------------------------------
-    total_epochs = config.epochs + config.finetune_real_epochs
+    total_epochs = periods + config.finetune_real_epochs
     for epoch in range(start_epoch, total_epochs):
         t0 = time.perf_counter()
-        finetune = epoch >= config.epochs
+        finetune = epoch >= periods
         if finetune:  # BatchNorm statistics and features stay those of the mixed training
             model.eval()
             model.head.train()
             pool, batch, steps, opt = real_t, ft_bs, ft_steps_per_epoch, head_optimizer
         else:
             model.train()
-            pool, batch, steps, opt = None, bs, steps_per_epoch, optimizer
+            pool, batch, opt = None, bs, optimizer
+            steps = min(period_steps, total_steps - epoch * period_steps)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        perm = torch.randperm(n if pool is None else len(pool), generator=generator).to(device)
+        size = n if pool is None else len(pool)
+        # A period of more steps than one pass draws as many fresh permutations as it needs, back to back.
+        passes = 1 if finetune else max(1, math.ceil(steps * batch / size))
+        perm = torch.cat([torch.randperm(size, generator=generator) for _ in range(passes)]).to(device)
         if pool is not None:
             perm = pool[perm]
         for i in range(steps):
             hooks.stop_point(f"during epoch {epoch + 1}")
             if finetune:
-                ft_step = (epoch - config.epochs) * steps + i
+                ft_step = (epoch - periods) * steps + i
                 lr = lr_at(ft_step, ft_total_steps, 0, peak_lr / 10)
                 done = total_steps + ft_step + 1
             else:
-                step = epoch * steps + i
+                step = epoch * period_steps + i
                 lr = lr_at(step, total_steps, warmup_steps, peak_lr)
                 done = step + 1
             for group in opt.param_groups:
@@ -585,25 +703,17 @@ def fit(
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
-            label = (
-                f"real-only fine-tune {epoch + 1 - config.epochs}/{config.finetune_real_epochs}"
-                if finetune
-                else (f"epoch {epoch + 1}/{config.epochs}")
-            )
+            if finetune:
+                label = f"real-only fine-tune {epoch + 1 - periods}/{config.finetune_real_epochs}"
+            elif config.steps is not None:
+                label = f"step {done}/{total_steps}"
+            else:
+                label = f"epoch {epoch + 1}/{config.epochs}"
             hooks.progress(done / all_steps, label)
 
         scores = None
         if len(vy):
-            scores = evaluate(
-                model,
-                vx,
-                vy,
-                mean=mean,
-                std=std,
-                num_classes=k,
-                batch_size=config.eval_batch_size,
-                precision=config.precision,
-            )
+            scores = evaluate_as_trained(model, vx, vy, config, mean=mean, std=std, k=k)
         history.append(
             {
                 "epoch": epoch + 1,
@@ -612,6 +722,7 @@ def fit(
                 "val_acc": None if scores is None else scores.accuracy,
                 "val_balanced": None if scores is None else scores.balanced,
                 "lr": lr,
+                "steps": done,  # optimiser steps taken so far (the fine-tune's included)
                 "seconds": time.perf_counter() - t0,
                 "phase": "finetune_real" if finetune else "train",
             }
@@ -623,15 +734,36 @@ def fit(
 
     if best["model"] is not None:
         model.load_state_dict(best["model"])
+    model.eval()
+    fit_idx = keep[_per_class_sample(d.labels[keep], ~synthetic, FIT_SAMPLE, config.seed)]
+    fit_scores = evaluate_as_trained(model, d.images[fit_idx], d.labels[fit_idx], config, mean=mean, std=std, k=k)
     return FitResult(
-        model=model.eval(),
+        model=model,
         history=history,
         epoch=chosen_epoch(history, config.select_epoch),
         num_train=n,
         num_val=len(vy),
         config=config.to_dict(),
         seconds=time.perf_counter() - started,
+        steps=total_steps,
+        train_balanced=None if math.isnan(fit_scores.balanced) else float(fit_scores.balanced),
     )
+
+
+FIT_SAMPLE = 500  # real training images per class the fit is measured on
+# A run whose returned weights classify fewer than this share (mean per class, %) of their own real training
+# images correctly has not fit its data: its result says more about the schedule than the variant.
+UNDER_TRAINED_BELOW = 90.0
+
+
+def _per_class_sample(labels: np.ndarray, eligible: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """Sorted positions of at most ``cap`` eligible examples per class, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels[eligible]):
+        idx = np.flatnonzero(eligible & (labels == c))
+        out.append(idx if len(idx) <= cap else rng.choice(idx, cap, replace=False))
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------

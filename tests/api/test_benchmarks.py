@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
@@ -90,22 +91,36 @@ def test_benchmark_job_rows_and_exports(api) -> None:
     rows = body["rows"]
     assert [(r["variant"], r["seed"]) for r in rows] == [(v, s) for v in names for s in (0, 1)]
     n_test = sum(api.client.get(f"/api/datasets/{ds_id}").json()["test_counts"].values())
+    # Every variant trains for the same number of optimiser steps (epochs are passes over the dataset's training
+    # images, turned into steps), whatever its size: full and oracle hold more images than imbalanced.
+    ds = _open(api, ds_id)
+    steps = 2 * (len(ds.train_y) // FAST["batch_size"])
     for r in rows:
         cm = np.asarray(r["confusion"])
         assert cm.shape == (10, 10) and cm.sum() == n_test
         # The stored accuracies are the confusion matrix's: overall = trace / total, per class = recall.
         assert r["overall_acc"] == pytest.approx(100 * np.trace(cm) / cm.sum())
         assert [r["per_class"][c] for c in body["classes"]] == pytest.approx(list(100 * np.diag(cm) / cm.sum(1)))
-        assert len(r["curves"]) == 2 and r["epochs"] == 2
-        assert r["select_epoch"] == "last" and r["best_epoch"] == 2  # the default: the end of the schedule
-        assert r["val_acc"] == r["curves"][1]["val_acc"]
+        assert r["steps"] == steps and r["curves"][-1]["steps"] == steps and r["batch_size"] == FAST["batch_size"]
+        assert r["epochs"] == len(r["curves"]) >= 2
+        assert r["select_epoch"] == "last" and r["best_epoch"] == len(r["curves"])  # the default: the end
+        assert r["val_acc"] == r["curves"][-1]["val_acc"]
+        assert isinstance(r["under_trained"], bool) and 0 <= r["train_balanced"] <= 100
         assert r["n_synthetic"] == (40 if r["variant"] == "oracle" else 0)
     by = {(r["variant"], r["seed"]): r for r in rows}
     assert by[("imbalanced", 0)]["curves"] != by[("imbalanced", 1)]["curves"]  # seeds really differ
 
+    # The verdict of the one synthetic variant, against the classical remedy with the best minority accuracy.
+    (verdict,) = body["verdicts"]
+    minority_mean = {v: np.mean([r["per_class"]["3"] for r in rows if r["variant"] == v]) for v in names}
+    assert verdict["variant"] == "oracle" and verdict["seeds"] == [0, 1]
+    assert verdict["baseline"] == max(("oversample_aug", "logit_adjusted"), key=minority_mean.get)
+    assert verdict["verdict"] in ("helps", "hurts", "cant_tell") and len(verdict["minority_ci"]) == 2
+    assert verdict["minority_delta"] == pytest.approx(
+        minority_mean["oracle"] - minority_mean[verdict["baseline"]], abs=0.01
+    )
     # One validation split per seed, the same for every variant (full, oversample_aug and oracle included),
     # carved from the kept real images: its minority images are among the 5 the imbalance keeps.
-    ds = _open(api, ds_id)
     kept = apply_imbalance(ds.train_y, ds.classes, SPEC).kept_idx
     for seed in (0, 1):
         splits = [by[(v, seed)]["validation"] for v in names]
@@ -138,7 +153,9 @@ def test_benchmark_job_rows_and_exports(api) -> None:
 
     table = api.client.get(f"/api/benchmarks/{bid}/table.html")  # what the studio shows as Table 1
     assert table.status_code == 200 and '<th class="minority">3</th>' in table.text
-    assert table.text.count("<tr>") == 1 + len({r["variant"] for r in rows})  # header + one per variant
+    table1 = table.text.split("</table>")[0]
+    assert table1.count("<tr>") == 1 + len({r["variant"] for r in rows})  # header + one per variant
+    assert 'class="results verdicts"' in table.text and "oracle" in table.text.split("verdicts")[1]  # then the verdict
 
     for name in ("per_class", "minority_vs_synthetic", "curves", "confusion"):
         fig = api.client.get(f"/api/benchmarks/{bid}/figures/{name}.json")
@@ -227,8 +244,10 @@ def test_interrupted_benchmark_resumes_without_redoing_runs(api, monkeypatch) ->
     fired = []
 
     def progress(self, fraction, message=None):
-        # Stop the worker (as SIGTERM would) once, during run 2 after its first epoch was saved.
-        if message and "run 2 of 2" in message and "epoch 2/2" in message and not fired:
+        # Stop the worker (as SIGTERM would) once, during run 2 after its first period was saved (periods
+        # are at least one pass of the run's training set, at most half of the 2 epochs' worth of steps).
+        step = re.search(r"step (\d+)/(\d+)", message or "")
+        if "run 2 of 2" in (message or "") and step and int(step[1]) > int(step[2]) // 2 + 1 and not fired:
             fired.append(message)
             self._stop_event.set()
         return original(self, fraction, message)

@@ -258,3 +258,26 @@ def test_unknown_ids_and_classes_fail_clearly(api, tmp_path: Path) -> None:
     wrong = _queued_past_admission(api, "generate_diffusion", params)
     assert wrong["status"] == "failed" and "'cat' is not a class of diffusion" in wrong["error"]
     assert "['bright', 'dark']" in wrong["error"]
+
+
+def test_training_progress_messages_read_as_one_phrase(api, monkeypatch) -> None:
+    """Each progress message names the epoch and the step apart ("epoch 1/2: step 3/9"), never glued
+    ("epoch 1/2epoch 1 step 3/9") and never with two epoch numbers."""
+    import re
+
+    from backend.jobs.context import JobContext
+
+    seen: list[str] = []
+    original = JobContext.progress
+
+    def progress(self, fraction, message=None):
+        if message:
+            seen.append(message)
+        return original(self, fraction, message)
+
+    monkeypatch.setattr(JobContext, "progress", progress)
+    source = {"dataset_id": _digits(api), "imbalance": SPEC}
+    done = _run(api, "train_diffusion", TINY | {"source": source, "epochs": 2})
+    assert done["status"] == "succeeded", done["error"]
+    steps = [m for m in seen if "step" in m]
+    assert steps and all(re.fullmatch(r"epoch [12]/2: step \d+/\d+", m) for m in steps), steps[:5]

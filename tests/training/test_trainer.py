@@ -369,3 +369,71 @@ def test_a_compiler_failure_trains_eagerly(toy, monkeypatch: pytest.MonkeyPatch,
     assert "torch.compile failed" in caplog.text
     eager = fit((x, y), _cfg(precision="fp32"), mean=MEAN, std=STD)
     assert _history(result) == _history(eager)  # the whole run was the eager one
+
+
+def _count_steps(data, config: TrainConfig) -> tuple[int, object]:
+    """(optimiser steps ``fit`` really took -- one progress call each --, the fit)."""
+    calls = []
+    result = fit(data, config, mean=MEAN, std=STD, hooks=Hooks(progress=lambda f, m=None: calls.append(m)))
+    return len(calls), result
+
+
+def test_steps_are_the_same_whatever_the_size_of_the_training_set() -> None:
+    """A set 6x larger gets the same number of optimiser steps, not 6x as many (in epochs it would)."""
+    small_set, large_set = _toy(64), _toy(384, seed=3)
+    config = _cfg(steps=25, batch_size=16)
+    for data in (small_set, large_set):
+        taken, result = _count_steps(data, config)
+        assert taken == 25 and result.steps == 25 and result.history[-1]["steps"] == 25
+        assert len(result.history) == config.periods(len(data[1]) // 16)[0]
+    # In epochs the larger set trains longer: that is what steps exist to prevent.
+    assert _count_steps(small_set, _cfg(epochs=2, batch_size=16))[0] == 8
+    assert _count_steps(large_set, _cfg(epochs=2, batch_size=16))[0] == 48
+
+
+def test_periods_of_a_step_schedule() -> None:
+    # A tiny set (2 batches a pass) is not validated after every pass: at most MAX_PERIODS periods.
+    assert TrainConfig(steps=3000).periods(2) == (30, 100)
+    # A large set: one period per pass, the last one shorter so the total is exact.
+    assert TrainConfig(steps=250).periods(100) == (3, 100)
+    assert TrainConfig(epochs=7).periods(5) == (7, 5) and TrainConfig(epochs=7).total_steps(5) == 35
+
+
+def test_step_schedule_resumes_exactly(toy) -> None:
+    x, y, *_ = toy
+    config = _cfg(steps=40, batch_size=32)  # 6 batches a pass: periods of 6 steps, the last of 4
+    full = fit((x, y), config, mean=MEAN, std=STD)
+    states = []
+    fit((x, y), config, mean=MEAN, std=STD, hooks=Hooks(checkpoint=states.append))
+    saved = load_state(save_state(states[2], CHECKPOINT_KIND), CHECKPOINT_KIND)
+    resumed = fit((x, y), config, mean=MEAN, std=STD, resume=saved)
+    assert _history(resumed) == _history(full)
+    for k, v in _weights(full).items():
+        assert torch.equal(v, _weights(resumed)[k]), k
+
+
+def test_small_images_are_upscaled_for_training_and_testing() -> None:
+    """8x8 images: trained and tested at min_side 32 (the padded crop no longer shifts half the image)."""
+    x, y = _toy(96)
+    tiny = x[:, ::4, ::4]  # 8x8
+    result = fit((tiny, y), _cfg(epochs=2, min_side=32), mean=MEAN, std=STD)
+    assert result.train_balanced is not None and result.train_balanced > 90
+    # predict upscales exactly as training did; without it the model would see another image size.
+    up = predict(result.model, tiny, mean=MEAN, std=STD, min_side=32)
+    assert (up == y).mean() > 0.9
+    from backend.training.trainer import upscaled
+
+    t = torch.from_numpy(tiny).permute(0, 3, 1, 2)
+    assert upscaled(t, 32).shape[-2:] == (32, 32) and upscaled(t, 0) is t and upscaled(t, 8) is t
+    assert upscaled(t[:, :, :, :4], 32).shape[-2:] == (64, 32)  # 8x4: the shorter side reaches 32
+
+
+def test_train_balanced_measures_the_fit_on_real_images_only() -> None:
+    """train_balanced is the mean per-class accuracy on the real training images: a model that never fits
+    the one minority class scores at most (K-1)/K * 100 however many majority images it fits."""
+    x, y = _toy(192)
+    variant = SimpleNamespace(images=x, labels=y, origin=np.where(np.arange(192) < 150, "real", "synthetic"))
+    result = fit(variant, _cfg(epochs=3), mean=MEAN, std=STD)
+    assert result.train_balanced == pytest.approx(100.0, abs=5)
+    untrained = fit((x, y), _cfg(steps=1, lr=1e-4), mean=MEAN, std=STD)
+    assert untrained.train_balanced < 90  # one tiny step: the fit is flagged as under-trained

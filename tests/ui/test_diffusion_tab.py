@@ -93,7 +93,8 @@ def test_reload_keeps_the_section(studio: Studio) -> None:
 
 def test_benchmark_the_every_class_recipe_from_the_tab(studio: Studio) -> None:
     """Benchmark tab: the minority's diffusion pool added to the oversampled set with another class's pool of
-    the same model, labelled with its class (the every-class recipe), reaches the job params and the run."""
+    the same model, labelled with its class (the every-class recipe, chosen by default), reaches the job params
+    and the run."""
     (model,) = studio.api("/diffusions")
     minority = next(p for p in studio.api("/pools?kind=diffusion") if p["params"]["class"] == "3")
     other = run_job(studio, "generate_diffusion", {"diffusion_id": model["id"], "class": "0", "count": 3,
@@ -106,10 +107,11 @@ def test_benchmark_the_every_class_recipe_from_the_tab(studio: Studio) -> None:
     studio.pick("bench-pool", f"#{minority['id']} {minority['name']} · {minority['count']} images")
     studio.fill("bench-pool-count", 4)
     studio.fill("bench-pool-name", "diffusion_every")
-    studio.page.locator("#bench-pool-base input").check()
-    # Only pools sampled as one class are offered here, labelled with it.
+    # The every-class recipe is the default: choosing a diffusion model's pool selects that model's pools of
+    # the other classes (offered labelled with their class) and the oversampled set.
     options = f"#{zero['id']} class 0 · {zero['name']} · 3 images"
-    studio.pick("bench-others", options)
+    studio.page.locator("#bench-others", has_text=options).wait_for()
+    assert studio.page.locator("#bench-pool-base input").is_checked()
     studio.click("bench-run")
     job_id = studio.wait_job("bench-job")
     variant = studio.api(f"/jobs/{job_id}")["params"]["variants"][-1]

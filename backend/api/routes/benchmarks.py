@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +16,17 @@ from backend.core.types import DbId
 from backend.db.models import Benchmark, BenchmarkRun
 from backend.reports.figures import FIGURES, build_figure
 from backend.reports.html import render_report
-from backend.reports.tables import quality_html, results_csv, summarize, summary_html
-from backend.services.benchmarks import load, run_rows, variant_quality
+from backend.reports.tables import (
+    ASSESS_NOTE,
+    VERDICT_NOTE,
+    assessments_html,
+    quality_html,
+    results_csv,
+    summarize,
+    summary_html,
+    verdicts_html,
+)
+from backend.services.benchmarks import load, run_rows, variant_assessments, variant_quality, verdicts_of
 from backend.services.rows import job_statuses
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
@@ -49,7 +59,12 @@ class RunOut(BaseModel):
     n_synthetic: int
     # images per class the variant trained on (oversampled copies and synthetic images included)
     variant_counts: dict[str, int] | None = None
-    curves: list[dict[str, Any]]  # per epoch: epoch, train_loss, train_acc, val_acc, val_balanced, lr, seconds
+    steps: int | None = None  # optimiser steps of the run (the same for every variant of a benchmark)
+    batch_size: int | None = None
+    # mean per-class accuracy (%) of the tested weights on their own real training images, unaugmented
+    train_balanced: float | None = None
+    under_trained: bool | None = None  # train_balanced below the bar: the verdict cannot use the run
+    curves: list[dict[str, Any]]  # per period: epoch, steps, train_loss, train_acc, val_acc, val_balanced, lr, seconds
     confusion: list[list[int]]  # rows = true class, columns = predicted, in `classes` order
     created_at: datetime
 
@@ -59,6 +74,9 @@ class BenchmarkOut(BenchmarkSummary):
     # variant -> {selection_id, target, picks: panel, pool: panel}: the quality panel (precision, recall,
     # density, coverage, frechet, n_real, n_fake, k) of each variant made from a selection
     quality: dict[str, dict[str, Any]] = {}
+    # per synthetic variant: {variant, baseline, minority_delta, minority_ci, overall_delta, overall_ci, verdict,
+    # seeds, seeds_needed, margin, reason} -- deltas in percentage points, intervals as [lo, hi]
+    verdicts: list[dict[str, Any]] = []
 
 
 def _summary(row: Benchmark, runs_done: int, status: str) -> BenchmarkSummary:
@@ -91,17 +109,21 @@ def list_benchmarks(session: ReadSessionDep) -> list[BenchmarkSummary]:
 @router.get("/{benchmark_id}", response_model=BenchmarkOut)
 def get_benchmark(benchmark_id: DbId, session: ReadSessionDep) -> BenchmarkOut:
     row, runs = load(session, benchmark_id)
+    rows = run_rows(runs)
     out = [
         RunOut(
-            **{k: v for k, v in r.items() if k != "history"},
+            **{k: v for k, v in r.items() if k not in ("history", "test_correct")},
             curves=r["history"],
             created_at=run.created_at,
         )
-        for r, run in zip(run_rows(runs), runs, strict=True)
+        for r, run in zip(rows, runs, strict=True)
     ]
     status = job_statuses(session, [row.job_id]).get(row.job_id, "unknown")
     return BenchmarkOut(
-        **_summary(row, len(runs), status).model_dump(), rows=out, quality=variant_quality(session, row)
+        **_summary(row, len(runs), status).model_dump(),
+        rows=out,
+        quality=variant_quality(session, row),
+        verdicts=verdicts_of(row, rows),
     )
 
 
@@ -126,13 +148,16 @@ def report(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
         raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
     info = row.info or {}
     meta = {"benchmark_id": row.id, "dataset_id": row.dataset_id, "model": info.get("model"), "params": row.params}
+    rows = run_rows(runs)
     text = render_report(
-        run_rows(runs),
+        rows,
         info.get("classes", []),
         info.get("minority", []),
         title=f"Benchmark {row.id}",
         meta=meta,
         quality=variant_quality(session, row),
+        verdicts=verdicts_of(row, rows),
+        assessments=variant_assessments(session, row),
     )
     return HTMLResponse(text)
 
@@ -148,6 +173,12 @@ def table(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
     classes, minority = (row.info or {}).get("classes", []), (row.info or {}).get("minority", [])
     rows = run_rows(runs)
     text = summary_html(summarize(rows, classes), classes, minority)
+    verdicts = verdicts_of(row, rows)
+    if verdicts:
+        text += f'\n<p class="verdict-note">{html.escape(VERDICT_NOTE)}</p>\n' + verdicts_html(verdicts)
+    assessments = variant_assessments(session, row)
+    if assessments:
+        text += f'\n<p class="assess-note">{html.escape(ASSESS_NOTE)}</p>\n' + assessments_html(assessments)
     quality = variant_quality(session, row)
     if quality:
         text += "\n" + quality_html(quality, rows, minority)

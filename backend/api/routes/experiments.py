@@ -48,6 +48,8 @@ class ExperimentOut(BaseModel):
     rows: list[dict[str, Any]]  # variant, seed, overall_acc, per_class (percent) once succeeded
     minority: list[str]
     headline: dict[str, float]  # variant -> mean minority-class accuracy (percent)
+    # the answer: per synthetic variant, its verdict against the strongest classical one (as GET /api/benchmarks/{id})
+    verdicts: list[dict[str, Any]] = []
     benchmark_id: int | None
     links: dict[str, str]  # results.csv, report.html once succeeded
 

@@ -25,6 +25,9 @@ class PoolOut(BaseModel):
     count: int
     job_id: int | None
     params: dict[str, Any]
+    # the two-sample test (job assess_pool, or a select job over the pool): {domain_auc, method, n_real,
+    # n_synthetic, flagged, reason, label, ...}; null until one ran
+    assessment: dict[str, Any] | None = None
     created_at: datetime
 
 
@@ -58,6 +61,7 @@ def _pool(row: Pool) -> PoolOut:
         count=row.count,
         job_id=row.job_id,
         params=row.params or {},
+        assessment=(row.info or {}).get("assessment"),
         created_at=row.created_at,
     )
 

@@ -1,6 +1,7 @@
 """Built-in job kinds; importing this package registers them all."""
 
 from backend.jobs.kinds import (  # noqa: F401
+    assess,
     benchmark,
     datasets,
     diffusion,

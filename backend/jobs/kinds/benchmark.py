@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from sqlalchemy import select
 
 from backend.core.checkpoint import load_state, save_state
-from backend.core.types import DbId
+from backend.core.types import DbId, Seed
 from backend.data.cache import DecodedDataset
 from backend.data.images import ImageDecodeError, decode_image
 from backend.data.imbalance import ImbalanceResult, ImbalanceSpec
@@ -35,21 +35,27 @@ from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.ray_executor import run_units
 from backend.jobs.registry import job_kind
+from backend.reports.verdict import pack_bits, pack_labels
 from backend.services import datasets, pools, selections
 from backend.services.rows import row_for_job
 from backend.training.models import GPU_SHARE, ModelName
 from backend.training.trainer import (
     CHECKPOINT_KIND,
+    UNDER_TRAINED_BELOW,
     BatchSize,
     Epochs,
     FinetuneRealEpochs,
     LearningRate,
+    MinSide,
     Precision,
     Scores,
     SelectEpoch,
+    Steps,
     SyntheticWeight,
     TrainConfig,
-    evaluate,
+    auto_steps,
+    default_batch,
+    evaluate_as_trained,
     fit,
     validation_split,
 )
@@ -121,9 +127,20 @@ class BenchmarkParams(BaseModel):
         examples=[list(CLASSICAL)],
     )
     model: ModelName | None = Field(None, description="classifier; default resnet18_cifar on CUDA, small on CPU")
-    epochs: Epochs = Field(30, description="training epochs per run (the study: 100)")
-    batch_size: BatchSize = 256
-    seeds: list[int] = Field(
+    steps: Steps | None = Field(
+        None,
+        description="optimiser steps of every run, the same for every variant whatever its size (more images "
+        "must not mean more training); default: 100 passes over the dataset's training images, 500 to 6,000 "
+        "on a CPU, up to 20,000 on CUDA (the study's 100 CIFAR-10 epochs at batch 256)",
+    )
+    epochs: Epochs | None = Field(
+        None,
+        description="instead of steps: passes over the dataset's training images, turned into the same number "
+        "of steps for every variant (epochs x training images // batch_size)",
+    )
+    batch_size: BatchSize | None = Field(None, description="examples per step; default 64 on a CPU, 256 on CUDA")
+    min_side: MinSide = 32
+    seeds: list[Seed] = Field(
         default_factory=lambda: [0], min_length=1, max_length=100, description="one run per variant and seed"
     )
     lr: LearningRate = 0.1
@@ -164,6 +181,8 @@ class BenchmarkParams(BaseModel):
 
     @model_validator(mode="after")
     def _needs_imbalance(self) -> BenchmarkParams:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both (epochs are turned into steps)")
         if self.imbalance is None and any(v != "full" for v in self.variants):
             raise ValueError("imbalance is required for every variant except 'full'")
         if self.select_epoch == "best_balanced" and self.val_fraction == 0:
@@ -177,6 +196,16 @@ class BenchmarkParams(BaseModel):
 def resolve_model(model: str | None, device: str) -> str:
     """The study's ResNet18 on a GPU; the fast ``small`` CNN on CPU, unless a model was named."""
     return model or ("resnet18_cifar" if device.startswith("cuda") else "small")
+
+
+def schedule(params: BenchmarkParams, num_images: int, device: str) -> tuple[int, int]:
+    """(steps, batch_size) of every run of a benchmark over a dataset of ``num_images`` training images."""
+    batch = params.batch_size or default_batch(device)
+    if params.steps is not None:
+        return params.steps, batch
+    if params.epochs is not None:
+        return max(1, params.epochs * max(num_images // batch, 1)), batch
+    return auto_steps(num_images, batch, device), batch
 
 
 def _run_dir(benchmark_id: int, variant: str, seed: int) -> str:
@@ -288,6 +317,9 @@ def benchmark(ctx: JobContext, params: BenchmarkParams) -> dict[str, Any]:
     model = resolve_model(params.model, ctx.settings.device)
     if ds.info.get("mean") is None or ds.info.get("std") is None:
         raise JobError(f"dataset {params.dataset_id} has no channel statistics; prepare it again")
+    steps, batch = schedule(params, len(ds.train_y), ctx.settings.device)
+    params = params.model_copy(update={"steps": steps, "batch_size": batch, "epochs": None})
+    ctx.log(f"every run: {steps} optimiser steps of batch {batch}")
     info = {
         "classes": list(ds.classes),
         "minority": [ds.classes[c] for c in minority],
@@ -298,6 +330,10 @@ def benchmark(ctx: JobContext, params: BenchmarkParams) -> dict[str, Any]:
         "select_epoch": params.select_epoch,
         "synthetic_weight": params.synthetic_weight,
         "finetune_real_epochs": params.finetune_real_epochs,
+        "steps": steps,
+        "batch_size": batch,
+        # the test labels in test-set order: with each run's per-image correctness, the verdict's paired bootstrap
+        "test_labels": pack_labels(np.asarray(ds.test_y)),
     }
     with ctx.session() as s:
         benchmark_id = row_for_job(
@@ -394,7 +430,7 @@ def _run_units_on_ray(ctx, benchmark_id, prepared, counts: tuple[int, int], para
 class UnitOutcome:
     """What a finished run's row records (the fit's history and choices, the one look at the test set)."""
 
-    fit: dict[str, Any]  # history, epoch, val_acc, num_train, num_val, seconds, config
+    fit: dict[str, Any]  # history, epoch, val_acc, num_train, num_val, seconds, config, steps, train_balanced
     test: Scores
 
 
@@ -402,13 +438,14 @@ def _train_config(params: BenchmarkParams, model: str, name: str, seed: int, var
     has_synthetic = bool((np.asarray(variant.origin) == "synthetic").any())
     return TrainConfig(
         model=model,
-        epochs=params.epochs,
+        steps=params.steps,
         batch_size=params.batch_size,
         lr=params.lr,
         loss=LOSS_OF.get(name, "ce"),
         select_epoch=params.select_epoch,
         seed=seed,
         precision=params.precision,
+        min_side=params.min_side,
         synthetic_weight=params.synthetic_weight if has_synthetic else 1.0,
         finetune_real_epochs=params.finetune_real_epochs if has_synthetic else 0,
     )
@@ -421,17 +458,8 @@ def train_and_test(
     Runs in the job's process, or as a Ray task (the arguments are plain arrays and settings)."""
     config = config.model_copy(update={"device": device})
     result = fit(variant, config, mean=mean, std=std, val=(val_images, val_labels), num_classes=k, **fit_kw)
-    test = evaluate(
-        result.model,
-        test_x,
-        test_y,
-        mean=mean,
-        std=std,
-        num_classes=k,
-        batch_size=config.eval_batch_size,
-        precision=config.precision,
-    )
-    keep = ("history", "epoch", "val_acc", "num_train", "num_val", "seconds", "config")
+    test = evaluate_as_trained(result.model, test_x, test_y, config, mean=mean, std=std, k=k)
+    keep = ("history", "epoch", "val_acc", "num_train", "num_val", "seconds", "config", "steps", "train_balanced")
     return UnitOutcome({key: getattr(result, key) for key in keep}, test)
 
 
@@ -490,7 +518,7 @@ def _store_run(
                 overall_acc=test.accuracy,
                 per_class=dict(zip(ds.classes, test.per_class, strict=True)),
                 val_acc=result["val_acc"],
-                epochs=params.epochs,
+                epochs=sum(1 for h in result["history"] if h.get("phase", "train") == "train"),
                 n_synthetic=n_synthetic,
                 history=result["history"],
                 confusion=test.confusion,
@@ -502,6 +530,12 @@ def _store_run(
                     # images per class in the variant (oversampled copies and synthetic images included)
                     "variant_counts": dict(zip(ds.classes, counts, strict=True)),
                     "num_val": result["num_val"],
+                    "steps": result["steps"],
+                    "batch_size": params.batch_size,
+                    "train_balanced": result["train_balanced"],
+                    "under_trained": result["train_balanced"] is None or result["train_balanced"] < UNDER_TRAINED_BELOW,
+                    # per test image, in test-set order: classified correctly (packed bits, base64)
+                    "test_correct": pack_bits(test.correct),
                     "seconds": round(result["seconds"], 2),
                     "config": result["config"],
                 },

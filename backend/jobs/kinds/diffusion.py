@@ -214,7 +214,7 @@ def train_diffusion(ctx: JobContext, params: TrainDiffusionParams) -> dict[str, 
     for epoch in range(trainer.epoch + 1, epochs + 1):
         # A stop drops the epoch in flight; the last finished one is kept and resumed from.
         t0 = time.monotonic()
-        stats = trainer.train_epoch(ctx.hooks.scaled((epoch - 1) / epochs, epoch / epochs, f"epoch {epoch}/{epochs}"))
+        stats = trainer.train_epoch(ctx.hooks.scaled((epoch - 1) / epochs, epoch / epochs, f"epoch {epoch}/{epochs}: "))
         rate = trainer.steps_per_epoch * trainer.batch_size / max(time.monotonic() - t0, 1e-9)
         # Files first, then the row, then the checkpoint: a crash in between redoes this epoch.
         ctx.store.write_bytes(state_path(diffusion_id, epoch), trainer.state_bytes())

@@ -16,8 +16,9 @@ from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
 from backend.selection.loop import SelectionConfig, SelectionSpec, run_selection
+from backend.services.assessments import assess
 from backend.services.datasets import imbalance_of, open_dataset
-from backend.services.errors import Invalid
+from backend.services.errors import DomainError, Invalid
 from backend.services.pools import decode_pool, pool_rows
 from backend.services.rows import row_for_job
 from backend.services.selections import store_picks
@@ -109,5 +110,24 @@ def select_job(ctx: JobContext, params: SelectParams) -> dict[str, Any]:
             "real_counts": {c: int((real_y == i).sum()) for i, c in enumerate(ds.classes)},
             "pool_size": len(pool_ids),
         }
+    _assess_pools(ctx, params, ds, kept, target, selection_id)
     shutil.rmtree(ctx.store.path(f"selections/{selection_id}"), ignore_errors=True)  # the decoded pool copy
     return {"selection_id": selection_id, "picks": len(result.picks)}
+
+
+def _assess_pools(ctx: JobContext, params: SelectParams, ds, kept, target: str, selection_id: int) -> None:
+    """The two-sample test of each pool selected from (stored with the pool and in the selection's info);
+    a pool too small or a failure to test is logged, never fails the selection."""
+    results = {}
+    for pool_id in params.pool_ids:
+        with ctx.session() as session:
+            try:
+                results[str(pool_id)] = assess(session, ctx.store, ds, params.dataset_id, kept, pool_id, target)
+            except (ValueError, DomainError) as exc:
+                ctx.log(f"pool {pool_id}: two-sample test skipped ({exc})")
+                continue
+        a = results[str(pool_id)]
+        ctx.log(f"pool {pool_id}: domain AUC {a['domain_auc']} ({a['method']}); {a['reason']}")
+    with ctx.session() as session:
+        sel = session.get(Selection, selection_id)
+        sel.info = {**(sel.info or {}), "assessments": results}

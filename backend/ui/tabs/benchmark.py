@@ -82,6 +82,21 @@ def class_pool_label(p: dict[str, Any]) -> str:
     return f"#{p['id']} class {p['params']['class']} · {p.get('name')} · {p.get('count')} images"
 
 
+def sibling_pools(chosen: dict[str, Any], pools: list[dict[str, Any]]) -> list[int]:
+    """The every-class recipe's default ``others`` for a chosen pool: the newest pool of each other class sampled
+    from the same diffusion model (none for a pool that is not a diffusion model's)."""
+    model = (chosen.get("params") or {}).get("diffusion_id")
+    mine = (chosen.get("params") or {}).get("class")
+    if model is None:
+        return []
+    newest: dict[str, int] = {}
+    for p in class_pools(pools):
+        cls = p["params"]["class"]
+        if p["params"].get("diffusion_id") == model and cls != mine and p["id"] != chosen["id"]:
+            newest[cls] = max(newest.get(cls, 0), int(p["id"]))
+    return sorted(newest.values())
+
+
 def pool_variant_extras(oversampled: bool, others: list[dict[str, Any]], count: int | None) -> dict[str, Any]:
     """The pool variant's ``base`` and ``others`` params: each other-class pool labelled with the class it was
     sampled as, taking as many images as the minority's (fewer if the pool is smaller)."""
@@ -121,7 +136,7 @@ def build(ctx: Ctx) -> None:
                 pool_count = gr.Number(50, label="count", precision=0, minimum=1, elem_id="bench-pool-count")
                 pool_name = gr.Textbox("sd_random", label="as variant", elem_id="bench-pool-name")
             pool_base = gr.Checkbox(
-                False,
+                True,
                 label="Add them to the oversampled set (keeps the few real minority images in view)",
                 elem_id="bench-pool-base",
             )
@@ -136,6 +151,7 @@ def build(ctx: Ctx) -> None:
             )
             with gr.Row():
                 model = gr.Radio(["small"], value="small", label="Model", elem_id="bench-model")
+                steps = gr.Number(label="Steps", precision=0, elem_id="bench-steps")
                 epochs = gr.Number(label="Epochs", precision=0, elem_id="bench-epochs")
                 batch = gr.Number(label="Batch", precision=0, elem_id="bench-batch")
                 seeds = gr.Textbox("0", label="Seeds", elem_id="bench-seeds")
@@ -175,7 +191,7 @@ def build(ctx: Ctx) -> None:
         )
 
     def do_run(*args: Any) -> tuple[Any, str]:
-        vs, sl, sln, pl, plc, pln, plb, oth, mdl, ep, bs, sds, sw, ft, prec, k, ds, *imb = args
+        vs, sl, sln, pl, plc, pln, plb, oth, mdl, st, ep, bs, sds, sw, ft, prec, k, ds, *imb = args
         if not ds:
             return gr.skip(), error_html("dataset_id: choose a dataset on the Dataset tab")
         seed_list, err = parse_seeds(sds)
@@ -200,6 +216,7 @@ def build(ctx: Ctx) -> None:
             "imbalance": imbalance_spec(*imb),
             "variants": chosen,
             "model": mdl,
+            "steps": int_or_none(st),
             "epochs": int_or_none(ep),
             "batch_size": int_or_none(bs),
             "seeds": seed_list,
@@ -237,6 +254,7 @@ def build(ctx: Ctx) -> None:
         "pool_base": pool_base,
         "others": others,
         "model": model,
+        "steps": steps,
         "epochs": epochs,
         "batch": batch,
         "seeds": seeds,
@@ -249,6 +267,7 @@ def build(ctx: Ctx) -> None:
     spec = {
         "variants": "benchmark.variants:choices",  # the studio starts with three; the API lists them all
         "model": "benchmark.model:choices",
+        "steps": "benchmark.steps",
         "epochs": "benchmark.epochs",
         "batch": "benchmark.batch_size",
         "precision": "benchmark.precision",
@@ -272,6 +291,7 @@ def build(ctx: Ctx) -> None:
             pool_base,
             others,
             model,
+            steps,
             epochs,
             batch,
             seeds,
@@ -286,4 +306,18 @@ def build(ctx: Ctx) -> None:
         concurrency_limit=1,
     )
     bench.change(show, bench, [downloads, plot, table, curves], show_progress="hidden")
+
+    def recipe(pl: Any) -> tuple[Any, Any]:
+        """Choosing a diffusion model's pool turns on its every-class recipe: the oversampled set plus that
+        model's pools of the other classes (the user can still clear them)."""
+        if not pl:
+            return gr.skip(), gr.skip()
+        try:
+            chosen = api.get(f"/pools/{int(pl)}")
+        except (ApiError, ValueError):
+            return gr.skip(), gr.skip()
+        ids = sibling_pools(chosen, safe_items(api, "/pools"))
+        return (gr.update(value=ids), gr.update(value=True)) if ids else (gr.skip(), gr.skip())
+
+    pool.input(recipe, pool, [others, pool_base], show_progress="hidden")
     ctx.timer.tick(tick, [job_id, handled, bench], [card, bench, handled], show_progress="hidden")

@@ -18,17 +18,28 @@ import yaml
 from backend.ui.client import ApiError
 from backend.ui.common import Ctx, error_html, job_card, note_html, ok_html, parse_id, persist, public_base
 
-COLUMNS = ["id", "name", "status", "progress", "minority acc (best variant)", "created"]
+COLUMNS = ["id", "name", "status", "progress", "answer: verdict; minority acc (best variant)", "created"]
+
+
+VERDICT_WORDS = {"helps": "helps", "hurts": "hurts", "cant_tell": "can't tell"}
 
 
 def _headline(exp: dict[str, Any]) -> str:
-    """The study's number: the best variant's mean accuracy on the minority class."""
+    """The study's answer: each synthetic variant's verdict against the strongest classical one with its
+    interval; then the best variant's mean accuracy on the minority class."""
+    parts = []
+    for v in exp.get("verdicts") or []:
+        word = VERDICT_WORDS.get(v["verdict"], v["verdict"])
+        if v.get("minority_ci"):
+            lo, hi = v["minority_ci"]
+            word += f" ({v['minority_delta']:+.1f} pp [{lo:+.1f}, {hi:+.1f}] vs {v['baseline']})"
+        parts.append(f"{v['variant']}: {word}")
     heads = exp.get("headline") or {}
-    if not heads:
-        return ""
-    best = max(heads, key=heads.get)
-    base = f"; imbalanced {heads['imbalanced']:.1f}%" if "imbalanced" in heads and best != "imbalanced" else ""
-    return f"{heads[best]:.1f}% ({best}{base})"
+    if heads:
+        best = max(heads, key=heads.get)
+        base = f"; imbalanced {heads['imbalanced']:.1f}%" if "imbalanced" in heads and best != "imbalanced" else ""
+        parts.append(f"{heads[best]:.1f}% ({best}{base})")
+    return "; ".join(parts)
 
 
 def rows(items: list[dict[str, Any]]) -> list[list[Any]]:

@@ -197,8 +197,9 @@ def quality_html(info: dict[str, Any]) -> str:
     rows = [(f"pool vs real {name}", panel) for name, panel in (q.get("pool") or {}).items()]
     if q.get("picks"):
         rows.append((f"picks vs kept real {q.get('target')}", q["picks"]))
+    tests = assessments_html((info or {}).get("assessments") or {})
     if not rows:
-        return ""
+        return tests
     head = "".join(f"<th>{c}</th>" for c in QUALITY_COLUMNS)
     body = "".join(
         f"<tr><td>{'<b>' + name + '</b>' if str(q.get('target')) in name else name}</td>"
@@ -208,7 +209,26 @@ def quality_html(info: dict[str, Any]) -> str:
     )
     return (
         "<div><b>Quality panel</b> (classifier features; Fréchet: lower is closer)"
-        f'<table class="rb-table"><tr><th></th>{head}</tr>{body}</table></div>'
+        f'<table class="rb-table"><tr><th></th>{head}</tr>{body}</table></div>' + tests
+    )
+
+
+def assessments_html(assessments: dict[str, dict[str, Any]]) -> str:
+    """The two-sample test of each pool selected from: can a classifier tell its images from real ones?"""
+    if not assessments:
+        return ""
+    lines = []
+    for pool_id, a in assessments.items():
+        auc = a.get("domain_auc")
+        flag = " ⚠" if a.get("flagged") else ""
+        value = "untestable" if auc is None else f"domain AUC {float(auc):.2f}{flag}"
+        lines.append(
+            f'<li class="rb-assess" data-flagged="{str(bool(a.get("flagged"))).lower()}">pool #{html.escape(pool_id)}: '
+            f"{value} ({html.escape(str(a.get('method', '')))}) — {html.escape(str(a.get('reason', '')))}</li>"
+        )
+    return (
+        "<div><b>Can a classifier tell these images from real ones?</b> (held-out AUC; 0.5 = no)"
+        f'<ul class="rb-assessments">{"".join(lines)}</ul></div>'
     )
 
 
