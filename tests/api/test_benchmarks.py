@@ -346,3 +346,28 @@ def test_unknown_dataset_or_pool_is_refused_at_submit_and_fails_a_queued_job_cle
     assert r.status_code == 422 and r.json()["message"] == "params.variants.0.pool_id: pool 77 does not exist"
     done = queued(params)
     assert done["status"] == "failed" and done["error"] == "pool 77 not found"
+
+
+def test_schedule_before_submit_is_the_jobs_own(api) -> None:
+    """GET /api/benchmarks/schedule says what a benchmark will do before it runs: the default steps sized to
+    the dataset (the same for every variant), epochs turned into steps, and the time at the measured rate."""
+    from backend.training.trainer import STEPS_PER_SECOND, auto_steps
+
+    ds_id = _dataset(api)
+    n_train = len(_open(api, ds_id).train_y)
+    plan = api.client.get(f"/api/benchmarks/schedule?dataset_id={ds_id}&variants=3&seeds=2").json()
+    assert plan["steps"] == auto_steps(n_train, 64, "cpu") and plan["batch_size"] == 64 and plan["runs"] == 6
+    assert plan["model"] == "small" and plan["seconds"] == pytest.approx(
+        plan["steps"] * 6 / STEPS_PER_SECOND[("cpu", "small")]
+    )
+    given = api.client.get(f"/api/benchmarks/schedule?dataset_id={ds_id}&epochs=2&batch_size=32").json()
+    assert given["steps"] == 2 * (n_train // 32) and given["batch_size"] == 32
+    # The job takes the steps the plan said, whatever each variant's size.
+    api.submit("benchmark", {"dataset_id": ds_id, "imbalance": SPEC, "variants": ["imbalanced", "full"], "epochs": 2,
+                             "batch_size": 32, "model": "small"})  # fmt: skip
+    (done,) = api.run_jobs()
+    rows = api.client.get(f"/api/benchmarks/{done['result']['benchmark_id']}").json()["rows"]
+    assert {r["steps"] for r in rows} == {given["steps"]}
+    both = api.client.get(f"/api/benchmarks/schedule?dataset_id={ds_id}&epochs=2&steps=10")
+    assert both.status_code == 422 and "steps" in both.text
+    assert api.client.get("/api/benchmarks/schedule?dataset_id=999").status_code == 404

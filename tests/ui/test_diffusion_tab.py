@@ -122,4 +122,6 @@ def test_benchmark_the_every_class_recipe_from_the_tab(studio: Studio) -> None:
     rows = {r["variant"]: r for r in studio.api(f"/benchmarks/{bench_id}")["rows"]}
     counts, over = rows["diffusion_every"]["variant_counts"], rows["oversample"]["variant_counts"]
     assert counts["3"] == over["3"] + 4 and counts["0"] == over["0"] + 3
-    studio.page.locator("#bench-table tbody tr", has_text="diffusion_every").wait_for()
+    studio.page.locator("#bench-table table").first.locator("tbody tr", has_text="diffusion_every").wait_for()
+    # ... and its verdict against the classical variants (one seed: can't tell).
+    studio.page.locator("#bench-table table.verdicts tbody tr", has_text="diffusion_every").wait_for()

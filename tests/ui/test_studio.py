@@ -280,17 +280,28 @@ def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
     pool = next(p for p in studio.api("/pools") if p["kind"] == "sd")
     studio.pick("bench-pool", f"#{pool['id']} {pool['name']} · {pool['count']} images")
     studio.fill("bench-pool-count", 8)
+    # Before submit: what every run will do (the same steps for every variant) and how long on this server.
+    note = studio.page.locator("#bench-estimate", has_text="optimiser steps (batch 128")
+    note.wait_for()
+    estimate = note.inner_text()
     studio.click("bench-run")
     job_id = studio.wait_job("bench-job")
     params = studio.api(f"/jobs/{job_id}")["params"]
     assert params["precision"] == "fp32"
+    steps = {
+        r["steps"] for r in studio.api(f"/benchmarks/{studio.api(f'/jobs/{job_id}')['result']['benchmark_id']}")["rows"]
+    }
+    assert len(steps) == 1 and f"3 runs of {steps.pop():,} optimiser steps" in estimate  # what the note said
     synthetic = params["variants"][-1]
     assert (synthetic["name"], synthetic["pool_id"], synthetic["count"]) == ("sd_random", pool["id"], 8)
     studio.page.locator("#bench-plot .js-plotly-plot").wait_for()
     studio.page.locator("#bench-table th.minority", has_text="3").wait_for()
-    rows = studio.page.locator("#bench-table tbody tr")
+    rows = studio.page.locator("#bench-table table").first.locator("tbody tr")
     assert rows.count() == 3
     assert rows.nth(2).inner_text().startswith("sd_random")
+    # The verdict: no classical remedy among the variants to compare with, said in words.
+    verdict = studio.page.locator("#bench-table table.verdicts tbody tr")
+    assert verdict.count() == 1 and "can't tell" in verdict.inner_text() and "no classical" in verdict.inner_text()
     studio.shot("benchmark")
 
 

@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 
-from backend.api.deps import ReadSessionDep
+from backend.api.deps import ReadSessionDep, SettingsDep
 from backend.core.types import DbId
-from backend.db.models import Benchmark, BenchmarkRun
+from backend.db.models import Benchmark, BenchmarkRun, Dataset
+from backend.jobs.kinds.benchmark import BenchmarkParams, resolve_model, schedule
 from backend.reports.figures import FIGURES, build_figure
 from backend.reports.html import render_report
 from backend.reports.tables import (
@@ -27,7 +28,10 @@ from backend.reports.tables import (
     verdicts_html,
 )
 from backend.services.benchmarks import load, run_rows, variant_assessments, variant_quality, verdicts_of
+from backend.services.errors import Invalid, NotFound
 from backend.services.rows import job_statuses
+from backend.training.models import ModelName
+from backend.training.trainer import estimate_seconds
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
 
@@ -104,6 +108,47 @@ def list_benchmarks(session: ReadSessionDep) -> list[BenchmarkSummary]:
     rows = session.scalars(select(Benchmark).order_by(Benchmark.id.desc())).all()
     statuses = job_statuses(session, [r.job_id for r in rows])
     return [_summary(r, counts.get(r.id, 0), statuses.get(r.job_id, "unknown")) for r in rows]
+
+
+class ScheduleOut(BaseModel):
+    steps: int  # optimiser steps of every run
+    batch_size: int
+    runs: int  # variants x seeds
+    model: str
+    basis: str  # how the steps were chosen
+    seconds: float | None  # estimated wall time of all runs on this server (None: no measured rate)
+
+
+@router.get("/schedule", response_model=ScheduleOut)
+def schedule_of(
+    session: ReadSessionDep,
+    settings: SettingsDep,
+    dataset_id: DbId,
+    variants: int = Query(1, ge=1, le=1000, description="number of variants"),
+    seeds: int = Query(1, ge=1, le=100, description="number of seeds"),
+    steps: int | None = Query(None, ge=1, le=1_000_000),
+    epochs: int | None = Query(None, ge=1, le=1000),
+    batch_size: int | None = Query(None, ge=2, le=8192),
+    model: ModelName | None = Query(None),
+) -> ScheduleOut:
+    """What a benchmark with these settings will do before it is submitted: the steps every run takes, and
+    the estimated time of all runs on this server (the studio shows it under the Run button)."""
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise NotFound("dataset", dataset_id)
+    try:
+        params = BenchmarkParams(dataset_id=dataset_id, steps=steps, epochs=epochs, batch_size=batch_size,
+                                 variants=["full"])  # fmt: skip
+    except ValidationError as exc:
+        raise Invalid("steps", exc.errors()[0]["msg"]) from None
+    n_train = sum((row.train_counts or {}).values())
+    n, batch = schedule(params, n_train, settings.device)
+    name = resolve_model(model, settings.device)
+    basis = "given" if steps else (f"{epochs} epochs of {n_train} images" if epochs else
+                                   f"default: 100 passes over the dataset's {n_train} training images")  # fmt: skip
+    runs = variants * seeds
+    return ScheduleOut(steps=n, batch_size=batch, runs=runs, model=name, basis=basis,
+                       seconds=estimate_seconds(n, runs, settings.device, name))  # fmt: skip
 
 
 @router.get("/{benchmark_id}", response_model=BenchmarkOut)

@@ -18,6 +18,7 @@ from backend.ui.common import (
     int_or_none,
     job_card,
     live_choices,
+    note_html,
     persist,
     result_tick,
     safe_items,
@@ -26,6 +27,13 @@ from backend.ui.common import (
     when,
 )
 from backend.ui.tabs.dataset import imbalance_spec
+
+
+def optional_count(value: Any) -> int | None:
+    """Steps, epochs or batch from a Number left empty (Gradio hands an empty Number over as 0): None, i.e.
+    the API's default -- the schedule sized to the data -- rather than an invalid 0."""
+    number = int_or_none(value)
+    return number if number else None
 
 
 def parse_seeds(text: str) -> tuple[list[int] | None, str]:
@@ -151,14 +159,16 @@ def build(ctx: Ctx) -> None:
             )
             with gr.Row():
                 model = gr.Radio(["small"], value="small", label="Model", elem_id="bench-model")
-                steps = gr.Number(label="Steps", precision=0, elem_id="bench-steps")
-                epochs = gr.Number(label="Epochs", precision=0, elem_id="bench-epochs")
-                batch = gr.Number(label="Batch", precision=0, elem_id="bench-batch")
+                # Empty (or 0): the API's default, a schedule sized to the data (the note below says what).
+                steps = gr.Number(label="Steps", precision=0, placeholder="sized to the data", elem_id="bench-steps")
+                epochs = gr.Number(label="Epochs", precision=0, placeholder="instead of steps", elem_id="bench-epochs")
+                batch = gr.Number(label="Batch", precision=0, placeholder="64 CPU, 256 CUDA", elem_id="bench-batch")
                 seeds = gr.Textbox("0", label="Seeds", elem_id="bench-seeds")
             with gr.Row():  # used by runs with synthetic images; defaults, limits and help: the API's
                 syn_weight = gr.Number(label="Synthetic weight", elem_id="bench-synthetic-weight")
                 finetune = gr.Number(label="Fine-tune on real (epochs)", precision=0, elem_id="bench-finetune")
             precision = gr.Radio(label="Precision", elem_id="bench-precision")  # choices and help: the API's
+            estimate = gr.HTML(elem_id="bench-estimate")
             run = gr.Button("Run benchmark", variant="primary", elem_id="bench-run")
             msg = gr.HTML(elem_id="bench-msg")
             card = gr.HTML(job_card(None), elem_id="bench-job")
@@ -216,9 +226,9 @@ def build(ctx: Ctx) -> None:
             "imbalance": imbalance_spec(*imb),
             "variants": chosen,
             "model": mdl,
-            "steps": int_or_none(st),
-            "epochs": int_or_none(ep),
-            "batch_size": int_or_none(bs),
+            "steps": optional_count(st),
+            "epochs": optional_count(ep),
+            "batch_size": optional_count(bs),
             "seeds": seed_list,
             "synthetic_weight": sw,
             "finetune_real_epochs": int_or_none(ft),
@@ -307,6 +317,34 @@ def build(ctx: Ctx) -> None:
     )
     bench.change(show, bench, [downloads, plot, table, curves], show_progress="hidden")
 
+    def estimate_note(vs: Any, sl: Any, pl: Any, mdl: Any, st: Any, ep: Any, bs: Any, sds: Any, ds: Any) -> str:
+        """Before submit: the steps every run will take and the estimated time on this server."""
+        seed_list, _ = parse_seeds(sds)
+        if not ds or not seed_list:
+            return ""
+        n_variants = len(vs or []) + bool(sl) + bool(pl)
+        if not n_variants:
+            return ""
+        query = {"dataset_id": int(ds), "variants": n_variants, "seeds": len(seed_list), "model": mdl or None}
+        for name, value in (("steps", st), ("epochs", ep), ("batch_size", bs)):
+            try:
+                query[name] = optional_count(value)
+            except (TypeError, ValueError):
+                return ""
+        try:
+            plan = api.get("/benchmarks/schedule", **{k: v for k, v in query.items() if v is not None})
+        except ApiError as exc:
+            return error_html(exc.message)
+        eta = f" ≈ {plan['seconds'] / 60:.0f} min on this server" if plan.get("seconds") else ""
+        return note_html(
+            f"{plan['runs']} runs of {plan['steps']:,} optimiser steps (batch {plan['batch_size']}, "
+            f"{plan['model']}), the same for every variant; {plan['basis']}{eta}."
+        )
+
+    estimate_inputs = [variants, sel, pool, model, steps, epochs, batch, seeds, ctx.dataset]
+    for component in estimate_inputs:
+        component.change(estimate_note, estimate_inputs, estimate, show_progress="hidden")
+
     def recipe(pl: Any) -> tuple[Any, Any]:
         """Choosing a diffusion model's pool turns on its every-class recipe: the oversampled set plus that
         model's pools of the other classes (the user can still clear them)."""
@@ -316,8 +354,15 @@ def build(ctx: Ctx) -> None:
             chosen = api.get(f"/pools/{int(pl)}")
         except (ApiError, ValueError):
             return gr.skip(), gr.skip()
-        ids = sibling_pools(chosen, safe_items(api, "/pools"))
-        return (gr.update(value=ids), gr.update(value=True)) if ids else (gr.skip(), gr.skip())
+        pools = safe_items(api, "/pools")
+        ids = sibling_pools(chosen, pools)
+        if not ids:
+            return gr.skip(), gr.skip()
+        # The choices too: a pool sampled a moment ago may not be listed yet, and a value without its choice
+        # would show as a bare id.
+        listed = choices(class_pools(pools), class_pool_label)
+        return gr.update(choices=listed, value=ids), gr.update(value=True)
 
-    pool.input(recipe, pool, [others, pool_base], show_progress="hidden")
+    # .change, not .input: it also follows a pool restored with the form, and never races the user's click.
+    pool.change(recipe, pool, [others, pool_base], show_progress="hidden")
     ctx.timer.tick(tick, [job_id, handled, bench], [card, bench, handled], show_progress="hidden")
