@@ -104,12 +104,17 @@ def test_benchmark_the_every_class_recipe_from_the_tab(studio: Studio) -> None:
     studio.page.locator("#bench-variants").get_by_text("full", exact=True).click()  # keep imbalanced, oversample
     studio.fill("bench-epochs", 1)
     studio.fill("bench-batch", 128)
+    # Only pools sampled as one class are offered as others, labelled with it; wait until the tab lists the pool
+    # sampled a moment ago (its list refreshes on a timer).
+    options = f"#{zero['id']} class 0 · {zero['name']} · 3 images"
+    studio.page.locator("#bench-others input").first.click()
+    studio.page.get_by_role("option", name=options, exact=True).first.wait_for()
+    studio.page.keyboard.press("Escape")
     studio.pick("bench-pool", f"#{minority['id']} {minority['name']} · {minority['count']} images")
     studio.fill("bench-pool-count", 4)
     studio.fill("bench-pool-name", "diffusion_every")
     # The every-class recipe is the default: choosing a diffusion model's pool selects that model's pools of
-    # the other classes (offered labelled with their class) and the oversampled set.
-    options = f"#{zero['id']} class 0 · {zero['name']} · 3 images"
+    # the other classes and the oversampled set.
     studio.page.locator("#bench-others", has_text=options).wait_for()
     assert studio.page.locator("#bench-pool-base input").is_checked()
     studio.click("bench-run")
