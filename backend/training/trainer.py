@@ -175,6 +175,24 @@ def default_batch(device: str) -> int:
     return DEFAULT_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
 
+def run_schedule(
+    steps: int | None, epochs: int | None, batch_size: int | None, num_images: int, device: str
+) -> tuple[int, int]:
+    """(steps, batch_size) of every run of a benchmark over a dataset of ``num_images`` training images:
+    ``steps`` as given; else ``epochs`` passes of those images; else :func:`auto_steps`."""
+    batch = batch_size or default_batch(device)
+    if steps is not None:
+        return steps, batch
+    if epochs is not None:
+        return max(1, epochs * max(num_images // batch, 1)), batch
+    return auto_steps(num_images, batch, device), batch
+
+
+def default_classifier(model: str | None, device: str) -> str:
+    """The study's ResNet18 on a GPU; the fast ``small`` CNN on CPU, unless a model was named."""
+    return model or ("resnet18_cifar" if device.startswith("cuda") else "small")
+
+
 # Measured optimiser steps per second of a whole benchmark run (training, per-period validation, the fit check
 # and the test), by (device, model), at the default batch: ``small`` on the 2-core AMD Zen 5 VM, bf16 (the
 # digits experiment, 20 runs of 2,246 steps in 608 s). None: not measured on that device yet.

@@ -8,13 +8,12 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from backend.api.deps import ReadSessionDep, SettingsDep
 from backend.core.types import DbId
 from backend.db.models import Benchmark, BenchmarkRun, Dataset
-from backend.jobs.kinds.benchmark import BenchmarkParams, resolve_model, schedule
 from backend.reports.figures import FIGURES, build_figure
 from backend.reports.html import render_report
 from backend.reports.tables import (
@@ -31,7 +30,7 @@ from backend.services.benchmarks import load, run_rows, variant_assessments, var
 from backend.services.errors import Invalid, NotFound
 from backend.services.rows import job_statuses
 from backend.training.models import ModelName
-from backend.training.trainer import estimate_seconds
+from backend.training.trainer import default_classifier, estimate_seconds, run_schedule
 
 router = APIRouter(prefix="/benchmarks", tags=["benchmarks"])
 
@@ -136,14 +135,11 @@ def schedule_of(
     row = session.get(Dataset, dataset_id)
     if row is None:
         raise NotFound("dataset", dataset_id)
-    try:
-        params = BenchmarkParams(dataset_id=dataset_id, steps=steps, epochs=epochs, batch_size=batch_size,
-                                 variants=["full"])  # fmt: skip
-    except ValidationError as exc:
-        raise Invalid("steps", exc.errors()[0]["msg"]) from None
+    if steps is not None and epochs is not None:  # the benchmark job's own rule
+        raise Invalid("steps", "give steps or epochs, not both (epochs are turned into steps)")
     n_train = sum((row.train_counts or {}).values())
-    n, batch = schedule(params, n_train, settings.device)
-    name = resolve_model(model, settings.device)
+    n, batch = run_schedule(steps, epochs, batch_size, n_train, settings.device)
+    name = default_classifier(model, settings.device)
     basis = "given" if steps else (f"{epochs} epochs of {n_train} images" if epochs else
                                    f"default: 100 passes over the dataset's {n_train} training images")  # fmt: skip
     runs = variants * seeds

@@ -53,10 +53,10 @@ from backend.training.trainer import (
     Steps,
     SyntheticWeight,
     TrainConfig,
-    auto_steps,
-    default_batch,
+    default_classifier,
     evaluate_as_trained,
     fit,
+    run_schedule,
     validation_split,
 )
 
@@ -193,21 +193,6 @@ class BenchmarkParams(BaseModel):
         return [v if isinstance(v, str) else v.name for v in self.variants]
 
 
-def resolve_model(model: str | None, device: str) -> str:
-    """The study's ResNet18 on a GPU; the fast ``small`` CNN on CPU, unless a model was named."""
-    return model or ("resnet18_cifar" if device.startswith("cuda") else "small")
-
-
-def schedule(params: BenchmarkParams, num_images: int, device: str) -> tuple[int, int]:
-    """(steps, batch_size) of every run of a benchmark over a dataset of ``num_images`` training images."""
-    batch = params.batch_size or default_batch(device)
-    if params.steps is not None:
-        return params.steps, batch
-    if params.epochs is not None:
-        return max(1, params.epochs * max(num_images // batch, 1)), batch
-    return auto_steps(num_images, batch, device), batch
-
-
 def _run_dir(benchmark_id: int, variant: str, seed: int) -> str:
     return f"benchmarks/{benchmark_id}/runs/{variant}__seed{seed}"
 
@@ -314,10 +299,10 @@ def benchmark(ctx: JobContext, params: BenchmarkParams) -> dict[str, Any]:
         ds = datasets.open_dataset(s, ctx.store, params.dataset_id)
     imb = None if params.imbalance is None else datasets.imbalance_of(ds, params.imbalance)
     minority = imb.minority_classes if imb is not None else []
-    model = resolve_model(params.model, ctx.settings.device)
+    model = default_classifier(params.model, ctx.settings.device)
     if ds.info.get("mean") is None or ds.info.get("std") is None:
         raise JobError(f"dataset {params.dataset_id} has no channel statistics; prepare it again")
-    steps, batch = schedule(params, len(ds.train_y), ctx.settings.device)
+    steps, batch = run_schedule(params.steps, params.epochs, params.batch_size, len(ds.train_y), ctx.settings.device)
     params = params.model_copy(update={"steps": steps, "batch_size": batch, "epochs": None})
     ctx.log(f"every run: {steps} optimiser steps of batch {batch}")
     info = {
