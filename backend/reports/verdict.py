@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from backend.reports.tables import minority_accuracy
+
 BASELINES = ("oversample", "oversample_aug", "class_weighted", "logit_adjusted")  # the classical remedies
 MARGIN = 1.0  # percentage points of overall accuracy a "helps" variant may lose
 BOOTSTRAP = 2000
@@ -136,22 +138,11 @@ def seeds_needed(delta: float, var_seed: float, var_test: float, have: int) -> i
 # -- the verdicts of a benchmark ------------------------------------------------------------------------------
 
 
-def _minority_mean(rows: Sequence[dict[str, Any]], minority: Sequence[str]) -> float:
-    values = [
-        float(np.mean([r["per_class"][c] for c in minority if r["per_class"].get(c) is not None] or [np.nan]))
-        for r in rows
-    ]
-    return float(np.nanmean(values)) if values and not all(math.isnan(v) for v in values) else float("-inf")
-
-
 def strongest_baseline(rows: Sequence[dict[str, Any]], minority: Sequence[str]) -> str | None:
     """The classical remedy (``BASELINES``) with the highest mean minority accuracy over its seeds."""
-    best, best_acc = None, float("-inf")
-    for name in BASELINES:
-        mine = [r for r in rows if r["variant"] == name]
-        if mine and (acc := _minority_mean(mine, minority)) > best_acc:
-            best, best_acc = name, acc
-    return best
+    acc = minority_accuracy(rows, minority)
+    present = [name for name in BASELINES if name in acc]
+    return max(present, key=acc.get) if present else None
 
 
 def verdicts(
