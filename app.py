@@ -61,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("experiment", help="run a whole study from a YAML config, headless")
     _common(e)
     e.add_argument("config", type=Path, help="experiment config (YAML); keys documented in README.md")
-    e.add_argument("--out", type=Path, required=True, help="output directory for results.csv and report.html")
+    e.add_argument(
+        "--out", type=Path, required=True, help="output directory for results.csv and report.html (new or empty)"
+    )
+    e.add_argument(
+        "--overwrite", action="store_true", help="write into --out even when it already holds files (replacing them)"
+    )
     e.add_argument("--workers", type=int, help="embedded workers for this run (default 1; 0 = use existing workers)")
     return parser
 
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "experiment":
             from backend.experiment_cli import run_experiment_cli
 
-            return run_experiment_cli(args.config, args.out, settings)
+            return run_experiment_cli(args.config, args.out, settings, overwrite=args.overwrite)
         else:
             serve(settings)
     except StartupError as exc:

@@ -26,17 +26,20 @@ import inspect
 import json
 import shutil
 import tarfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from backend.config import Settings
-from backend.data.imbalance import ImbalanceSpec
+from backend.core import safeyaml
+from backend.core.tmpdirs import make_tmp_dir
+from backend.core.types import NAME_MAX, Count, ImageSide, Name, PathText, Seed
+from backend.data.imbalance import ImbalanceSpec, kept_counts
+from backend.data.longtail import FillTarget, fill_plan
 from backend.data.sources import source_classes
 from backend.data.variants import CLASSICAL
 
@@ -62,15 +65,17 @@ class DatasetConfig(_Section):
         "cifar10",
         description="cifar10 (torchvision download), imagefolder (a folder or archive), digits (offline demo)",
     )
-    path: str | None = Field(
+    path: PathText | None = Field(
         None,
         description="imagefolder: a train/<class>/, test/<class>/ folder, or a .tar.gz/.tgz/.tar/.zip of one "
         "(extracted once into the workspace); relative paths are relative to the config file",
     )
-    name: str | None = Field(None, description="dataset name shown in the UI (default: from the source)")
-    image_size: tuple[int, int] | None = Field(None, description="[h, w] to resize to (default: the images' own)")
+    name: Name | None = Field(None, description="dataset name shown in the UI (default: from the source)")
+    image_size: tuple[ImageSide, ImageSide] | None = Field(
+        None, description="[h, w] to resize to (default: the images' own)"
+    )
     test_fraction: float = Field(0.2, description="held-out share when the folder has no test/ split")
-    seed: int = Field(0, description="seed of that split")
+    seed: Seed = Field(0, description="seed of that split")
 
 
 def _overlay(
@@ -151,7 +156,7 @@ SDConfig = _overlay(
     {"count": 10_000},
     enabled=(bool, Field(True, description="generate an SD pool (needed by the sd_random and sd_al variants)")),
     vocabulary=(
-        str | None,
+        PathText | None,
         Field(
             None,
             description="JSON file with template, slots, negative_prompt (relative to the config); "
@@ -178,14 +183,14 @@ GANConfig = _overlay(
     {"epochs": 300},  # the study's
     enabled=(bool, Field(True, description="train a GAN and sample a pool (needed by the gan variant)")),
     source_path=(
-        str | None,
+        PathText | None,
         Field(
             None,
             description="folder of training images (e.g. cat faces), relative to the config; "
             "default: the minority images the imbalance keeps",
         ),
     ),
-    count=(int | None, Field(None, ge=1, description="images to sample (default: selection.budget)")),
+    count=(Count | None, Field(None, description="images to sample (default: selection.budget)")),
     train_params=(dict[str, Any], Field(default_factory=dict, description="any other train_gan param, verbatim")),
     generate_params=(dict[str, Any], Field(default_factory=dict, description="any other generate_gan param")),
 )
@@ -198,7 +203,7 @@ DiffusionStageConfig = _overlay(
     {},
     enabled=(bool, Field(False, description="train a diffusion model and sample a pool (the diffusion variant)")),
     source_path=(
-        str | None,
+        PathText | None,
         Field(
             None,
             description="folder of <class>/ image subfolders, relative to the config; default: every class of "
@@ -206,10 +211,10 @@ DiffusionStageConfig = _overlay(
         ),
     ),
     class_name=(
-        str | None,
+        Name | None,
         Field(None, description="class to sample (a class of the model; default: the imbalance's minority)"),
     ),
-    count=(int | None, Field(None, ge=1, description="images to sample (default: selection.budget)")),
+    count=(Count | None, Field(None, description="images to sample (default: selection.budget)")),
     select=(
         bool,
         Field(False, description="also pick from the pool with the AL selection (variant diffusion_al)"),
@@ -233,9 +238,19 @@ DiffusionStageConfig = _overlay(
             "model trained on the imbalanced set",
         ),
     ),
+    fill=(
+        FillTarget | None,
+        Field(
+            None,
+            description="a long tail (or any multi-class imbalance) filled up class by class: 'to_head' (every class "
+            "reaches the largest class's count) or {per_class: N}; trains one model on the imbalanced set, samples "
+            "each class's shortfall into a pool labelled with that class and benchmarks variant diffusion_fill "
+            "(POST /api/datasets/{id}/fill_plan shows the plan). Replaces class_name, count and every_class",
+        ),
+    ),
     every_class_count=(
-        int | None,
-        Field(None, ge=1, description="images per other class (default: the diffusion variant's count)"),
+        Count | None,
+        Field(None, description="images per other class (default: the diffusion variant's count)"),
     ),
     train_params=(
         dict[str, Any],
@@ -269,7 +284,7 @@ BenchmarkConfig = _overlay(
     BENCHMARK_KEYS,
     {},
     variants=(
-        list[str],
+        list[Annotated[str, Field(min_length=1, max_length=64)]],
         Field(
             default_factory=lambda: list(CLASSICAL),
             description="classical variants; gan, sd_random, sd_al, diffusion (and diffusion_al) are added when their "
@@ -298,7 +313,12 @@ class ReweightConfig(_Section):
 class ExperimentConfig(_Section):
     """A whole study. Sections left out take their defaults; ``sd``/``gan`` can be switched off."""
 
-    name: str = Field("experiment", description="report title; also part of the job idempotency keys")
+    name: str = Field(
+        "experiment",
+        min_length=1,
+        max_length=NAME_MAX,
+        description=f"report title, 1 to {NAME_MAX} characters; also part of the job idempotency keys",
+    )
     device: Literal["cpu", "cuda"] | None = Field(None, description="compute device (default: the app's --device)")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     imbalance: ImbalanceSpec = Field(
@@ -332,8 +352,20 @@ class ExperimentConfig(_Section):
         if self.rounds > 1 and not self.sd.enabled:
             raise ValueError("rounds > 1 needs sd.enabled: each round reweights the SD vocabulary")
         d = self.diffusion
-        if d.enabled and d.class_name is None and not isinstance(self.imbalance.minority, str):
-            raise ValueError("diffusion.class_name is required unless imbalance.minority is one class name")
+        if self.imbalance.profile == "longtail":
+            for key, on in (("sd.enabled", self.sd.enabled), ("gan.enabled", self.gan.enabled)):
+                if on:
+                    raise ValueError(
+                        f"{key}: a long tail has no single minority class to generate for; set it to false "
+                        "(diffusion.fill generates for every tail class)"
+                    )
+        if d.fill is not None and d.source_path:
+            raise ValueError("diffusion.fill trains on the imbalanced set itself; remove diffusion.source_path")
+        if d.enabled and d.fill is None and d.class_name is None and not isinstance(self.imbalance.minority, str):
+            raise ValueError(
+                "diffusion.class_name is required unless imbalance.minority is one class name "
+                "(for a long tail, diffusion.fill samples every class)"
+            )
         return self
 
 
@@ -344,7 +376,7 @@ def _format_errors(exc: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
         else:
-            parts.append(f"{loc or 'config'}: {e['msg']}")
+            parts.append(f"{loc or 'config'}: {e['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -360,16 +392,37 @@ def parse_config(data: Any, source: str = "config") -> ExperimentConfig:
         raise ExperimentError(f"{source}: {_format_errors(exc)}") from None
 
 
+EMPTY_MESSAGE = (
+    "the config is empty; name at least the dataset and the imbalance (an empty config would launch the full "
+    "default study: a CIFAR-10 download, Stable Diffusion 1.5 and a 300-epoch GAN). See examples/*.yaml"
+)
+
+
+def refuse_empty(data: Any, source: str = "config") -> None:
+    """An empty config (no text, ``{}`` or ``null``) is a mistake, not a request for every default."""
+    if data is None or data == {}:
+        raise ExperimentError(f"{source}: {EMPTY_MESSAGE}")
+
+
+def parse_text(text: str | bytes, source: str = "config") -> ExperimentConfig:
+    """Validate a YAML config handed in by a user: the guarded loader (no aliases, bounded size and depth,
+    no NUL), then no empty config, then the config's own checks; ``ExperimentError`` naming the problem."""
+    try:
+        data = safeyaml.load(text, what=source)
+    except safeyaml.YamlRefused as exc:
+        raise ExperimentError(f"{source}: {exc}") from None
+    refuse_empty(data, source)
+    return parse_config(data, source)
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text("utf-8"))
+        text = path.read_bytes()
     except OSError as exc:
         raise ExperimentError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ExperimentError(f"{path}: not valid YAML ({exc})") from None
-    return parse_config(data, str(path))
+    return parse_text(text, str(path))
 
 
 def config_hash(config: ExperimentConfig) -> str:
@@ -381,7 +434,7 @@ def config_hash(config: ExperimentConfig) -> str:
     if data.get("diffusion") == DiffusionStageConfig().model_dump(mode="json"):
         data.pop("diffusion")
     elif "diffusion" in data:
-        for key in ("base", "every_class", "every_class_count"):  # the every-class recipe, added later
+        for key in ("base", "every_class", "every_class_count", "fill"):  # recipes added later
             if data["diffusion"].get(key) == DiffusionStageConfig.model_fields[key].default:
                 data["diffusion"].pop(key)
     for key in ("synthetic_weight", "finetune_real_epochs"):  # the training recipes (issue 13)
@@ -553,7 +606,7 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
         steps.append(_assess_step("assess_gan", "gan", ["gan"], imb))
     if config.diffusion.enabled:
         classes = None
-        if config.diffusion.every_class:
+        if config.diffusion.every_class or config.diffusion.fill is not None:
             try:
                 classes = source_classes(ds.source, dataset_path)
             except ValueError as exc:
@@ -569,6 +622,8 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
         for v in variants:
             if isinstance(v, str):
                 specs.append(v)
+            elif isinstance(v, dict) and "fill" in v:  # the fill recipe: a pool per class, each its shortfall
+                specs.append(fill_variant(v, r))
             elif isinstance(v, dict):  # a pool variant with base / others (the diffusion stage)
                 spec = {"name": v["name"], "pool_id": r[v["step"]]["pool_id"], "count": v["count"]}
                 if v["base"] != "imbalanced":
@@ -590,7 +645,10 @@ def plan(config: ExperimentConfig, base_dir: Path, dataset_path: str | None) -> 
             **bench.model_dump(include=set(BENCHMARK_KEYS)),
         }
 
-    steps.append(Step("benchmark", "benchmark", needs, benchmark_params))
+    fills = any(isinstance(v, dict) and "fill" in v for v in variants)
+    steps.append(
+        Step("benchmark", "benchmark", needs, benchmark_params, prepare=_fill_prepare(config) if fills else None)
+    )
     return steps
 
 
@@ -600,6 +658,8 @@ def _diffusion_steps(
     """Append the diffusion stage's jobs to ``steps``; return its benchmark variants. ``classes``: the
     dataset's class names (needed by ``every_class`` only)."""
     d, sel = config.diffusion, config.selection
+    if d.fill is not None:
+        return _fill_steps(config, imb, steps, classes)
     source_path = _resolve(base_dir, d.source_path) if d.source_path else None
     count = d.count or sel.budget
 
@@ -685,6 +745,89 @@ def _diffusion_steps(
     return variants
 
 
+FILL_VARIANT = "diffusion_fill"
+
+
+def _fill_prepare(config: ExperimentConfig) -> Any:
+    """A step's ``prepare``: the fill plan of the dataset the ``dataset`` stage registered (its training counts
+    after the imbalance), so the sampling jobs and the benchmark use the same per-class shortfall."""
+
+    def prepare(db: Any, results: dict[str, dict]) -> dict[str, dict]:
+        from backend.db.models import Dataset
+        from backend.services.errors import Invalid
+
+        with db.read_session() as s:
+            row = s.get(Dataset, results["dataset"]["dataset_id"])
+            classes, counts = list(row.classes or []), dict(row.train_counts or {})
+        try:
+            kept = kept_counts(config.imbalance, counts, classes)
+            return {"fill": fill_plan(kept, config.diffusion.fill, field="diffusion.fill")}
+        except ValueError as exc:
+            raise Invalid("diffusion.fill", str(exc)) from None
+
+    return prepare
+
+
+def _fill_steps(
+    config: ExperimentConfig, imb: dict[str, Any], steps: list[Step], classes: list[str] | None
+) -> list[Any]:
+    """The fill recipe (DiffuLT-style): one class-conditional model trained on the imbalanced set, then one
+    ``generate_diffusion`` job per class sampling its shortfall (``fill_plan``) into a pool labelled with that
+    class; variant ``diffusion_fill`` adds every pool to the imbalanced set. A class already at the target
+    samples one image that the benchmark does not use (a job samples at least one)."""
+    d = config.diffusion
+    if classes is None:
+        raise ExperimentError("diffusion.fill: the dataset's classes could not be listed")
+    steps.append(
+        Step(
+            "diffusion_train",
+            "train_diffusion",
+            ["dataset"],
+            lambda r: {
+                "source": {"dataset_id": r["dataset"]["dataset_id"], "imbalance": imb},
+                **d.model_dump(include=set(DIFFUSION_KEYS)),
+                "name": f"{config.name}: diffusion (fill)",
+                **d.train_params,
+            },
+        )
+    )
+    pools = []
+    for i, cls in enumerate(classes):
+        name = f"fill_{i}"
+        steps.append(
+            Step(
+                name,
+                "generate_diffusion",
+                ["diffusion_train"],
+                lambda r, _cls=cls, _i=i: {
+                    "diffusion_id": r["diffusion_train"]["diffusion_id"],
+                    "class": _cls,
+                    "count": max(1, r["fill"]["need"].get(_cls, 1)),
+                    "seed": d.seed + 1000 * _i,  # each class's noise differs
+                    "name": f"{config.name}: fill of {_cls}",
+                    **d.generate_params,
+                },
+                prepare=_fill_prepare(config),
+            )
+        )
+        pools.append((name, cls))
+    return [{"name": FILL_VARIANT, "fill": pools}]
+
+
+def fill_variant(v: dict[str, Any], r: dict[str, dict]) -> dict[str, Any]:
+    """The benchmark spec of variant ``diffusion_fill``: each class's pool with its shortfall, labelled with its
+    class (the class needing most first; classes at the target are left out)."""
+    need = r["fill"]["need"]
+    parts = sorted(((need.get(cls, 0), step, cls) for step, cls in v["fill"] if need.get(cls, 0) > 0), reverse=True)
+    if not parts:
+        raise ExperimentError("diffusion.fill: every class already reaches the target; nothing to fill")
+    (n, step, cls), rest = parts[0], parts[1:]
+    spec: dict[str, Any] = {"name": v["name"], "pool_id": r[step]["pool_id"], "count": n, "label": cls}
+    if rest:
+        spec["others"] = [{"pool_id": r[s]["pool_id"], "count": k, "label": c} for k, s, c in rest]
+    return spec
+
+
 def _assess_step(name: str, pool_step: str, after: list[str], imb: dict[str, Any]) -> Step:
     """The two-sample test of ``pool_step``'s pool (job ``assess_pool``), after the steps whose pools it may use
     (the every-class samples stand in for a starved minority)."""
@@ -700,6 +843,8 @@ def _variant_steps(v: Any) -> list[str]:
     """The steps a benchmark variant needs results of."""
     if isinstance(v, str):
         return []
+    if isinstance(v, dict) and "fill" in v:
+        return [step for step, _ in v["fill"]]
     if isinstance(v, dict):
         return [v["step"], *(step for step, _, _ in v.get("others", []))]
     return [v[1]]
@@ -730,9 +875,23 @@ def _next_round(key: str, selection_step: str, reweight: ReweightConfig):
     return prepare
 
 
-def check_plan(steps: list[Step]) -> None:
+class _AnyNeed(dict):
+    """check_plan's stand-in for a fill plan's per-class shortfall: every class needs one image."""
+
+    def get(self, key: Any, default: Any = None) -> int:
+        return 1
+
+    def __missing__(self, key: Any) -> int:
+        return 1
+
+
+def check_plan(steps: list[Step], settings: Settings | None = None) -> None:
     """Validate every job's params up front (with placeholder ids), so a typo fails before any work starts.
-    Stages with a ``prepare`` (rounds > 1) copy round 1's validated SD params and are not built here."""
+    Stages with a ``prepare`` (rounds > 1) copy round 1's validated SD params and are not built here.
+
+    With ``settings`` (a launch from the API), the params pass the same submit-time checks as
+    ``POST /api/jobs`` -- paths under the allowed directories, folders that exist, uploads this workspace
+    holds -- so nothing the jobs API refuses can start through an experiment."""
     from backend.jobs.registry import get_kind, load_kinds
 
     load_kinds()
@@ -762,14 +921,16 @@ def check_plan(steps: list[Step]) -> None:
         "select_diffusion": "diffusion",
         "benchmark": "benchmark",
     }
+    # The fill recipe's per-class shortfall is known once the dataset is registered; check its params with one.
+    fake["fill"] = {"need": _AnyNeed()}
     for step in steps:
         kind = get_kind(step.kind)
         if kind is None:
             raise ExperimentError(f"job kind {step.kind!r} is not available")
-        if step.prepare is not None:
+        if step.prepare is not None and not step.name.startswith(("fill_", "benchmark")):
             continue
         try:
-            kind.params_model.model_validate(step.build(fake))
+            kind.params_model.model_validate(step.build(fake), context={"settings": settings} if settings else None)
         except ValidationError as exc:
             where = section.get(step.name, "diffusion" if step.name.startswith("diffusion_") else "selection")
             raise ExperimentError(f"{where} ({step.kind} params): {_format_errors(exc)}") from None
@@ -795,8 +956,7 @@ def _dataset_folder(config: ExperimentConfig, base_dir: Path, settings: Settings
     dest = settings.workspace_dir / "experiments" / "data" / key
     if dest.is_dir():
         return str(dest)
-    tmp = dest.with_name(f".{key}.{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
+    tmp = make_tmp_dir(dest.parent, key)
     try:
         if path.name.lower().endswith(".zip"):
             from backend.data.safezip import extract_zip
@@ -817,13 +977,22 @@ def write_outputs(db, benchmark_id: int, config: ExperimentConfig, out: Path, jo
     from backend.db.models import Benchmark
     from backend.reports.html import render_report
     from backend.reports.tables import results_csv, results_json
-    from backend.services.benchmarks import rows_of, variant_assessments, variant_quality, verdicts_of
+    from backend.services.benchmarks import (
+        focus_classes,
+        groups_of,
+        is_longtail,
+        rows_of,
+        variant_assessments,
+        variant_quality,
+        verdicts_of,
+    )
 
     with db.read_session() as s:
         info, rows = rows_of(s, benchmark_id)
         bench = s.get(Benchmark, benchmark_id)
         verdicts, assessments = verdicts_of(bench, rows), variant_assessments(s, bench)
-    classes, minority = info.get("classes", []), info.get("minority", [])
+    classes, minority = info.get("classes", []), focus_classes(info)
+    groups = groups_of(info) if is_longtail(info) else None  # a long tail: report its shot groups
     resolved = config.model_dump(mode="json")
     meta = {"benchmark_id": benchmark_id, "model": info.get("model"), "device": info.get("device"), "jobs": jobs}
     (out / "results.csv").write_text(results_csv(rows, classes), "utf-8")
@@ -835,6 +1004,7 @@ def write_outputs(db, benchmark_id: int, config: ExperimentConfig, out: Path, jo
                 minority,
                 meta={**meta, "config": resolved, "assessments": assessments},
                 verdicts=verdicts,
+                groups=groups or groups_of(info),
             ),
             indent=1,
         ),
@@ -853,6 +1023,7 @@ def write_outputs(db, benchmark_id: int, config: ExperimentConfig, out: Path, jo
         rounds=rounds,
         verdicts=verdicts,
         assessments=assessments,
+        groups=groups,
     )
     (out / "report.html").write_text(report, "utf-8")
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), "utf-8")

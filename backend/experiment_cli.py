@@ -45,8 +45,33 @@ class _Bar:
         self.bar.close()
 
 
+def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """``--out`` before any work starts: a directory that is new, empty, or given up with ``--overwrite``.
+
+    Writing into a directory that already holds files would silently replace an earlier study's results.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExperimentError(f"--out {out} is a file, not a directory; name a directory for the results")
+    if out.is_dir() and not overwrite:
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise ExperimentError(
+                f"--out {out} is not empty ({len(entries)} entries: {shown}); choose a new directory, "
+                "or pass --overwrite to replace its results"
+            )
+    return out
+
+
 def run_experiment(
-    config_path: str | Path, out_dir: str | Path, settings: Settings, *, quiet: bool = False, poll_s: float = 0.5
+    config_path: str | Path,
+    out_dir: str | Path,
+    settings: Settings,
+    *,
+    quiet: bool = False,
+    poll_s: float = 0.5,
+    overwrite: bool = False,
 ) -> ExperimentResult:
     """Run the study in ``config_path``; write results.csv, results.json, report.html and config.yaml to out_dir.
 
@@ -58,6 +83,7 @@ def run_experiment(
     from backend.runtime import prepare
     from backend.services.errors import DomainError
 
+    out = check_out_dir(out_dir, overwrite)
     config_path = Path(config_path).resolve()
     config = load_config(config_path)
     base_dir = config_path.parent
@@ -73,8 +99,10 @@ def run_experiment(
     ]
     # The operator named these folders in the config, so the embedded workers may read them.
     settings = settings.model_copy(update={"allow_dirs": [*settings.allow_dirs, *extra_dirs]})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExperimentError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
 
     db = prepare(settings)
     workers = [
@@ -114,10 +142,10 @@ def run_experiment(
     return ExperimentResult(out, info["benchmark_id"], jobs, info["rows"])
 
 
-def run_experiment_cli(config_path: Path, out_dir: Path, settings: Settings) -> int:
+def run_experiment_cli(config_path: Path, out_dir: Path, settings: Settings, overwrite: bool = False) -> int:
     """Entry point of ``python app.py experiment``: one clear line on errors, exit status 1."""
     try:
-        result = run_experiment(config_path, out_dir, settings)
+        result = run_experiment(config_path, out_dir, settings, overwrite=overwrite)
     except ExperimentError as exc:
         print(f"rebalance experiment: error: {exc}", file=sys.stderr)
         return 1

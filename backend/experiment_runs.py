@@ -10,8 +10,8 @@ have succeeded; the jobs themselves run on ordinary workers and survive restarts
 
 from __future__ import annotations
 
+import hashlib
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from backend.config import PathNotAllowed, Settings
+from backend.core.tmpdirs import make_tmp_dir
 from backend.db.models import Benchmark, Job
 from backend.db.session import Database
 from backend.experiment import (
@@ -35,9 +36,10 @@ from backend.experiment import (
 )
 from backend.jobs import queue
 from backend.services import experiments as svc
-from backend.services.benchmarks import rows_of, verdicts_of
+from backend.services.benchmarks import focus_classes, groups_of, rows_of, verdicts_of
 from backend.services.errors import DomainError, Invalid, NotReady
 
+IDEMPOTENCY_KEY_MAX = 128  # the jobs.idempotency_key column (String(128); PostgreSQL enforces it)
 OUTPUT_FILES = ("results.csv", "results.json", "report.html", "config.yaml")
 # Config keys that name files the workers will read; checked against the allowed directories.
 PATH_KEYS = (("dataset", "path"), ("gan", "source_path"), ("diffusion", "source_path"), ("sd", "vocabulary"))
@@ -52,8 +54,12 @@ class Prepared:
     steps: list[Step]
 
     def key(self, step: Step) -> str:
-        # The CLI's key since the first release: a rerun of the same config reuses every finished job.
-        return f"experiment:{self.config.name}:{config_hash(self.config)}:{step.name}"
+        # The CLI's key since the first release: a rerun of the same config reuses every finished job. A key
+        # longer than the column (a long experiment or class name) is replaced by its hash, still one per stage.
+        key = f"experiment:{self.config.name}:{config_hash(self.config)}:{step.name}"
+        if len(key) > IDEMPOTENCY_KEY_MAX:
+            key = f"experiment:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+        return key
 
 
 def _invalid(exc: ExperimentError) -> Invalid:
@@ -78,7 +84,7 @@ def prepare(data: Any, settings: Settings, *, base_dir: Path, trusted: bool = Fa
                     except PathNotAllowed as exc:
                         raise Invalid(f"{section}.{key}", str(exc)) from None
         steps = plan(config, base_dir, _dataset_folder(config, base_dir, settings))
-        check_plan(steps)
+        check_plan(steps, None if trusted else settings)
     except ExperimentError as exc:
         raise _invalid(exc) from None
     return Prepared(config, base_dir, steps)
@@ -89,7 +95,12 @@ def launch(db: Database, settings: Settings, prepared: Prepared) -> int:
     with db.session() as s:
         row = svc.create(s, prepared.config.name, prepared.config.model_dump(mode="json"), prepared.base_dir)
         experiment_id = row.id
-    advance(db, settings, experiment_id)
+    try:
+        advance(db, settings, experiment_id)
+    except Exception as exc:
+        # Never leave a "running" experiment that no stage will move (the lists would show it forever).
+        _finish(db, experiment_id, "failed", error=f"could not submit its first stages: {type(exc).__name__}: {exc}")
+        raise
     return experiment_id
 
 
@@ -191,8 +202,7 @@ def _complete(
     out = output_dir(settings, experiment_id)
     if not out.is_dir():
         # Written aside and renamed, so a reader never sees half the files (two advancing readers race here).
-        tmp = out.with_name(f".{experiment_id}.{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
+        tmp = make_tmp_dir(out.parent, str(experiment_id))
         write_outputs(db, benchmark_id, prep.config, tmp, jobs)
         try:
             tmp.rename(out)
@@ -201,10 +211,17 @@ def _complete(
     with db.read_session() as s:
         info, rows = rows_of(s, benchmark_id)
         verdicts = verdicts_of(s.get(Benchmark, benchmark_id), rows)
-    compact = [{k: r[k] for k in ("variant", "seed", "overall_acc", "per_class")} for r in rows]
+    compact = [
+        {k: r[k] for k in ("variant", "seed", "overall_acc", "per_class", "balanced_acc", "groups")} for r in rows
+    ]
     outputs: dict[str, Any] = {name: str(out / name) for name in OUTPUT_FILES}
+    # The headline's classes: the named minority, or a long tail's few-shot classes (its groups stored too).
     outputs.update(
-        benchmark_id=benchmark_id, classes=info.get("classes", []), minority=info.get("minority", []), verdicts=verdicts
+        benchmark_id=benchmark_id,
+        classes=info.get("classes", []),
+        minority=focus_classes(info),
+        groups=groups_of(info),
+        verdicts=verdicts,
     )
     _finish(db, experiment_id, "succeeded", rows=compact, outputs=outputs)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -84,9 +85,24 @@ def remove_old_files(directory: Path, max_age_s: float) -> int:
 
 
 def clean_workspace(settings: Settings) -> None:
-    """Start-up cleanup: temp files of atomic writes whose process was killed, and old Gradio uploads."""
+    """Start-up cleanup: temp files and directories whose process was killed (atomic writes, extractions,
+    decodes, model builds; ``backend.core.tmpdirs``), and hour-old spools and Gradio uploads."""
     sweep_stale_tmp(settings.workspace_dir)
-    remove_old_files(settings.gradio_temp_dir, GRADIO_UPLOAD_MAX_AGE_S)
+    remove_old_files(settings.tmp_dir, GRADIO_UPLOAD_MAX_AGE_S)
+
+
+def sweep_orphans(settings: Settings, db: Database) -> list[str]:
+    """Start-up cleanup that needs the database: pool directories whose pool row does not exist (a job
+    whose transaction was rolled back after its images were written, or a pool dropped while a
+    killed job wrote into it). A pool's row is committed before its first image is written, so a live
+    job's directory always has one. Returns the removed directories."""
+    from backend.services.pools import orphan_pool_dirs
+
+    with db.read_session() as s:
+        orphans = orphan_pool_dirs(s, settings.workspace_dir / "pools")
+    for path in orphans:
+        shutil.rmtree(path, ignore_errors=True)
+    return [str(p) for p in orphans]
 
 
 def prepare(settings: Settings) -> Database:
@@ -97,4 +113,6 @@ def prepare(settings: Settings) -> Database:
     check_workspace(settings)
     use_workspace_temp(settings)
     clean_workspace(settings)
-    return open_database(settings)
+    db = open_database(settings)
+    sweep_orphans(settings, db)
+    return db

@@ -15,8 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
-import socket
+import shutil
 import tempfile
 import threading
 import time
@@ -25,31 +24,21 @@ from typing import Any
 
 import numpy as np
 
+from backend.core.tmpdirs import HOST_TAG, is_tmp_name, pid_alive, writer_gone
+
+__all__ = ["HOST_TAG", "STALE_TMP_AGE_S", "FileStore", "pid_alive", "sweep_stale_tmp"]
+
 # Temp files older than this are stale whoever wrote them: an atomic write takes seconds, and names
 # without a pid (other writers' ``.<name>.<random>.tmp``) can only be judged by age.
 STALE_TMP_AGE_S = 3600.0
-_TMP_WRITER = re.compile(r"^\..+\.([A-Za-z0-9]*)-(\d+)-[^.-]+\.tmp$")
-# This host in temp-file names: letters and digits only, so the name still parses (containers sharing
-# a workspace have different hostnames, and their pids mean nothing here).
-HOST_TAG = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _is_stale(entry: os.DirEntry[str], now: float, max_age_s: float) -> bool:
-    if not (entry.name.startswith(".") and entry.name.endswith(".tmp")) or not entry.is_file(follow_symlinks=False):
+    """A temp file or directory (``backend.core.tmpdirs``) whose writer on this host is gone, or that is
+    older than ``max_age_s``. Symlinks never are."""
+    if not is_tmp_name(entry.name) or entry.is_symlink():
         return False
-    match = _TMP_WRITER.match(entry.name)
-    if match is not None and match.group(1) == HOST_TAG and not pid_alive(int(match.group(2))):
+    if writer_gone(entry.name):
         return True
     try:
         return now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
@@ -58,7 +47,7 @@ def _is_stale(entry: os.DirEntry[str], now: float, max_age_s: float) -> bool:
 
 
 def sweep_stale_tmp(directory: Path, *, recursive: bool = True, max_age_s: float = STALE_TMP_AGE_S) -> int:
-    """Remove temp files (``.*.tmp``) under ``directory`` whose writer died or that are older than
+    """Remove temp files and directories under ``directory`` whose writer died or that are older than
     ``max_age_s``; returns how many were removed. Symlinks are neither followed nor removed."""
     removed = 0
     now = time.time()
@@ -70,11 +59,14 @@ def sweep_stale_tmp(directory: Path, *, recursive: bool = True, max_age_s: float
         except (FileNotFoundError, NotADirectoryError):
             continue
         for entry in entries:
-            if recursive and entry.is_dir(follow_symlinks=False):
-                pending.append(Path(entry.path))
-            elif _is_stale(entry, now, max_age_s):
-                Path(entry.path).unlink(missing_ok=True)
+            if _is_stale(entry, now, max_age_s):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    Path(entry.path).unlink(missing_ok=True)
                 removed += 1
+            elif recursive and entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
     return removed
 
 

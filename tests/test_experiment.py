@@ -306,7 +306,14 @@ def test_diffusion_stage_plans_train_sample_select_and_its_variants(tmp_path: Pa
     src = {s.name: s for s in plan(folder, tmp_path, None)}["diffusion_train"].build({"dataset": {"dataset_id": 1}})
     assert src["source"] == {"path": str((tmp_path / "threes").resolve())}
     with pytest.raises(ExperimentError, match="diffusion.class_name is required"):
-        parse_config({"imbalance": {"profile": "longtail", "imbalance_factor": 10}, "diffusion": {"enabled": True}})
+        parse_config(
+            {
+                "imbalance": {"profile": "longtail", "imbalance_factor": 10},
+                "sd": {"enabled": False},
+                "gan": {"enabled": False},
+                "diffusion": {"enabled": True},
+            }
+        )
 
 
 def test_every_class_stage_samples_each_other_class_and_labels_it(tmp_path: Path) -> None:
@@ -352,7 +359,7 @@ def test_every_class_stage_samples_each_other_class_and_labels_it(tmp_path: Path
     # The recipe's keys change the study's key only when set.
     plain = parse_config(base | {"diffusion": {"enabled": True}})
     data = plain.model_dump(mode="json")
-    for key in ("base", "every_class", "every_class_count"):
+    for key in ("base", "every_class", "every_class_count", "fill"):  # recipes added later
         data["diffusion"].pop(key)
     for key in ("synthetic_weight", "finetune_real_epochs"):  # defaults: not hashed either
         data["benchmark"].pop(key)
@@ -388,3 +395,44 @@ def test_rounds_example_is_valid() -> None:
     assert config.rounds == 3 and config.reweight.negative_classes == 2
     bench = steps[-1].build({s.name: {"dataset_id": 1, "pool_id": 2, "selection_id": 3} for s in steps})
     assert [v if isinstance(v, str) else v["name"] for v in bench["variants"]][-3:] == ["sd_al", "sd_al_r2", "sd_al_r3"]
+
+
+LONGTAIL = {
+    "dataset": {"source": "digits"},
+    "imbalance": {"profile": "longtail", "imbalance_factor": 100},
+    "sd": {"enabled": False},
+    "gan": {"enabled": False},
+    "diffusion": {"enabled": True, "fill": "to_head"},
+}
+
+
+def test_fill_samples_each_class_shortfall_into_a_pool_labelled_with_that_class(tmp_path: Path) -> None:
+    steps = {s.name: s for s in plan(parse_config(LONGTAIL), tmp_path, None)}
+    classes = [str(i) for i in range(10)]
+    need = {"0": 0, "1": 55, "2": 90, "3": 111, "4": 124, "5": 131, "6": 136, "7": 138, "8": 140, "9": 141}
+    results = {"dataset": {"dataset_id": 1}, "diffusion_train": {"diffusion_id": 2}, "fill": {"need": need}}
+    results |= {f"fill_{i}": {"pool_id": 100 + i} for i in range(10)}
+    for i, cls in enumerate(classes):  # each sampling job draws its own class, as many as it lacks
+        job = steps[f"fill_{i}"].build(results)
+        assert (job["class"], job["count"]) == (cls, max(1, need[cls]))
+    (spec,) = [v for v in steps["benchmark"].build(results)["variants"] if isinstance(v, dict)]
+    parts = [(spec["pool_id"], spec["count"], spec["label"])] + [
+        (o["pool_id"], o["count"], o["label"]) for o in spec["others"]
+    ]
+    assert spec["name"] == "diffusion_fill" and spec.get("base", "imbalanced") == "imbalanced"
+    # every pool is labelled with the class its job sampled, takes exactly that class's shortfall, and a
+    # class at the target (the head) adds nothing
+    assert sorted(parts) == sorted((100 + i, need[c], c) for i, c in enumerate(classes) if need[c] > 0)
+    check_plan(list(steps.values()))
+    assert steps["benchmark"].prepare is not None and steps["fill_3"].prepare is not None
+
+
+def test_a_long_tail_refuses_single_minority_stages() -> None:
+    with pytest.raises(ExperimentError, match="sd.enabled: a long tail has no single minority"):
+        parse_config({**LONGTAIL, "sd": {"enabled": True}})
+    with pytest.raises(ExperimentError, match="gan.enabled: a long tail"):
+        parse_config({**LONGTAIL, "gan": {"enabled": True}})
+    with pytest.raises(ExperimentError, match="remove diffusion.source_path"):
+        parse_config({**LONGTAIL, "diffusion": {"enabled": True, "fill": "to_head", "source_path": "x"}})
+    with pytest.raises(ExperimentError, match="diffusion.fill.PerClass.per_class"):
+        parse_config({**LONGTAIL, "diffusion": {"enabled": True, "fill": {"per_class": 0}}})

@@ -19,7 +19,8 @@ def test_start_up_removes_temp_files_of_killed_writes(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     workspace = settings.workspace_dir
     stale = [kill_during_write(workspace, "pools/1/7.png"), kill_during_write(workspace, "datasets/2/cache.npy")]
-    live = workspace / "pools" / "1" / f".8.png.{HOST_TAG}-{os.getpid()}-live00.tmp"
+    # (not under pools/1: with no pool row there, start-up removes that directory as an orphan)
+    live = workspace / "datasets" / "2" / f".8.png.{HOST_TAG}-{os.getpid()}-live00.tmp"
     live.write_bytes(b"a write in progress in a running process")
     prepare(settings).dispose()
     assert not any(p.exists() for p in stale)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import tempfile
 from importlib import resources
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +39,7 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.state.store = FileStore(settings.workspace_dir)
+    _spool_uploads_in(settings.tmp_dir)
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_exception_handler(DomainError, domain_error_handler)
     for router in ROUTERS:
@@ -48,6 +52,18 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     if settings.auth:
         app.add_middleware(BasicAuthMiddleware, credentials=settings.auth)
     return app
+
+
+def _spool_uploads_in(tmp_dir: Path) -> None:
+    """Starlette writes each multipart file part over 1 MB to a ``SpooledTemporaryFile`` in the system temp
+    directory; point it at ``<workspace>/tmp`` so upload bytes never land outside the workspace (the body
+    guard's own spool is there already). Process-wide, like the server: one workspace per process."""
+    import starlette.formparsers
+
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    starlette.formparsers.SpooledTemporaryFile = functools.partial(  # type: ignore[misc]
+        tempfile.SpooledTemporaryFile, dir=str(tmp_dir)
+    )
 
 
 def _offline_docs(app: FastAPI) -> None:

@@ -22,7 +22,9 @@ def clean_errors(errors: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """JSON-safe error dicts (pydantic may put exception objects in ``ctx``)."""
     out = []
     for e in errors:
-        item = {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        # pydantic prefixes a validator's own message with "Value error, ": the user reads the message, not that
+        msg = str(e.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        item = {"loc": list(e.get("loc", ())), "msg": msg, "type": str(e.get("type", ""))}
         out.append(item)
     return out
 

@@ -19,6 +19,7 @@ from typing import IO, Any
 from urllib.parse import parse_qsl
 
 from backend.api.errors import summarize
+from backend.core.safeyaml import find_nul
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -42,6 +43,25 @@ async def _send_json(
     await send({"type": "http.response.body", "body": data})
 
 
+def credentials_match(header: bytes | str | None, expected: bytes | str) -> bool:
+    """Whether an ``Authorization`` header carries exactly ``expected`` (``user:password``) as HTTP Basic.
+
+    The scheme name is matched case-insensitively, the credentials exactly and in constant time.
+    """
+    if not header:
+        return False
+    raw = header.encode("latin-1", "replace") if isinstance(header, str) else header
+    want = expected.encode() if isinstance(expected, str) else expected
+    scheme, _, token = raw.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return False
+    try:
+        given = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return hmac.compare_digest(given, want)
+
+
 class BasicAuthMiddleware:
     """Every HTTP and websocket request must carry ``user:password`` (``--auth``); health stays open.
 
@@ -56,14 +76,7 @@ class BasicAuthMiddleware:
         self.expected = credentials.encode()
 
     def _authorized(self, header: bytes) -> bool:
-        scheme, _, token = header.strip().partition(b" ")
-        if scheme.lower() != b"basic":
-            return False
-        try:
-            given = base64.b64decode(token.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            return False
-        return hmac.compare_digest(given, self.expected)
+        return credentials_match(header, self.expected)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket") or scope.get("path") in self.OPEN_PATHS:
@@ -81,24 +94,6 @@ class BasicAuthMiddleware:
 
 
 # -- NUL characters --------------------------------------------------------------------------------
-def find_nul(value: Any, loc: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-    """The location of the first string (or object key) in parsed JSON that contains ``\\x00``."""
-    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, loc)]
-    while stack:  # iterative: a deeply nested body must not hit the recursion limit
-        item, where = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return where
-        elif isinstance(item, dict):
-            for key, sub in reversed(list(item.items())):
-                if "\x00" in key:
-                    return (*where, key)
-                stack.append((sub, (*where, key)))
-        elif isinstance(item, list):
-            stack.extend((sub, (*where, i)) for i, sub in reversed(list(enumerate(item))))
-    return None
-
-
 def _nul_in_url(scope: Scope) -> tuple[Any, ...] | None:
     if "\x00" in scope.get("path", ""):
         return ("path",)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.core.hooks import NO_HOOKS, Hooks
+from backend.core.tmpdirs import make_tmp_dir
 from backend.data.decode_worker import TaskResult, WorkerPool, decode_rows
 from backend.data.images import ImageDecodeError, probe_size
 from backend.data.sources import DEFAULT_SIZE, MAX_NATIVE_SIDE, ArraySource, FolderListing
@@ -215,8 +215,7 @@ def build_cache(
         if (cache_root / key / "meta.json").exists():
             progress(1.0, "reused decoded cache")
             return load_cache(cache_root / key)
-    tmp = cache_root / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
+    tmp = make_tmp_dir(cache_root, "decode")  # named for its writer: start-up removes it once that is gone
     try:
         if isinstance(source, ArraySource):
             for name in ("train_x", "train_y", "test_x", "test_y"):

@@ -15,10 +15,14 @@ indices are returned too: experiments use them as an oracle of real minority ima
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from backend.core.types import Name, NonNegative, Seed
+
+MAX_CLASSES = 1000  # ImageNet's count; a list of minority classes longer than any dataset is a mistake
 
 
 class ImbalanceSpec(BaseModel):
@@ -26,12 +30,12 @@ class ImbalanceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    minority: str | list[str] | None = None
-    keep: int | None = Field(None, ge=0)
+    minority: Name | Annotated[list[Name], Field(max_length=MAX_CLASSES)] | None = None
+    keep: NonNegative | None = None
     remove_ratio: float | None = Field(None, gt=0.0, lt=1.0)
     profile: Literal["longtail"] | None = None
-    imbalance_factor: float | None = Field(None, gt=1.0)
-    seed: int = 0
+    imbalance_factor: float | None = Field(None, gt=1.0, le=1e6)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _one_form(self) -> ImbalanceSpec:
@@ -80,6 +84,8 @@ def _keep_counts(spec: ImbalanceSpec, counts: np.ndarray, classes: list[str]) ->
     target = counts.copy()
     if spec.profile == "longtail":
         n = len(classes)
+        if n < 2:
+            raise ValueError(f"profile: a long tail needs at least 2 classes; this dataset has {n} ({classes})")
         n_max = int(counts.max())
         ideal = np.floor(n_max * spec.imbalance_factor ** (-np.arange(n) / max(n - 1, 1))).astype(np.int64)
         target = np.minimum(np.maximum(ideal, 1), counts)
@@ -101,6 +107,14 @@ def _keep_counts(spec: ImbalanceSpec, counts: np.ndarray, classes: list[str]) ->
         else:
             target[c] = counts[c] - int(round(counts[c] * spec.remove_ratio))
     return target, minority
+
+
+def kept_counts(spec: ImbalanceSpec | dict, train_counts: dict[str, int], classes: list[str]) -> dict[str, int]:
+    """Per class, how many training images ``spec`` keeps, from the dataset's counts alone (no labels needed:
+    what :func:`apply_imbalance` keeps has exactly these counts)."""
+    counts = np.asarray([int(train_counts.get(c, 0)) for c in classes], dtype=np.int64)
+    target, _ = _keep_counts(parse_spec(spec), counts, classes)
+    return {c: int(n) for c, n in zip(classes, target, strict=True)}
 
 
 def apply_imbalance(labels: np.ndarray, classes: list[str], spec: ImbalanceSpec | dict) -> ImbalanceResult:

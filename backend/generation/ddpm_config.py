@@ -10,10 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from backend.core.types import Seed
+
 BASE_CHANNELS = (64, 128, 256, 256)  # UNet block widths at width = 1.0, outermost first
 LEVELS = {16: 3, 32: 3, 64: 4}  # UNet resolution levels per image side: 16/32 px -> 4/8 px at the bottom
 NORM_GROUPS = 8  # GroupNorm groups; block widths are rounded to multiples of this
-MAX_SEED = 2**63 - 1
 
 
 class DiffusionConfig(BaseModel):
@@ -48,7 +49,7 @@ class DiffusionConfig(BaseModel):
         "1 every class equally often (lets a class of a few images train its embedding)",
     )
     hflip: bool = Field(False, description="random horizontal flips (off for digits and text: a mirror is no digit)")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="initial weights, data order, noise and the sample grid")
+    seed: Seed = Field(0, description="initial weights, data order, noise and the sample grid")
     amp: bool = Field(True, description="bf16 autocast + channels_last on CUDA; ignored on CPU")
     grid_per_class: int = Field(8, ge=0, le=32, description="images per class in each epoch's sample grid (0: none)")
     grid_steps: int = Field(20, ge=1, le=1000, description="DDIM steps of the per-epoch sample grid")
@@ -81,7 +82,7 @@ class SampleConfig(BaseModel):
     guidance: float = Field(
         2.0, ge=0.0, le=30.0, description="classifier-free guidance: 0 unconditional, 1 plain conditional"
     )
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="image i's noise is drawn from (seed, i)")
+    seed: Seed = Field(0, description="image i's noise is drawn from (seed, i)")
     strength: float = Field(
         1.0,
         ge=0.01,

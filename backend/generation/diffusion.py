@@ -13,7 +13,6 @@ import inspect
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from diffusers import (
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from backend.core.hooks import NO_HOOKS, Hooks, Stopped
+from backend.core.tmpdirs import make_tmp_dir
 from backend.generation.oom import halving_batches
 from backend.generation.prompts import PromptItem
 from backend.generation.schedulers import SCHEDULERS
@@ -122,7 +122,7 @@ def _built_once(target: Path, build: Callable[[Path], Path]) -> Path:
     if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = make_tmp_dir(target.parent, target.name)
     try:
         build(tmp)
         try:

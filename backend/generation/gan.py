@@ -19,6 +19,7 @@ from torchvision.utils import make_grid
 
 from backend.core.checkpoint import load_state, save_state
 from backend.core.hooks import NO_HOOKS, Hooks
+from backend.core.types import Seed
 from backend.generation.oom import halving_batches
 from backend.generation.pixels import to_uint8
 
@@ -42,7 +43,7 @@ class GanConfig(BaseModel):
     batch_size: int = Field(128, ge=1, le=65_536, description="images per step (capped at the number of images)")
     lr: float = Field(5e-5, gt=0.0, le=1.0, description="Adam lr of both nets; the study found 5e-5 the most stable")
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas, DCGAN's beta1 = 0.5")
-    seed: int = Field(0, ge=0, description="weights, shuffling, augmentation, noise and the sample grid")
+    seed: Seed = Field(0, description="weights, shuffling, augmentation, noise and the sample grid")
     augment: bool = Field(True, description="random vertical flip + random sharpness, each with p = 0.5")
     width: float = Field(1.0, gt=0.0, le=4.0, description="channel multiplier: 1.0 = 1024-512-256-128, 0.125 for CPUs")
     nz: int = Field(100, ge=1, le=4096, description="latent vector length")

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from backend.core.types import Seed
+
 METHODS = ("textual_inversion", "lora")
 # Caption templates of diffusers' textual-inversion example (imagenet_templates_small, abridged): each
 # training image is paired with one of them, so the token learns the object rather than one sentence.
@@ -41,6 +43,8 @@ class PersonalizeConfig(BaseModel):
     )
     token: str = Field(
         "<concept>",
+        min_length=1,
+        max_length=64,
         description="the word prompts use for the concept (no spaces or braces); textual inversion adds it "
         "to the tokenizer, LoRA binds it to the images by training",
     )
@@ -63,7 +67,7 @@ class PersonalizeConfig(BaseModel):
         "bf16", description="autocast on CUDA (fp16 adds a GradScaler); ignored on CPU"
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations to save memory (GPU runs)")
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="initial weights, batches, noise and the sample grid")
+    seed: Seed = Field(0, description="initial weights, batches, noise and the sample grid")
     sample_every: int = Field(
         100, ge=1, le=100_000, description="steps between loss points, sample grids and resumable checkpoints"
     )

@@ -24,6 +24,7 @@ Ray is imported lazily, only on the Ray path: a deployment without it never load
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -78,9 +79,61 @@ def _ray() -> Any:
     return ray
 
 
-def connect(address: str) -> Any:
+CONNECT_TIMEOUT_S = 30.0  # joining a cluster that does not answer gives up after this (Ray itself retries for minutes)
+_PROBE_TIMEOUT_S = 5.0
+
+
+def _probe(address: str) -> None:
+    """Fail fast, naming the reason, when ``host:port`` cannot be a Ray cluster: a host that does not resolve
+    or a port where nothing listens. ``auto``, ``local`` and ``ray://`` addresses are Ray's to check."""
+    if address in ("auto", LOCAL) or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConnectionError(f"{address!r} is not host:port (or auto, local, ray://host:port)")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConnectionError(f"cannot resolve host {host!r} ({exc})") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.settimeout(_PROBE_TIMEOUT_S)
+        try:
+            sock.connect(sockaddr)
+        except OSError as exc:
+            raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc})") from None
+
+
+def _init_within(ray: Any, timeout_s: float, **kwargs: Any) -> None:
+    """``ray.init`` that gives up after ``timeout_s``: on an address that accepts TCP but is no Ray GCS (a
+    Redis or database port) Ray retries for many minutes. The attempt runs in a daemon thread; on timeout
+    the caller gets a ``TimeoutError`` (the server then exits, taking the stuck thread with it)."""
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            ray.init(**kwargs)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=attempt, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not outcome:
+        raise TimeoutError(
+            f"no Ray cluster answered at {kwargs.get('address')} within {timeout_s:.0f} s; check the address "
+            "(`ray status --address HOST:PORT` on that machine prints the one to use)"
+        )
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
     """Join the Ray cluster at ``address`` (``auto``, ``host:port``, ``ray://host:port``) or start one in
-    this process (``local``); a no-op when this process already joined one. Returns the ``ray`` module."""
+    this process (``local``); a no-op when this process already joined one. Returns the ``ray`` module.
+    Gives up within ``timeout_s`` (``ConnectionError`` or ``TimeoutError`` naming the address and why)."""
     ray = _ray()
     with _lock:
         if not ray.is_initialized():
@@ -88,9 +141,10 @@ def connect(address: str) -> Any:
             if address == LOCAL:
                 ray.init(**kwargs)
             else:
+                _probe(address)
                 # Workers on other hosts get our code from the driver, so they need no shared checkout.
                 package = str(Path(__file__).resolve().parents[1])
-                ray.init(address=address, runtime_env={"py_modules": [package]}, **kwargs)
+                _init_within(ray, timeout_s, address=address, runtime_env={"py_modules": [package]}, **kwargs)
             log.info("joined Ray at %s: %s", address, ray.cluster_resources())
     return ray
 

@@ -12,8 +12,10 @@ import plotly.offline
 from backend.reports.figures import confusion_heatmap, minority_vs_synthetic, per_class_bars, training_curves
 from backend.reports.tables import (
     ASSESS_NOTE,
+    LONGTAIL_NOTE,
     VERDICT_NOTE,
     assessments_html,
+    longtail_html,
     quality_html,
     rounds_html,
     selection_note,
@@ -24,7 +26,8 @@ from backend.reports.tables import (
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; }
-table.results { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: 1rem 0; }
+table.results { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: 1rem 0;
+  display: block; max-width: 100%; overflow-x: auto; }  /* 10+ classes scroll instead of overflowing */
 table.results th, table.results td { border-bottom: 1px solid #d9e2ec; padding: 0.35rem 0.6rem; text-align: right; }
 table.results th:first-child, table.results td:first-child { text-align: left; }
 table.results .minority { background: #fff3c4; font-weight: 600; }
@@ -44,12 +47,14 @@ def render_report(
     rounds: Sequence[dict[str, Any]] | None = None,
     verdicts: Sequence[dict[str, Any]] | None = None,
     assessments: dict[str, dict[str, Any]] | None = None,
+    groups: dict[str, list[str]] | None = None,
 ) -> str:
     """A complete HTML document that opens offline: table, figures (one confusion matrix per variant), metadata.
 
     ``quality`` (variant -> the quality panel of its selection, ``tables.quality_html``) adds a table of
     precision/recall/density/coverage/Fréchet beside each variant's minority accuracy; ``rounds`` (one
-    dict per generate -> select -> reweight round, ``tables.rounds_html``) a table of the closed loop.
+    dict per generate -> select -> reweight round, ``tables.rounds_html``) a table of the closed loop;
+    ``groups`` (a long tail's shot groups) the balanced and many/medium/few-shot accuracy of each variant.
     """
     esc = html.escape
     summary = summarize(rows, classes)
@@ -64,6 +69,9 @@ def render_report(
         for fig in figures
     ]
     extra = []
+    if groups:
+        extra += ["<h2>Long tail: balanced and shot-group accuracy</h2>", f"<p>{esc(LONGTAIL_NOTE)}</p>",
+                  longtail_html(rows, groups)]  # fmt: skip
     if verdicts:
         extra += ["<h2>Verdict: do the synthetic images help?</h2>", f"<p>{esc(VERDICT_NOTE)}</p>",
                   verdicts_html(verdicts)]  # fmt: skip
@@ -103,7 +111,8 @@ def render_report(
             "</head>",
             "<body>",
             f"<h1>{esc(title)}</h1>",
-            f"<p>Test accuracy in percent, mean ± std over seeds. Minority class: <b>{esc(', '.join(minority))}</b> "
+            f"<p>Test accuracy in percent, mean ± std over seeds. {'Few-shot' if groups else 'Minority'} "
+            f"class{'es' if len(minority) > 1 else ''}: <b>{esc(', '.join(minority))}</b> "
             f"(highlighted). {esc(selection_note(rows, minority))}</p>",
             summary_html(summary, classes, minority),
             *extra,

@@ -148,10 +148,13 @@ def summary_html(summary: Sequence[SummaryRow], classes: Sequence[str], minority
             cls = ' class="minority"' if c in minority else ""
             cells.append(f"<td{cls}>{_cell(*row.per_class[c], n)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
+    return _table("results", head, body)
+
+
+def _table(css_class: str, head: str, body: list[str]) -> str:
+    """An HTML ``<table>`` from its header cells and body rows."""
     return (
-        '<table class="results">\n<thead><tr>'
-        + head
-        + "</tr></thead>\n<tbody>\n"
+        f'<table class="{css_class}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
         + "\n".join(body)
         + "\n</tbody>\n</table>"
     )
@@ -249,9 +252,12 @@ def results_json(
     minority: Sequence[str],
     meta: dict[str, Any] | None = None,
     verdicts: Sequence[dict[str, Any]] | None = None,
+    groups: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Everything in one JSON-ready dict: runs, the mean ± std summary, the verdicts and any metadata."""
+    """Everything in one JSON-ready dict: runs, the mean ± std summary, the verdicts and any metadata; with a
+    long tail's ``groups``, each variant's balanced and shot-group accuracy too."""
     summary = summarize(rows, classes)
+    longtail = {s["variant"]: s for s in longtail_summary(rows, groups or {})}
 
     def clean(v: float) -> float | None:
         return None if math.isnan(v) else v
@@ -261,6 +267,7 @@ def results_json(
         "minority": list(minority),
         "meta": meta or {},
         "verdicts": [dict(v) for v in verdicts or []],
+        "groups": dict(groups or {}),
         "rows": [{k: v for k, v in r.items() if k != "test_correct"} for r in rows],
         "summary": [
             {
@@ -268,7 +275,14 @@ def results_json(
                 "seeds": s.seeds,
                 "overall": {"mean": clean(s.overall[0]), "std": clean(s.overall[1])},
                 "per_class": {c: {"mean": clean(m), "std": clean(sd)} for c, (m, sd) in s.per_class.items()},
-            }
+                "balanced": {
+                    "mean": clean(longtail[s.variant]["balanced"][0]),
+                    "std": clean(longtail[s.variant]["balanced"][1]),
+                },
+                "groups": {
+                    g: {"mean": clean(m), "std": clean(sd)} for g, (m, sd) in longtail[s.variant]["groups"].items()
+                },
+            }  # fmt: skip
             for s in summary
         ],
     }
@@ -343,3 +357,44 @@ def rounds_html(rounds: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{c}</th>" for c in cols)
     return f'<table class="results rounds"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+LONGTAIL_NOTE = (
+    "Long tail: balanced accuracy is the mean per-class accuracy; many-shot classes have more than 100 images "
+    "in the imbalanced training set, medium-shot 20 to 100, few-shot fewer than 20 (counted before any "
+    "synthetic image or copy is added). Mean ± std over seeds."
+)
+
+
+def longtail_summary(rows: Sequence[dict[str, Any]], groups: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Per variant (in order of first appearance): seeds, balanced accuracy and each shot group's accuracy as
+    (mean, std) over seeds; rows carry ``balanced_acc`` and ``groups`` (``services.benchmarks.with_longtail``)."""
+    order: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        order.setdefault(row["variant"], []).append(row)
+    return [
+        {
+            "variant": variant,
+            "seeds": [r["seed"] for r in runs],
+            "balanced": mean_std(r.get("balanced_acc") for r in runs),
+            "groups": {g: mean_std((r.get("groups") or {}).get(g) for r in runs) for g in groups},
+        }
+        for variant, runs in order.items()
+    ]
+
+
+def longtail_html(rows: Sequence[dict[str, Any]], groups: dict[str, list[str]]) -> str:
+    """The long-tail table: variant, seeds, balanced accuracy, then many/medium/few-shot accuracy (the groups
+    present), each header listing its classes."""
+    esc = html.escape
+    names = {"many": "many-shot", "medium": "medium-shot", "few": "few-shot"}
+    head = "<th>variant</th><th>seeds</th><th>balanced</th>" + "".join(
+        f'<th title="{esc(", ".join(groups[g]))}">{names[g]} ({len(groups[g])})</th>' for g in groups
+    )
+    body = []
+    for s in longtail_summary(rows, groups):
+        n = len(s["seeds"])
+        cells = [f"<td>{esc(s['variant'])}</td>", f"<td>{n}</td>", f"<td>{_cell(*s['balanced'], n)}</td>"]
+        cells += [f"<td>{_cell(*s['groups'][g], n)}</td>" for g in groups]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return _table("results longtail", head, body)

@@ -26,6 +26,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from backend.core.hooks import Stopped
+from backend.core.types import Seed
 from backend.data.transforms import channel_stats
 from backend.selection.acquisition import ACQUISITIONS, get_heuristic
 from backend.selection.batch import STOCHASTIC
@@ -83,7 +84,7 @@ class SelectionSpec(BaseModel):
     # class_weighted by default: with 50 minority images among thousands a plain cross-entropy model almost
     # never gives the minority a posterior >= 0.5 (0 of 600 candidates in the evidence test).
     loss: LossName = Field("class_weighted", description="round classifier loss")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="training, dropout masks and random picks")
+    seed: Seed = Field(0, description="training, dropout masks and random picks")
     score_batch_size: int = Field(512, ge=1, le=65_536, description="pool images per scoring batch (memory: one)")
     reserve: int | None = Field(None, ge=0, le=1_000_000, description="ranked replacements kept (default per_round)")
     near_copy_threshold: float = Field(

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.data.longtail import balanced_accuracy, group_accuracy, shot_groups
 from backend.db.models import Benchmark, BenchmarkRun, Pool, Selection
 from backend.reports.verdict import verdicts
 from backend.services.errors import NotFound
@@ -51,16 +52,54 @@ def run_rows(runs: list[BenchmarkRun]) -> list[dict[str, Any]]:
     ]
 
 
+def groups_of(info: dict[str, Any]) -> dict[str, list[str]]:
+    """The long-tail shot groups of a benchmark's classes, from its imbalanced training counts (benchmarks
+    recorded before the counts were stored have none)."""
+    counts = info.get("train_counts")
+    return shot_groups(counts) if counts else {}
+
+
+def is_longtail(info: dict[str, Any]) -> bool:
+    """A benchmark whose imbalance is a long-tail profile (no single minority: shot groups instead)."""
+    return info.get("profile") == "longtail"
+
+
+def focus_classes(info: dict[str, Any]) -> list[str]:
+    """The classes a benchmark's headline and verdicts are about: its named minority, or -- a long tail with
+    no single minority -- its few-shot classes (the medium-shot ones when no class is few-shot)."""
+    if not is_longtail(info):
+        return list(info.get("minority", []))
+    groups = groups_of(info)
+    return list(groups.get("few") or groups.get("medium") or [])
+
+
+def with_longtail(info: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with ``balanced_acc`` (mean per-class accuracy) and ``groups`` ({many, medium, few} accuracy,
+    percent; a group with no class is absent)."""
+    groups = groups_of(info)
+    for r in rows:
+        r["balanced_acc"] = balanced_accuracy(r["per_class"])
+        r["groups"] = group_accuracy(r["per_class"], groups)
+    return rows
+
+
 def verdicts_of(benchmark: Benchmark, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The verdict of each synthetic variant against the strongest classical one (``reports/verdict.py``)."""
+    """The verdict of each synthetic variant against the strongest classical one (``reports/verdict.py``), on
+    the named minority or, for a long tail, on the few-shot classes."""
     info = benchmark.info or {}
-    return verdicts(rows, info.get("classes", []), info.get("minority", []), info.get("test_labels"))
+    on = focus_classes(info)
+    found = verdicts(rows, info.get("classes", []), on, info.get("test_labels"))
+    for v in found:
+        v["on"] = "few-shot" if groups_of(info).get("few") else "medium-shot" if is_longtail(info) else "minority"
+        v["classes"] = on
+    return found
 
 
 def rows_of(session: Session, benchmark_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(the benchmark's info, its run rows in table order)."""
+    """(the benchmark's info, its run rows in table order, each with its long-tail figures)."""
     row, runs = load(session, benchmark_id)
-    return dict(row.info or {}), run_rows(runs)
+    info = dict(row.info or {})
+    return info, with_longtail(info, run_rows(runs))
 
 
 def variant_quality(session: Session, benchmark: Benchmark) -> dict[str, dict[str, Any]]:

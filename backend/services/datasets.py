@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from backend.core.hooks import NO_HOOKS, Hooks
+from backend.core.tmpdirs import make_tmp_dir
 from backend.data.cache import DecodedDataset, load_cache
 from backend.data.export import iter_zip
 from backend.data.imbalance import ImbalanceResult, apply_imbalance
@@ -25,6 +25,14 @@ from backend.services.errors import Invalid, NotFound, NotReady
 from backend.store import FileStore
 
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_upload(workspace_dir: Path, upload_id: str) -> None:
+    """Refuse (``ValueError`` naming it) an upload id this workspace holds no archive or extraction for, so a
+    job that would read it is refused at submit instead of failing after it was queued."""
+    uploads = Path(workspace_dir) / "uploads"
+    if not ((uploads / f"{upload_id}.zip").is_file() or (uploads / upload_id).is_dir()):
+        raise ValueError(f"no upload {upload_id} in this workspace; upload the zip with POST /api/datasets/upload")
 
 
 def upload_path(store: FileStore, upload_id: str) -> Path:
@@ -121,7 +129,7 @@ def extract_upload(store: FileStore, upload_id: str, hooks: Hooks = NO_HOOKS) ->
     if not archive.exists():
         raise NotFound("upload", upload_id)
     shutil.rmtree(dest, ignore_errors=True)  # a crash between rename and report: extract again
-    tmp = store.path(f"uploads/.{upload_id}.{uuid.uuid4().hex[:8]}")
+    tmp = make_tmp_dir(store.path("uploads"), upload_id)  # named for its writer: a kill leaves nothing for long
     try:
         hooks.progress(0.0, "extracting the archive")
         result = extract_zip(archive, tmp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from backend.core.hooks import NO_HOOKS, Hooks, Stopped
+from backend.core.types import INT32_MAX
 from backend.data.images import ImageDecodeError, decode_image
 from backend.db.models import Pool, PoolImage
 from backend.generation.imagefiles import AsyncEncoder, encode_png, encode_webp
@@ -38,6 +40,18 @@ def pool_for_job(session: Session, job_id: int, *, name: str, kind: str, params:
         session, Pool, job_id, lambda: Pool(name=name, kind=kind, job_id=job_id, params=params, count=0, info={})
     )
     return pool.id, existing_indices(session, pool.id)
+
+
+def orphan_pool_dirs(session: Session, pools_root: Path) -> list[Path]:
+    """Directories ``pools/<id>/`` whose pool row does not exist."""
+    if not pools_root.is_dir():
+        return []
+    dirs = {int(p.name): p for p in pools_root.iterdir() if p.name.isdigit() and p.is_dir() and not p.is_symlink()}
+    if not dirs:
+        return []
+    ids = [i for i in dirs if i <= INT32_MAX]  # a larger name cannot be a row id (nor a query parameter)
+    known = set(session.scalars(select(Pool.id).where(Pool.id.in_(ids)))) if ids else set()
+    return [p for i, p in sorted(dirs.items()) if i not in known]
 
 
 def existing_indices(session: Session, pool_id: int) -> set[int]:

@@ -222,6 +222,21 @@ def _resolve(prop: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Next to every model field: the default model is a stand-in, not Stable Diffusion.
+TINY_HINT = (
+    "'tiny' is randomly initialised and built here: it draws noise, for tests and offline wiring only. For real "
+    "images type a Hugging Face id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or a local pipeline folder"
+)
+
+
+def _limit(value: float) -> str:
+    """A bound as people write it: whole numbers exactly, with thousands separators (2,147,483,647, not
+    2.14748e+09); others compactly (0.001)."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
+    return f"{value:g}"
+
+
 def widget_update(prop: dict[str, Any], component: gr.components.Component, value: bool = True) -> Any:
     """A ``gr.update`` giving ``component`` the param's choices, default or device suggestion (unless
     ``value`` is False), and description with its limits."""
@@ -230,7 +245,9 @@ def widget_update(prop: dict[str, Any], component: gr.components.Component, valu
     # that names no field and blocks the form, while the API's 422 names the field inline.
     low = prop.get("minimum", prop.get("exclusiveMinimum"))
     high = prop.get("maximum", prop.get("exclusiveMaximum"))
-    limits = f"{low:g} to {high:g}" if low is not None and high is not None else None
+    limits = f"{_limit(low)} to {_limit(high)}" if low is not None and high is not None else None
+    if limits and str(high) in (prop.get("description") or "").replace(",", ""):
+        limits = None  # the description states them already ("a seed (0 to 2147483647)")
     if prop.get("description") or limits:
         kw["info"] = "; ".join(t for t in (prop.get("description"), limits) if t)
     # ``x-suggested``: where the API says a form should start on this server's device (e.g. a small GAN

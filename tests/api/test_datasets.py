@@ -134,5 +134,5 @@ def test_zip_upload_to_dataset(api) -> None:
 def test_upload_rejects_non_zip_and_unknown_upload(api) -> None:
     r = api.client.post("/api/datasets/upload", files={"file": ("x.zip", b"plain text", "application/zip")})
     assert r.status_code == 422 and "not a zip" in r.json()["message"]
-    done = _prepare(api, {"source": "zip", "path": "0" * 32})
-    assert done["status"] == "failed" and "upload" in done["error"] and "not found" in done["error"]
+    r = api.client.post("/api/jobs", json={"kind": "prepare_dataset", "params": {"source": "zip", "path": "0" * 32}})
+    assert r.status_code == 422 and "no upload 000" in r.json()["message"] and "params.path" in r.json()["message"]

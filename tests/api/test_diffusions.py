@@ -218,7 +218,7 @@ def test_killed_jobs_resume_to_the_same_result(api, tmp_path: Path) -> None:
     assert all(np.array_equal(a, b) for a, b in zip(pngs, whole_pngs, strict=True))
 
 
-UPLOAD = {"upload_id": "0" * 32}  # a well-formed source, so only the field under test is wrong
+UPLOAD = {"dataset_id": 1, "imbalance": {"minority": "3", "keep": 5}}  # well-formed: only the field under test is wrong
 
 
 @pytest.mark.parametrize(

@@ -263,10 +263,17 @@ def test_bad_sources_and_unknown_ids_fail_clearly(api, tmp_path: Path) -> None:
     outside = api.client.post("/api/jobs", json={"kind": "train_gan", "params": {"source": {"path": "/etc"}}})
     assert outside.status_code == 422 and "source.path" in outside.json()["message"]
     assert "--allow-dir" in outside.json()["message"] and "upload_id" not in outside.json()["message"]
-    missing = _run(api, "train_gan", TINY | {"source": {"path": str(tmp_path / "nope")}})
-    assert missing["status"] == "failed" and "not a directory" in missing["error"]
-    no_upload = _run(api, "train_gan", TINY | {"source": {"upload_id": "0" * 32}})
-    assert no_upload["status"] == "failed" and "not found" in no_upload["error"]
+    # A folder or upload that is not there is refused at submit (issue 29), and again by the worker.
+    nope = TINY | {"source": {"path": str(tmp_path / "nope")}}
+    missing = api.client.post("/api/jobs", json={"kind": "train_gan", "params": nope})
+    assert missing.status_code == 422 and "does not exist" in missing.json()["message"]
+    assert "source.path" in missing.json()["message"]
+    late = _queued_past_admission(api, "train_gan", nope)
+    assert late["status"] == "failed" and "does not exist" in late["error"]
+    no_upload = api.client.post(
+        "/api/jobs", json={"kind": "train_gan", "params": TINY | {"source": {"upload_id": "0" * 32}}}
+    )
+    assert no_upload.status_code == 422 and "no upload 000" in no_upload.json()["message"]
 
     refused = api.client.post("/api/jobs", json={"kind": "generate_gan", "params": {"gan_id": 999}})
     assert refused.status_code == 422 and refused.json()["message"] == "params.gan_id: GAN 999 does not exist"

@@ -318,7 +318,7 @@ def test_ranges_and_paths_are_checked_at_submit(api: ApiHarness, tmp_path: Path)
     spec = {"dataset_id": 1, "imbalance": SPEC, "pool_ids": [1]}
     r = api.client.post("/api/jobs", json={"kind": "select", "params": spec | {"seed": -5}})
     assert r.status_code == 422 and r.json()["message"].startswith("params.seed"), r.text
-    outside = tempfile.mkdtemp()  # the system temp dir is not an allowed directory here
+    outside = tempfile.mkdtemp(dir=tmp_path.parents[1])  # beside the allowed directory (tmp_path.parent)
     for field in ("model", "vae"):
         r = api.client.post("/api/jobs", json={"kind": "generate_sd", "params": {field: outside}})
         assert r.status_code == 422, r.text

@@ -129,3 +129,17 @@ def test_auth_protects_api_but_not_health(tmp_path: Path) -> None:
         assert client.get("/api/jobs", auth=("alice", "s3cret")).status_code == 200
         assert client.get("/api/health").status_code == 200
     db.dispose()
+
+
+def test_validator_messages_read_without_pydantics_prefix(api: ApiHarness) -> None:
+    """Issue 30.12: the message says the problem in the user's words, still naming the field."""
+    r = api.client.post("/api/jobs", json={"kind": "prepare_dataset", "params": {"source": "zip", "path": "x"}})
+    assert r.status_code == 422
+    assert r.json()["message"] == (
+        "params.path: for source 'zip', path is the upload_id returned by POST /api/datasets/upload"
+    )
+    assert all(not e["msg"].startswith("Value error") for e in r.json()["detail"])
+    e = api.client.post(
+        "/api/experiments", json={"dataset": {"source": "digits"}, "rounds": 2, "sd": {"enabled": False}}
+    )
+    assert e.status_code == 422 and "Value error" not in e.json()["message"], e.json()

@@ -13,7 +13,7 @@ from backend.server import create_app
 from backend.ui.client import ApiClient, ApiError
 from backend.ui.common import job_card, result_summary
 from backend.ui.tabs.benchmark import parse_seeds
-from backend.ui.tabs.dataset import imbalance_spec
+from backend.ui.tabs.dataset import fill_table, histogram, imbalance_spec
 from backend.ui.tabs.prompts import format_slots, parse_slots
 from backend.ui.tabs.select import filter_picks
 from tests.conftest import make_settings
@@ -158,3 +158,25 @@ def test_id_boxes_take_whole_positive_numbers_only() -> None:
     assert [parse_id(v) for v in ("12", " #12 ", 7, "0", "", None, "-3", "1.5", "\u00b2", "\u0663", "x")] == [
         12, 12, 7, None, None, None, None, None, None, None, None,
     ]  # fmt: skip
+
+
+def test_long_tail_preview_shows_the_fill_plan_as_table_and_bars() -> None:
+    plan = {"target": 142, "total": 55, "counts": {"0": 142, "1": 87}, "need": {"0": 0, "1": 55},
+            "groups": {"many": ["0"], "medium": ["1"]}}  # fmt: skip
+    table = fill_table(plan)
+    assert "<td>1</td><td>87</td><td>medium-shot (20–100)</td><td>55</td>" in table and "55 synthetic" in table
+    fig = histogram({"0": 142, "1": 140}, {"0": 142, "1": 87}, [], plan["need"])
+    assert [t.name for t in fig.data] == ["before", "after", "fill (synthetic)"] and list(fig.data[2].y) == [0, 55]
+
+
+def test_limits_in_help_text_read_as_numbers() -> None:
+    """Issue 30.18: a seed's help said "0 to 9.22337e+18"."""
+    import gradio as gr
+
+    from backend.ui.common import widget_update
+
+    info = widget_update({"minimum": 1, "maximum": 2147483647, "description": "images"}, gr.Number())["info"]
+    assert info == "images; 1 to 2,147,483,647"
+    seed = {"minimum": 0, "maximum": 2147483647, "description": "a seed (0 to 2147483647)"}
+    assert widget_update(seed, gr.Number())["info"] == "a seed (0 to 2147483647)"
+    assert widget_update({"minimum": 0.0, "maximum": 0.5}, gr.Number())["info"] == "0 to 0.5"

@@ -109,6 +109,9 @@ def test_an_over_budget_selection_is_refused_at_submit_naming_budget(studio: Stu
     studio.page.keyboard.press("Escape")
     before = studio.api("/jobs?kind=select")["total"]
     studio.fill("sel-budget", pool["count"] + 1)
+    # per_round (default 50) must not exceed the budget: a cancelled pool of fewer than 50 images would
+    # otherwise be refused for per_round first (it depends on how far the SD job got before its cancel)
+    studio.fill("sel-per-round", 1)
     studio.click("sel-run")
     error = studio.page.locator("#sel-msg .rb-error[data-fields~='budget']")
     error.wait_for()

@@ -18,15 +18,27 @@ from backend.reports.figures import FIGURES, build_figure
 from backend.reports.html import render_report
 from backend.reports.tables import (
     ASSESS_NOTE,
+    LONGTAIL_NOTE,
     VERDICT_NOTE,
     assessments_html,
+    longtail_html,
     quality_html,
     results_csv,
     summarize,
     summary_html,
     verdicts_html,
 )
-from backend.services.benchmarks import load, run_rows, variant_assessments, variant_quality, verdicts_of
+from backend.services.benchmarks import (
+    focus_classes,
+    groups_of,
+    is_longtail,
+    load,
+    run_rows,
+    variant_assessments,
+    variant_quality,
+    verdicts_of,
+    with_longtail,
+)
 from backend.services.errors import Invalid, NotFound
 from backend.services.rows import job_statuses
 from backend.training.models import ModelName
@@ -42,6 +54,10 @@ class BenchmarkSummary(BaseModel):
     params: dict[str, Any]
     classes: list[str]
     minority: list[str]
+    # the imbalanced training counts per class, and the long-tail shot groups they put each class in
+    # (many > 100, medium 20-100, few < 20 images); empty for benchmarks recorded before they were stored
+    train_counts: dict[str, int] = {}
+    groups: dict[str, list[str]] = {}
     model: str | None
     runs_done: int
     runs_total: int
@@ -67,6 +83,8 @@ class RunOut(BaseModel):
     # mean per-class accuracy (%) of the tested weights on their own real training images, unaugmented
     train_balanced: float | None = None
     under_trained: bool | None = None  # train_balanced below the bar: the verdict cannot use the run
+    balanced_acc: float | None = None  # mean per-class test accuracy (%)
+    groups: dict[str, float] = {}  # long-tail shot groups' accuracy (%): many / medium / few, those with a class
     curves: list[dict[str, Any]]  # per period: epoch, steps, train_loss, train_acc, val_acc, val_balanced, lr, seconds
     confusion: list[list[int]]  # rows = true class, columns = predicted, in `classes` order
     created_at: datetime
@@ -91,6 +109,8 @@ def _summary(row: Benchmark, runs_done: int, status: str) -> BenchmarkSummary:
         params=row.params or {},
         classes=info.get("classes", []),
         minority=info.get("minority", []),
+        train_counts=info.get("train_counts") or {},
+        groups=groups_of(info),
         model=info.get("model"),
         runs_done=runs_done,
         runs_total=len(info.get("variants", [])) * len(info.get("seeds", [])),
@@ -150,7 +170,7 @@ def schedule_of(
 @router.get("/{benchmark_id}", response_model=BenchmarkOut)
 def get_benchmark(benchmark_id: DbId, session: ReadSessionDep) -> BenchmarkOut:
     row, runs = load(session, benchmark_id)
-    rows = run_rows(runs)
+    rows = with_longtail(row.info or {}, run_rows(runs))
     out = [
         RunOut(
             **{k: v for k, v in r.items() if k not in ("history", "test_correct")},
@@ -189,16 +209,17 @@ def report(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
         raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
     info = row.info or {}
     meta = {"benchmark_id": row.id, "dataset_id": row.dataset_id, "model": info.get("model"), "params": row.params}
-    rows = run_rows(runs)
+    rows = with_longtail(info, run_rows(runs))
     text = render_report(
         rows,
         info.get("classes", []),
-        info.get("minority", []),
+        focus_classes(info),
         title=f"Benchmark {row.id}",
         meta=meta,
         quality=variant_quality(session, row),
         verdicts=verdicts_of(row, rows),
         assessments=variant_assessments(session, row),
+        groups=groups_of(info) if is_longtail(info) else None,
     )
     return HTMLResponse(text)
 
@@ -211,9 +232,12 @@ def table(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
     row, runs = load(session, benchmark_id)
     if not runs:
         raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
-    classes, minority = (row.info or {}).get("classes", []), (row.info or {}).get("minority", [])
-    rows = run_rows(runs)
+    info = row.info or {}
+    classes, minority = info.get("classes", []), focus_classes(info)
+    rows = with_longtail(info, run_rows(runs))
     text = summary_html(summarize(rows, classes), classes, minority)
+    if is_longtail(info) and groups_of(info):  # a long tail: the shot groups and balanced accuracy
+        text += f'\n<p class="longtail-note">{html.escape(LONGTAIL_NOTE)}</p>\n' + longtail_html(rows, groups_of(info))
     verdicts = verdicts_of(row, rows)
     if verdicts:
         text += f'\n<p class="verdict-note">{html.escape(VERDICT_NOTE)}</p>\n' + verdicts_html(verdicts)

@@ -12,14 +12,15 @@ from typing import Any
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 
 from backend.api.deps import DatabaseDep, ReadSessionDep, SettingsDep, StoreDep
 from backend.api.errors import field_error
 from backend.api.schemas import JobOut
 from backend.core.types import DbId
-from backend.data.imbalance import ImbalanceSpec
+from backend.data.imbalance import ImbalanceSpec, kept_counts
+from backend.data.longtail import FillTarget, fill_plan
 from backend.data.variants import VARIANTS
 from backend.db.models import Dataset, Job
 from backend.jobs import queue
@@ -108,7 +109,9 @@ def get_dataset(dataset_id: DbId, session: ReadSessionDep) -> Dataset:
 
 def _spec_error(exc: Invalid) -> RequestValidationError:
     """Name the spec's own field: ``keep`` for a keep count the data cannot meet, else ``minority``."""
-    field = "keep" if exc.message.startswith("keep=") else "minority"
+    field = (
+        "keep" if exc.message.startswith("keep=") else "profile" if exc.message.startswith("profile") else "minority"
+    )
     return field_error(("body", field), exc.message)
 
 
@@ -122,6 +125,41 @@ def preview_imbalance(
         return ImbalancePreview(**service.imbalance_preview(ds, spec))
     except Invalid as exc:
         raise _spec_error(exc) from None
+
+
+class FillRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    imbalance: ImbalanceSpec | None = Field(None, description="the imbalance whose training counts are filled up")
+    fill: FillTarget = Field("to_head", description="'to_head' (the largest class's count) or {'per_class': N}")
+
+
+class FillPlanOut(BaseModel):
+    target: int  # images every class reaches
+    counts: dict[str, int]  # real training images per class after the imbalance
+    need: dict[str, int]  # synthetic images per class to reach the target
+    total: int
+    groups: dict[str, list[str]]  # shot groups of the counts: many (> 100), medium (20-100), few (< 20)
+    thresholds: dict[str, int]
+
+
+@router.post("/{dataset_id}/fill_plan", response_model=FillPlanOut)
+def plan_fill(dataset_id: DbId, body: FillRequest, session: ReadSessionDep) -> FillPlanOut:
+    """How many synthetic images each class needs to reach ``fill`` after ``imbalance`` (a long tail or any
+    multi-class imbalance), before anything runs: 422 naming the field for a target below a class's count
+    or a dataset with fewer than 2 classes. The experiment config's ``diffusion.fill`` launches this plan."""
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"dataset {dataset_id} not found")
+    classes = list(row.classes or [])
+    counts = dict(row.train_counts or {})
+    try:
+        if body.imbalance is not None:
+            counts = kept_counts(body.imbalance, counts, classes)
+        return FillPlanOut(**fill_plan(counts, body.fill))
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        where = ("body", *field.split(".")) if field.startswith("fill") else ("body", "imbalance", field)
+        raise field_error(where, message or str(exc)) from None
 
 
 @router.get("/{dataset_id}/export")

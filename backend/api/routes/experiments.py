@@ -17,7 +17,9 @@ from pydantic import BaseModel
 
 from backend import experiment_runs as runs
 from backend.api.deps import DatabaseDep, ReadSessionDep, SettingsDep
+from backend.core import safeyaml
 from backend.core.types import DbId, DbOffset
+from backend.experiment import EMPTY_MESSAGE, ExperimentError, refuse_empty
 from backend.services import experiments as svc
 from backend.services.errors import Invalid
 
@@ -65,13 +67,21 @@ class TemplateOut(BaseModel):
 
 
 def _config_of(body: dict[str, Any]) -> Any:
-    """The config itself, or the one in ``{"yaml": text}``."""
+    """The config itself, or the one in ``{"yaml": text}`` read with the guarded loader (no aliases, bounded
+    size and depth, no NUL); an empty config is refused either way."""
     if set(body) == {"yaml"} and isinstance(body["yaml"], str):
         try:
-            return yaml.safe_load(body["yaml"])
-        except yaml.YAMLError as exc:
-            raise Invalid("yaml", f"not valid YAML ({exc})") from None
-    return body
+            data = safeyaml.load(body["yaml"], what="the YAML")
+        except safeyaml.YamlRefused as exc:
+            raise Invalid("yaml", str(exc)) from None
+        source = "yaml"
+    else:
+        data, source = body, "config"
+    try:
+        refuse_empty(data, source)
+    except ExperimentError:
+        raise Invalid(source, EMPTY_MESSAGE) from None
+    return data
 
 
 @router.get("/templates", response_model=list[TemplateOut])
@@ -80,7 +90,7 @@ def templates() -> list[TemplateOut]:
     examples; a launch still checks them against the allowed directories)."""
     out = []
     for path in sorted(EXAMPLES.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text("utf-8")) or {}
+        data = safeyaml.load(path.read_bytes(), what=path.name) or {}
         for section, key in runs.PATH_KEYS:
             value = (data.get(section) or {}).get(key)
             if isinstance(value, str) and not Path(value).is_absolute():

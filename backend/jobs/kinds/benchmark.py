@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from sqlalchemy import select
 
 from backend.core.checkpoint import load_state, save_state
-from backend.core.types import DbId, Seed
+from backend.core.types import DbId, Name, Seed
 from backend.data.cache import DecodedDataset
 from backend.data.images import ImageDecodeError, decode_image
 from backend.data.imbalance import ImbalanceResult, ImbalanceSpec
@@ -70,7 +70,7 @@ class OtherClassImages(BaseModel):
 
     pool_id: DbId = Field(..., description="the pool to take them from")
     count: int = Field(..., ge=1, le=1_000_000, description="images to take (the pool's first)")
-    label: str = Field(..., description="their class, a class of the dataset")
+    label: Name = Field(..., description="their class, a class of the dataset")
 
 
 class SyntheticVariant(BaseModel):
@@ -79,11 +79,13 @@ class SyntheticVariant(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., description="variant name shown in tables, e.g. gan, sd_random, sd_al")
+    name: str = Field(
+        ..., min_length=1, max_length=64, description="variant name shown in tables, e.g. gan, sd_random, sd_al"
+    )
     selection_id: DbId | None = Field(None, description="use this selection's picks that were not rejected")
     pool_id: DbId | None = Field(None, description="use the first `count` images of this pool")
     count: int | None = Field(None, ge=1, le=1_000_000, description="images to take (pool: required)")
-    label: str | None = Field(None, description="class of the synthetic images (default: the minority class)")
+    label: Name | None = Field(None, description="class of the synthetic images (default: the minority class)")
     base: Literal["imbalanced", "oversample"] = Field(
         "imbalanced",
         description="the set the synthetic images are added to: the imbalanced set, or the same with its minority "
@@ -108,7 +110,7 @@ class SyntheticVariant(BaseModel):
 
 # A variant is a classical name or a synthetic spec; the discriminator keeps 422 messages to the one that applies.
 VariantItem = Annotated[
-    Annotated[str, Tag("name")] | Annotated[SyntheticVariant, Tag("synthetic")],
+    Annotated[str, Field(min_length=1, max_length=64), Tag("name")] | Annotated[SyntheticVariant, Tag("synthetic")],
     Discriminator(lambda v: "name" if isinstance(v, str) else "synthetic"),
 ]
 
@@ -305,9 +307,17 @@ def benchmark(ctx: JobContext, params: BenchmarkParams) -> dict[str, Any]:
     steps, batch = run_schedule(params.steps, params.epochs, params.batch_size, len(ds.train_y), ctx.settings.device)
     params = params.model_copy(update={"steps": steps, "batch_size": batch, "epochs": None})
     ctx.log(f"every run: {steps} optimiser steps of batch {batch}")
+    kept = (
+        imb.counts(ds.train_y, len(ds.classes))
+        if imb is not None
+        else np.bincount(ds.train_y, minlength=len(ds.classes))
+    )
     info = {
         "classes": list(ds.classes),
         "minority": [ds.classes[c] for c in minority],
+        "profile": params.imbalance.profile if params.imbalance is not None else None,
+        # the imbalanced training counts per class: the long-tail shot groups are thresholds on these
+        "train_counts": {c: int(n) for c, n in zip(ds.classes, kept, strict=True)},
         "model": model,
         "device": ctx.settings.device,
         "variants": params.variant_names(),

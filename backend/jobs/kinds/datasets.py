@@ -7,13 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from backend.core.types import ImageSide, Seed
 from backend.data.cache import build_cache
 from backend.data.sources import load_cifar10, load_digits, scan_imagefolder
 from backend.db.models import Dataset
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
-from backend.services.datasets import UPLOAD_ID, discard_extraction, extract_upload
+from backend.services.datasets import UPLOAD_ID, check_upload, discard_extraction, extract_upload
 from backend.services.errors import DomainError
 
 MAX_SKIPPED_LISTED = 200  # names kept in the job result / dataset info; the count is always exact
@@ -28,8 +29,8 @@ class PrepareDatasetParams(BaseModel):
     path: str | None = Field(None, max_length=4096)
     name: str | None = Field(None, min_length=1, max_length=255)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # for <class>/* folders and digits
-    image_size: tuple[int, int] | None = None  # (h, w); default: the images' own size, else 32x32
-    seed: int = 0
+    image_size: tuple[ImageSide, ImageSide] | None = None  # (h, w); default: the images' own size, else 32x32
+    seed: Seed = 0
     download: bool = True  # cifar10 only
 
     @field_validator("image_size")
@@ -52,6 +53,8 @@ class PrepareDatasetParams(BaseModel):
         settings = (info.context or {}).get("settings")
         if source == "imagefolder" and value and settings is not None:
             settings.is_allowed(value)  # PathNotAllowed is a ValueError naming --allow-dir
+        if source == "zip" and value and settings is not None:
+            check_upload(settings.workspace_dir, value)
         return value
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -19,11 +20,12 @@ from pydantic import (
     Tag,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from backend.config import PathNotAllowed
 from backend.core.hooks import Hooks
-from backend.core.types import DbId
+from backend.core.types import DbId, PathText, Seed
 from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Gan
 from backend.generation.gan import (
@@ -40,7 +42,7 @@ from backend.jobs.errors import JobError
 from backend.jobs.pool_shards import PoolItem, fill_pool
 from backend.jobs.ray_executor import SHARDS_DEFAULT, SHARDS_HELP
 from backend.jobs.registry import job_kind
-from backend.services.datasets import UPLOAD_ID, extract_upload, minority_images, open_dataset
+from backend.services.datasets import UPLOAD_ID, check_upload, extract_upload, minority_images, open_dataset
 from backend.services.gans import checkpoint_path, get_gan, samples_path, sampling_epoch
 from backend.services.pools import dropped_if_left_empty, pool_for_job
 from backend.services.rows import row_for_job
@@ -62,7 +64,10 @@ class PathSource(BaseModel):
     def _allowed(cls, value: str, info: ValidationInfo) -> str:
         settings = (info.context or {}).get("settings")
         if settings is not None:
-            settings.is_allowed(value)  # PathNotAllowed is a ValueError naming --allow-dir
+            real = settings.is_allowed(value)  # PathNotAllowed is a ValueError naming --allow-dir
+            if not Path(real).is_dir():
+                what = "is a file" if Path(real).exists() else "does not exist"
+                raise ValueError(f"{value} {what}; give a folder of images")
         return value
 
 
@@ -70,13 +75,16 @@ class UploadSource(BaseModel):
     """A zip uploaded with POST /api/datasets/upload."""
 
     model_config = ConfigDict(extra="forbid")
-    upload_id: str
+    upload_id: PathText
 
     @field_validator("upload_id")
     @classmethod
-    def _shape(cls, value: str) -> str:
+    def _shape(cls, value: str, info: ValidationInfo) -> str:
         if not UPLOAD_ID.match(value):
             raise ValueError("upload_id is the id returned by POST /api/datasets/upload")
+        settings = (info.context or {}).get("settings")
+        if settings is not None:
+            check_upload(settings.workspace_dir, value)
         return value
 
 
@@ -103,6 +111,12 @@ def _source_tag(value: Any) -> str | None:
     return {PathSource: "path", UploadSource: "upload", DatasetSource: "dataset"}.get(type(value))
 
 
+def refuse_empty_minority(source: Any, why: str) -> None:
+    """A dataset source whose imbalance keeps no minority image gives a job nothing to learn from."""
+    if isinstance(source, DatasetSource) and source.imbalance.keep == 0:
+        raise ValueError(f"source.imbalance.keep is 0, so there is no image to learn from ({why}); keep at least 1")
+
+
 SOURCE_FORMS = '{"path": dir}, {"upload_id": id} or {"dataset_id": id, "imbalance": spec}'
 Source = Annotated[
     Annotated[PathSource, Tag("path")]
@@ -118,6 +132,11 @@ class TrainGanParams(GanConfig):
     source: Source = Field(description=SOURCE_FORMS)
     name: str | None = Field(None, max_length=255)
 
+    @model_validator(mode="after")
+    def _has_images(self) -> TrainGanParams:
+        refuse_empty_minority(self.source, "a GAN trains on the kept minority images")
+        return self
+
     def config(self) -> GanConfig:
         return GanConfig(**self.model_dump(include=set(GanConfig.model_fields)))
 
@@ -126,9 +145,9 @@ class GenerateGanParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     gan_id: DbId
-    epoch: int | None = Field(None, ge=1, description="default: the last epoch trained")
+    epoch: int | None = Field(None, ge=1, le=2**31 - 1, description="default: the last epoch trained")
     count: int = Field(100, ge=1, le=1_000_000)
-    seed: int = Field(0, ge=0, description="image i's noise is drawn from (seed, i)")
+    seed: Seed = Field(0, description="image i's noise is drawn from (seed, i)")
     output_size: int | None = Field(None, ge=8, le=1024, description="default: the dataset's size, else 32")
     review_size: int = Field(256, ge=32, le=1024)
     chunk_size: int = Field(256, ge=1, le=10_000, description="images committed per checkpoint")

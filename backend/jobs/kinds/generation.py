@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from backend.core.hooks import Hooks
-from backend.core.types import DbId
+from backend.core.types import DbId, Name, PathText, Seed, Text
 from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Vocabulary as VocabularyRow
 from backend.generation.prompts import PromptItem, Vocabulary, default_vocabulary
@@ -41,11 +41,11 @@ class InlineVocabulary(BaseModel):
     """A vocabulary given in the job params instead of a saved vocabulary id."""
 
     model_config = ConfigDict(extra="forbid")
-    template: str
-    slots: dict[str, list[str] | dict[str, float]] = Field(
+    template: Text = Field(min_length=1)
+    slots: dict[Name, list[Text] | dict[Text, float]] = Field(
         description="values per slot: a list (drawn uniformly) or {value: weight} (drawn in proportion)"
     )
-    negative_prompt: str = ""
+    negative_prompt: Text = ""
     weights: dict[str, dict[str, float]] | None = Field(
         None, description="per-value sampling weights {slot: {value: w}} for list slots (every value named)"
     )
@@ -59,9 +59,10 @@ class InlineVocabulary(BaseModel):
 class GenerateSDParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(
+    model: PathText = Field(
         DEFAULT_MODEL,
-        description="Hugging Face id, local pipeline directory, or 'tiny'",
+        description="Hugging Face id, local pipeline directory, or 'tiny' (randomly initialised and built "
+        "locally: it draws noise, for tests and offline wiring only)",
         examples=["tiny", DEFAULT_MODEL, "stabilityai/sd-turbo"],
     )
     count: int = Field(100, ge=1, le=1_000_000, description="images in the pool")
@@ -70,7 +71,7 @@ class GenerateSDParams(BaseModel):
     guidance: float = Field(7.5, ge=0.0, le=50.0, description="classifier-free guidance; 0 for few-step models")
     scheduler: SchedulerName = Field("dpmpp_2m", description=f"sampler: {', '.join(SCHEDULERS)}")
     resolution: int = Field(512, ge=32, le=2048, multiple_of=8, description="generation side in pixels")
-    seed: int = Field(0, ge=0, description="job seed; image i's seed is a hash of (seed, i)")
+    seed: Seed = Field(0, description="job seed; image i's seed is a hash of (seed, i)")
     vocabulary: DbId | InlineVocabulary | None = Field(
         None, description="saved vocabulary id or inline {template, slots, negative_prompt}; default: built-in"
     )
@@ -86,7 +87,7 @@ class GenerateSDParams(BaseModel):
     )
     dataset_id: DbId | None = None
     imbalance: ImbalanceSpec | None = None
-    vae: str | None = Field(None, description="optional VAE / TAESD decoder: id, local dir, or 'tiny'")
+    vae: PathText | None = Field(None, description="optional VAE / TAESD decoder: id, local dir, or 'tiny'")
     safety_checker: bool = False
     dtype: Literal["fp16", "bf16", "fp32"] | None = Field(None, description="default fp16 on CUDA, fp32 on CPU")
     compile: bool = Field(False, description="torch.compile the UNet (CUDA)")

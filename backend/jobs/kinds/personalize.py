@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from backend.config import PathNotAllowed
 from backend.db.models import Concept
@@ -23,7 +23,7 @@ from backend.generation.imagefiles import encode_png
 from backend.generation.personalize_config import PersonalizeConfig
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
-from backend.jobs.kinds.gan import SOURCE_FORMS, DatasetSource, PathSource, Source
+from backend.jobs.kinds.gan import SOURCE_FORMS, DatasetSource, PathSource, Source, refuse_empty_minority
 from backend.jobs.kinds.generation import release_pipeline
 from backend.jobs.registry import job_kind
 from backend.services.concepts import artifact_path, prune_states, samples_path, state_path
@@ -39,7 +39,10 @@ class PersonalizeSDParams(PersonalizeConfig):
 
     model: str = Field(
         DEFAULT_MODEL,
-        description="base pipeline: Hugging Face id, local pipeline directory, or 'tiny'",
+        min_length=1,
+        max_length=4096,
+        description="base pipeline: Hugging Face id, local pipeline directory, or 'tiny' (randomly initialised "
+        "and built locally: it draws noise, for tests and offline wiring only)",
         examples=["tiny", DEFAULT_MODEL],
     )
     source: Source = Field(description=f"{SOURCE_FORMS}; a dataset gives the kept images of its first minority class")
@@ -53,6 +56,11 @@ class PersonalizeSDParams(PersonalizeConfig):
         if looks_local and settings is not None:
             settings.is_allowed(value)  # PathNotAllowed is a ValueError naming --allow-dir
         return value
+
+    @model_validator(mode="after")
+    def _has_images(self) -> PersonalizeSDParams:
+        refuse_empty_minority(self.source, "the concept is learned from the kept minority images")
+        return self
 
     def config(self) -> PersonalizeConfig:
         return PersonalizeConfig(**self.model_dump(include=set(PersonalizeConfig.model_fields)))

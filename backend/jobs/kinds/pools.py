@@ -8,12 +8,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from backend.config import PathNotAllowed
+from backend.core.types import PathText
 from backend.data.images import ImageDecodeError, decode_image, image_files
 from backend.db.models import Pool
 from backend.jobs.context import JobContext
 from backend.jobs.errors import JobError
 from backend.jobs.registry import job_kind
-from backend.services.datasets import UPLOAD_ID, extract_upload
+from backend.services.datasets import UPLOAD_ID, check_upload, extract_upload
 from backend.services.pools import PoolWriter, dropped_if_left_empty, pool_for_job
 
 IMPORT_CHUNK = 256  # images per committed chunk of import_pool
@@ -27,15 +28,18 @@ class ImportPoolParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(None, max_length=4096)
-    upload_id: str | None = None
+    upload_id: PathText | None = None
     name: str | None = Field(None, min_length=1, max_length=255)
     image_size: int | None = Field(None, ge=8, le=1024)  # square side to resize to; default: keep each size
 
     @field_validator("upload_id")
     @classmethod
-    def _check_upload(cls, value: str | None) -> str | None:
+    def _check_upload(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not UPLOAD_ID.match(value):
             raise ValueError("upload_id must be the id returned by POST /api/datasets/upload")
+        settings = (info.context or {}).get("settings")
+        if value is not None and settings is not None:
+            check_upload(settings.workspace_dir, value)
         return value
 
     @field_validator("path")

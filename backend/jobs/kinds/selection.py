@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from backend.core.hooks import Stopped
-from backend.core.types import DbId
+from backend.core.types import DbId, Name
 from backend.data.imbalance import ImbalanceSpec
 from backend.db.models import Selection
 from backend.jobs.context import JobContext
@@ -32,7 +32,7 @@ class SelectParams(SelectionSpec):
     dataset_id: DbId = Field(description="the dataset whose kept real images train the round classifier")
     imbalance: ImbalanceSpec = Field(description="the imbalance that makes the training set")
     pool_ids: list[DbId] = Field(min_length=1, max_length=100, description="candidate pools, searched in this order")
-    target_class: str | None = Field(None, description="the class picks are labelled as (default: the one minority)")
+    target_class: Name | None = Field(None, description="the class picks are labelled as (default: the one minority)")
 
     @model_validator(mode="after")
     def _check(self) -> SelectParams:

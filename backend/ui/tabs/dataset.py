@@ -3,6 +3,7 @@ imbalance spec, and see the class histogram before and after."""
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import gradio as gr
@@ -45,14 +46,19 @@ def imbalance_spec(
     return spec
 
 
-def histogram(before: dict[str, int], after: dict[str, int] | None, minority: list[str]) -> go.Figure:
-    """Grouped bars of train images per class, before and after the imbalance."""
+def histogram(
+    before: dict[str, int], after: dict[str, int] | None, minority: list[str], fill: dict[str, int] | None = None
+) -> go.Figure:
+    """Grouped bars of train images per class, before and after the imbalance (and, for a long tail, the
+    synthetic images its fill plan adds to each class)."""
     classes = list(before)
     fig = go.Figure()
     fig.add_bar(name="before", x=classes, y=[before[c] for c in classes], marker_color="#a5b4fc")
     if after is not None:
         colors = ["#e11d48" if c in minority else "#4f46e5" for c in classes]
         fig.add_bar(name="after", x=classes, y=[after.get(c, 0) for c in classes], marker_color=colors)
+    if fill is not None:
+        fig.add_bar(name="fill (synthetic)", x=classes, y=[fill.get(c, 0) for c in classes], marker_color="#f59e0b")
     fig.update_layout(
         barmode="group",
         height=300,
@@ -62,6 +68,26 @@ def histogram(before: dict[str, int], after: dict[str, int] | None, minority: li
         template="plotly_white",
     )
     return fig
+
+
+GROUP_NAMES = {"many": "many-shot (> 100)", "medium": "medium-shot (20–100)", "few": "few-shot (< 20)"}
+
+
+def fill_table(plan: dict[str, Any]) -> str:
+    """The fill plan of a long tail as a table: each class's real images, shot group and synthetic images to
+    reach the head's count (what ``diffusion.fill: to_head`` would generate)."""
+    group_of = {c: g for g, classes in (plan.get("groups") or {}).items() for c in classes}
+    rows = "".join(
+        f"<tr><td>{html.escape(str(c))}</td><td>{n}</td><td>{GROUP_NAMES.get(group_of.get(c, ''), '')}</td>"
+        f"<td>{plan['need'].get(c, 0)}</td></tr>"
+        for c, n in (plan.get("counts") or {}).items()
+    )
+    return (
+        f'<p class="rb-note">Fill plan to the head ({plan.get("target")} per class): '
+        f"{plan.get('total')} synthetic images in all (experiment key <code>diffusion.fill: to_head</code>).</p>"
+        '<table class="rb-fill" id="ds-fill"><thead><tr><th>class</th><th>real</th><th>group</th><th>fill</th>'
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def _dataset_label(d: dict[str, Any]) -> str:
@@ -194,6 +220,12 @@ def build(ctx: Ctx) -> None:
         names = [mino] if isinstance(mino, str) else list(mino or [])
         total = sum(after.values()) if after else None
         text = note_html(f"Imbalanced training set: {total} images") if total is not None else ""
+        if m == "longtail":
+            try:
+                plan = api.post(f"/datasets/{int(ds_id)}/fill_plan", {"imbalance": spec, "fill": "to_head"})
+            except ApiError as exc:
+                return text + error_html(exc.message), histogram(before, after, names)
+            return text + fill_table(plan), histogram(before, after, names, plan.get("need"))
         return text, histogram(before, after, names)
 
     tick = result_tick(api, "dataset_id", list_datasets, keep_current=True)

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 
 from backend.ui.client import ApiError, new_key
 from backend.ui.common import (
+    TINY_HINT,
     Ctx,
     choices,
     error_html,
@@ -126,7 +127,9 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
         with gr.Column(scale=2, elem_classes="rb-card"):
             with gr.Row():
                 # Offline demo default; the suggested models are the API's.
-                model = gr.Dropdown(["tiny"], value="tiny", label="Model", allow_custom_value=True, elem_id="sd-model")
+                model = gr.Dropdown(
+                    ["tiny"], value="tiny", label="Model", allow_custom_value=True, elem_id="sd-model", info=TINY_HINT
+                )
                 vocab = gr.Dropdown(
                     [(INLINE_LABEL, INLINE)],
                     value=INLINE,

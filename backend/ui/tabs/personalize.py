@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from backend.ui.client import ApiError
 from backend.ui.common import (
+    TINY_HINT,
     Ctx,
     choices,
     error_html,
@@ -82,7 +83,12 @@ def panel(ctx: Ctx) -> None:
             path = gr.Textbox(label="Folder", visible=False, elem_id="pz-path")
             with gr.Row():
                 model = gr.Dropdown(
-                    ["tiny"], value="tiny", label="Base model", allow_custom_value=True, elem_id="pz-model"
+                    ["tiny"],
+                    value="tiny",
+                    label="Base model",
+                    allow_custom_value=True,
+                    elem_id="pz-model",
+                    info=TINY_HINT,
                 )
                 method = gr.Radio(
                     ["textual_inversion", "lora"], value="textual_inversion", label="Method", elem_id="pz-method"
