@@ -132,11 +132,27 @@ def result_tick(
     return tick
 
 
-def submit(api: ApiClient, kind: str, params: dict[str, Any], key: str | None) -> tuple[int | None, str]:
+def empty_numbers(params: dict[str, Any], required: Sequence[str]) -> str | None:
+    """An inline error naming every required number left empty, or None.
+
+    Gradio hands an empty Number over as None; sent as is, the API would fill in its default while the box
+    stays blank, so the job would run with a value the user never saw (issue 30.3)."""
+    empty = [name for name in required if params.get(name) is None]
+    if not empty:
+        return None
+    return error_html(f"{', '.join(empty)}: enter a number (the box is empty)", empty)
+
+
+def submit(
+    api: ApiClient, kind: str, params: dict[str, Any], key: str | None, required: Sequence[str] = ()
+) -> tuple[int | None, str]:
     """Submit a job; returns (job id, inline message html). A 422 (a param out of range, or one the
     server's submit-time checks refuse: a budget over the pools, an unfinished model...) shows the API's
-    own message naming the field. The success note names the job but not its status, which the job card
-    below keeps current (a "queued" note would go stale)."""
+    own message naming the field. ``required``: params whose box must not be empty (nothing is submitted
+    while one is). The success note names the job but not its status, which the job card keeps current
+    (a "queued" note would go stale)."""
+    if refused := empty_numbers(params, required):
+        return None, refused
     try:
         job = api.submit(kind, params, key)
     except ApiError as exc:

@@ -49,6 +49,18 @@ def test_digits_dataset_listing_preview_export(api) -> None:
     assert sum(m["label"] == "3" for m in meta) == int(np.median(list(prev["after"].values())))
 
 
+def test_the_same_images_registered_again_reuse_the_dataset(api) -> None:
+    """Issue 30.13: the Dataset tab's digits, then an experiment's (no name given) listed "#1 digits", "#2 digits"."""
+    first = _prepare(api, {"source": "digits", "name": "digits-demo"})["result"]
+    again = _prepare(api, {"source": "digits"})["result"]  # what an experiment's dataset stage submits
+    assert again["dataset_id"] == first["dataset_id"] and again["reused"] is True
+    named = _prepare(api, {"source": "digits", "name": "digits again"})["result"]  # asked for its own row
+    split = _prepare(api, {"source": "digits", "seed": 1})["result"]  # another split: other images
+    assert len({first["dataset_id"], named["dataset_id"], split["dataset_id"]}) == 3
+    listed = api.client.get("/api/datasets").json()
+    assert sorted(d["name"] for d in listed) == ["digits", "digits again", "digits-demo"]
+
+
 def test_bad_imbalance_specs_answer_422(api) -> None:
     ds_id = _prepare(api, {"source": "digits"})["result"]["dataset_id"]
     url = f"/api/datasets/{ds_id}/imbalance/preview"

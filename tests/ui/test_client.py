@@ -180,3 +180,22 @@ def test_limits_in_help_text_read_as_numbers() -> None:
     seed = {"minimum": 0, "maximum": 2147483647, "description": "a seed (0 to 2147483647)"}
     assert widget_update(seed, gr.Number())["info"] == "a seed (0 to 2147483647)"
     assert widget_update({"minimum": 0.0, "maximum": 0.5}, gr.Number())["info"] == "0 to 0.5"
+
+
+def test_dataset_labels_tell_registrations_apart() -> None:
+    """Issue 30.13: "#1 digits" and "#2 digits" said nothing about what differs."""
+    from backend.ui.tabs.dataset import dataset_label
+
+    row = {"id": 2, "name": "digits-demo", "source": "digits", "classes": list("0123456789"),
+           "train_counts": {str(i): 143 for i in range(10)}, "image_size": [32, 32],
+           "created_at": "2026-11-29T23:41:07"}  # fmt: skip
+    assert dataset_label(row) == "#2 digits-demo · digits · 10 classes · 1,430 train · 32×32 · 11-29 23:41 UTC"
+    assert dataset_label(row | {"name": "digits"}).startswith("#2 digits · 10 classes")  # the source once
+
+
+def test_an_empty_required_number_is_refused_before_submitting() -> None:
+    """Issue 30.3: nothing reaches the API (here: no client at all) while a required box is empty."""
+    from backend.ui.common import submit
+
+    job_id, html_msg = submit(None, "train_gan", {"epochs": None, "seed": 0}, None, ("epochs", "seed"))  # type: ignore[arg-type]
+    assert job_id is None and 'data-fields="epochs"' in html_msg and "epochs: enter a number" in html_msg

@@ -6,6 +6,8 @@ curve and per-class grid, a pool sampled from it shown in the tab, and the secti
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.ui.test_gallery import register_digits, run_job
@@ -76,6 +78,25 @@ def test_sample_a_pool_from_the_trained_model(studio: Studio) -> None:
     assert srcs[0].endswith(f"/api/images/{first['id']}/review")
     assert "class 3" in studio.page.locator("#diff-pool-gallery").inner_text()
     studio.shot("generate-diffusion")
+
+
+def test_a_selection_over_a_diffusion_pool_offers_no_next_round(studio: Studio) -> None:
+    """Issue 30.16: "Generate the next round" (it re-prompts Stable Diffusion) was offered for a selection of
+    diffusion images and failed only after the click; now the page says why it is not there."""
+    (pool,) = studio.api("/pools?kind=diffusion")
+    (ds,) = studio.api("/datasets")
+    job = run_job(studio, "select", {"dataset_id": ds["id"], "imbalance": {"minority": "3", "keep": 20, "seed": 0},
+                                     "pool_ids": [pool["id"]], "acquisition": "target_prob", "budget": 2,
+                                     "per_round": 2, "mc_samples": 2, "epochs": 1})  # fmt: skip
+    sel_id = job["result"]["selection_id"]
+    studio.tab("Select")
+    studio.page.locator("#sel-pick input").first.click()
+    studio.page.get_by_role("option", name=re.compile(rf"^#{sel_id} ")).first.click(timeout=60_000)
+    studio.page.keyboard.press("Escape")
+    note = studio.page.locator("#sel-nr-note", has_text="not SD")
+    note.wait_for()
+    assert f"#{pool['id']} diffusion" in note.inner_text()
+    assert not studio.page.locator("#sel-next-round").is_visible()
 
 
 def test_reload_keeps_the_section(studio: Studio) -> None:

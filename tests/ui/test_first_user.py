@@ -202,6 +202,25 @@ def test_gan_form_starts_small_on_this_cpu_server_and_says_why(studio: Studio) -
     studio.page.locator("#gan-epochs", has_text="grey").wait_for()
 
 
+def test_an_empty_required_number_is_an_inline_error_not_a_silent_default(studio: Studio) -> None:
+    """Issue 30.3: an emptied Epochs box submitted the API's default (30) while the box stayed blank."""
+    studio.tab("Generate")
+    studio.tab("GAN")
+    before = studio.api("/jobs?kind=train_gan")["total"]
+    box = studio.page.locator("#gan-epochs input").first
+    kept = box.input_value()
+    box.fill("")
+    box.press("Tab")
+    studio.click("gan-train")
+    msg = studio.page.locator("#gan-train-msg .rb-error[data-fields='epochs']")
+    msg.wait_for()
+    assert "epochs: enter a number" in msg.inner_text()
+    studio.page.wait_for_timeout(1000)  # a submitted job would be listed by now
+    assert studio.api("/jobs?kind=train_gan")["total"] == before
+    assert box.input_value() == ""  # the box is left as the user made it, not refilled
+    studio.fill("gan-epochs", kept)
+
+
 def test_job_times_say_utc(studio: Studio) -> None:
     """Issue 20.8: times in the Jobs tab are marked UTC, and the id box is empty (not a made-up 0) until
     a job is chosen; a click on a row puts that job's id there."""

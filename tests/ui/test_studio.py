@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -400,7 +401,8 @@ def test_zip_upload_and_folder_sources(studio: Studio, tmp_path: Path) -> None:
             assert d["train_counts"][c] + d["test_counts"][c] == 12 and d["test_counts"][c] >= 2, d
     # Both are offered in the dataset picker.
     studio.page.locator("#ds-dataset input").first.click()
-    studio.page.get_by_role("option", name=f"#{by_name['zip-shapes']['id']} zip-shapes (2 classes)").wait_for()
+    zipped = re.compile(rf"^#{by_name['zip-shapes']['id']} zip-shapes · zip · 2 classes · \d+ train · 16×16 · ")
+    studio.page.get_by_role("option", name=zipped).wait_for()
     studio.page.keyboard.press("Escape")
 
 
@@ -506,4 +508,6 @@ def test_experiment_from_the_tab_survives_a_reload_and_opens_its_report(studio: 
     studio.page.locator("#exp-table", has_text="% (").wait_for(timeout=15_000)
     exp = studio.api(f"/experiments/{exp_id}")
     assert exp["status"] == "succeeded" and [r["variant"] for r in exp["rows"]] == ["imbalanced", "full"]
+    # Issue 30.13: its dataset stage reused the digits registered from the Dataset tab (no second "digits").
+    assert [d["name"] for d in studio.api("/datasets") if d["source"] == "digits"] == ["digits-demo"]
     studio.shot("experiments")

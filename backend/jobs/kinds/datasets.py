@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from sqlalchemy import select
 
 from backend.core.types import ImageSide, Seed
 from backend.data.cache import build_cache
@@ -97,9 +98,20 @@ def prepare_dataset(ctx: JobContext, params: PrepareDatasetParams) -> dict[str, 
         "seed": params.seed,
         "job_summary": summary,
     }
+    name = params.name or _default_name(params, path)
     with ctx.session() as s:
+        # The same images (same source, same split) registered again -- the Dataset tab, then an experiment's
+        # dataset stage -- reuse the row instead of listing two datasets nothing tells apart. A registration
+        # that names itself differently asked for a row of its own.
+        same_images = select(Dataset).where(Dataset.cache_key == ds.key, Dataset.source == params.source)
+        if params.name is not None:
+            same_images = same_images.where(Dataset.name == params.name)
+        same = s.scalars(same_images.order_by(Dataset.id)).first()
+        if same is not None:
+            ctx.log(f"the same images are registered as dataset {same.id} ({same.name}): reused")
+            return {"dataset_id": same.id, "reused": True, **summary}
         row = Dataset(
-            name=params.name or _default_name(params, path),
+            name=name,
             source=params.source,
             path=path,
             cache_key=ds.key,

@@ -22,6 +22,7 @@ from backend.ui.common import (
     result_tick,
     safe_items,
     submit,
+    when,
 )
 
 SOURCES = [("Digits demo (offline)", "digits"), ("CIFAR-10", "cifar10"), ("Folder on the server", "imagefolder"),
@@ -90,8 +91,21 @@ def fill_table(plan: dict[str, Any]) -> str:
     )
 
 
-def _dataset_label(d: dict[str, Any]) -> str:
-    return f"#{d['id']} {d.get('name') or d.get('source')} ({len(d.get('classes') or [])} classes)"
+def dataset_label(d: dict[str, Any]) -> str:
+    """What tells registered datasets apart (issue 30.13): ``#2 digits-demo · digits · 10 classes · 1,437 train ·
+    32×32 · 11-29 23:41 UTC`` (the source only where the name is not already it)."""
+    name = str(d.get("name") or d.get("source"))
+    bits = [f"#{d['id']} {name}"]
+    if d.get("source") and d["source"] != name:
+        bits.append(str(d["source"]))
+    bits.append(f"{len(d.get('classes') or [])} classes")
+    if train := sum(int(n) for n in (d.get("train_counts") or {}).values()):
+        bits.append(f"{train:,} train")
+    if len(size := d.get("image_size") or []) == 2:
+        bits.append(f"{size[0]}×{size[1]}")
+    if stamp := when(d):
+        bits.append(stamp)
+    return " · ".join(bits)
 
 
 def _preview_counts(body: Any) -> dict[str, int] | None:
@@ -148,7 +162,7 @@ def build(ctx: Ctx) -> None:
     ctx.imbalance = [mode, minority, keep, ratio, factor, seed]
 
     def list_datasets() -> list[tuple[str, int]]:
-        return choices(safe_items(api, "/datasets"), _dataset_label)
+        return choices(safe_items(api, "/datasets"), dataset_label)
 
     def refresh_list() -> Any:
         return gr.update(choices=list_datasets())

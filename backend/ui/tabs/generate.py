@@ -18,6 +18,7 @@ from backend.ui.common import (
     TINY_HINT,
     Ctx,
     choices,
+    empty_numbers,
     error_html,
     fetch_job,
     int_or_none,
@@ -182,7 +183,7 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
             "guidance": gd,
             "scheduler": sch,
             "resolution": int_or_none(res),
-            "seed": int_or_none(sd) or 0,
+            "seed": int_or_none(sd),
             "mode": md,
             "safety_checker": bool(safe),
             "concept_id": int(cpt) if cpt else None,
@@ -201,7 +202,8 @@ def _sd_panel(ctx: Ctx, vocab_inline: list[gr.components.Component]) -> None:
                 return gr.skip(), error_html("dataset_id: img2img starts from a dataset; choose one on the Dataset tab")
             params["strength"] = strg
             params["imbalance"] = imbalance_spec(*imb)
-        jid, out = submit(api, "generate_sd", {k2: v for k2, v in params.items() if v is not None}, k)
+        required = ("count", "batch_size", "steps", "guidance", "resolution", "seed")
+        jid, out = submit(api, "generate_sd", {k2: v for k2, v in params.items() if v is not None}, k, required)
         return (jid if jid is not None else gr.skip()), out
 
     fields = {
@@ -461,16 +463,16 @@ def _gan_panel(ctx: Ctx) -> None:
             "batch_size": int_or_none(bs),
             "width": wd,
             "lr": rate,
-            "seed": int_or_none(sd) or 0,
+            "seed": int_or_none(sd),
         }
-        jid, out = submit(api, "train_gan", params, k)
+        jid, out = submit(api, "train_gan", params, k, ("epochs", "batch_size", "width", "lr", "seed"))
         return (jid if jid is not None else gr.skip()), out
 
     def do_sample(g: Any, ep: Any, n: Any, sd: Any, k: str) -> tuple[Any, str]:
         if not g:
             return gr.skip(), error_html("gan_id: choose a trained GAN")
-        params = {"gan_id": int(g), "epoch": int(ep), "count": int_or_none(n), "seed": int_or_none(sd) or 0}
-        jid, out = submit(api, "generate_gan", params, k)
+        params = {"gan_id": int(g), "epoch": int(ep), "count": int_or_none(n), "seed": int_or_none(sd)}
+        jid, out = submit(api, "generate_gan", params, k, ("count", "seed"))
         return (jid if jid is not None else gr.skip()), out
 
     listed = wire_trained(ctx, GAN, train_job, train_card, widgets)
@@ -577,12 +579,13 @@ def _diffusion_panel(ctx: Ctx) -> None:
             "attention": att,
             "lr": rate,
             "class_balance": bal,
-            "seed": int_or_none(sd) or 0,
+            "seed": int_or_none(sd),
             "grid_per_class": int_or_none(gn),
             "grid_steps": int_or_none(gs),
         }
-        params = {name: v for name, v in params.items() if v is not None}  # unset: the API's default
-        jid, out = submit(api, "train_diffusion", params, k)
+        required = ("epochs", "batch_size", "width", "layers_per_block", "lr", "class_balance", "seed")
+        required += ("grid_per_class", "grid_steps")
+        jid, out = submit(api, "train_diffusion", params, k, required)
         return (jid if jid is not None else gr.skip()), out
 
     def do_sample(*args: Any) -> tuple[Any, str]:
@@ -595,13 +598,15 @@ def _diffusion_panel(ctx: Ctx) -> None:
             "diffusion_id": int(m),
             "class": str(cls),
             "count": int_or_none(n),
-            "seed": int_or_none(sd) or 0,
+            "seed": int_or_none(sd),
             "sampler": smp,
             "steps": int_or_none(st),
             "guidance": gd,
             "strength": strg,
         }
-        params = {name: v for name, v in params.items() if v is not None}
+        if refused := empty_numbers(params, ("count", "seed", "steps")):
+            return gr.skip(), refused
+        params = {name: v for name, v in params.items() if v is not None}  # guidance, strength: the model's
         jid, out = submit(api, "generate_diffusion", params, k)
         return (jid if jid is not None else gr.skip()), out
 

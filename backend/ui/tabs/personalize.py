@@ -119,7 +119,7 @@ def panel(ctx: Ctx) -> None:
             "resolution": int_or_none(res),
             "batch_size": int_or_none(bs),
             "sample_every": int_or_none(ev),
-            "seed": int_or_none(sd) or 0,
+            "seed": int_or_none(sd),
         }
         if src == "path":
             if not (pth or "").strip():
@@ -129,7 +129,8 @@ def panel(ctx: Ctx) -> None:
             if not ds:
                 return gr.skip(), error_html("source.dataset_id: choose a dataset on the Dataset tab")
             params["source"] = {"dataset_id": int(ds), "imbalance": imbalance_spec(*imb)}
-        jid, out = submit(api, "personalize_sd", {k2: v for k2, v in params.items() if v is not None}, k)
+        required = ("steps", "resolution", "batch_size", "sample_every", "seed")
+        jid, out = submit(api, "personalize_sd", {k2: v for k2, v in params.items() if v is not None}, k, required)
         return (jid if jid is not None else gr.skip()), out
 
     def show(c: Any) -> tuple[Any, str]:

@@ -16,6 +16,7 @@ from backend.ui.client import ApiError
 from backend.ui.common import (
     Ctx,
     choices,
+    empty_numbers,
     error_html,
     int_or_none,
     job_card,
@@ -375,23 +376,25 @@ def build(ctx: Ctx) -> None:
             )
             review_msg = gr.HTML(elem_id="sel-review-msg")
             export = gr.HTML(elem_id="sel-export")
-            gr.Markdown(
-                "**The next round** — a new Stable Diffusion job like this selection's pool, whose prompts draw "
-                "each slot value in proportion to how well its images did here (picked, accepted)."
-            )
-            with gr.Row():
-                nr_smoothing = gr.Number(
-                    1.0, label="Smoothing (larger: flatter weights)", minimum=0, elem_id="sel-nr-smoothing"
+            nr_note = gr.HTML(elem_id="sel-nr-note")
+            with gr.Column(visible=False, elem_id="sel-nr-box") as nr_box:
+                gr.Markdown(
+                    "**The next round** — a new Stable Diffusion job like this selection's pool, whose prompts draw "
+                    "each slot value in proportion to how well its images did here (picked, accepted)."
                 )
-                nr_negative = gr.Number(
-                    0,
-                    label="Confused classes as negative prompt",
-                    precision=0,
-                    minimum=0,
-                    maximum=10,
-                    elem_id="sel-nr-negative",
-                )
-                nr_button = gr.Button("Generate the next round", elem_id="sel-next-round")
+                with gr.Row():
+                    nr_smoothing = gr.Number(
+                        1.0, label="Smoothing (larger: flatter weights)", minimum=0, elem_id="sel-nr-smoothing"
+                    )
+                    nr_negative = gr.Number(
+                        0,
+                        label="Confused classes as negative prompt",
+                        precision=0,
+                        minimum=0,
+                        maximum=10,
+                        elem_id="sel-nr-negative",
+                    )
+                    nr_button = gr.Button("Generate the next round", elem_id="sel-next-round")
             nr_msg = gr.HTML(elem_id="sel-nr-msg")
 
     def list_pools() -> list[tuple[str, int]]:
@@ -423,6 +426,8 @@ def build(ctx: Ctx) -> None:
             "beta": float(bt) if bt is not None else None,
             "diversity": div or None,
         }
+        if refused := empty_numbers(params, ("budget", "per_round", "mc_samples", "epochs")):
+            return gr.skip(), refused
         params = {name: v for name, v in params.items() if v is not None}  # unset: the API's default
         jid, out = submit(api, "select", params, k)
         return (jid if jid is not None else gr.skip()), out
@@ -533,6 +538,23 @@ def build(ctx: Ctx) -> None:
 
         return act
 
+    def next_round_offer(sel_id: Any) -> tuple[Any, str]:
+        """The next round re-prompts Stable Diffusion: offered only for a selection whose pools are all SD
+        pools; otherwise a note says why it is not there (issue 30.16: it failed only after the click)."""
+        if not sel_id:
+            return gr.update(visible=False), ""
+        try:
+            pool_ids = (api.get(f"/selections/{int(sel_id)}").get("params") or {}).get("pool_ids") or []
+            kinds = {int(pid): api.get(f"/pools/{int(pid)}").get("kind") for pid in pool_ids}
+        except ApiError:
+            return gr.update(visible=False), ""
+        other = {pid: kind for pid, kind in kinds.items() if kind != "sd"}
+        if kinds and not other:
+            return gr.update(visible=True), ""
+        listed = ", ".join(f"#{pid} {kind}" for pid, kind in other.items())
+        why = f"No next round here: it re-prompts Stable Diffusion, and this selection's pools are not SD ({listed})."
+        return gr.update(visible=False), note_html(why)
+
     def do_next_round(sel_id: Any, smoothing: Any, negative: Any) -> str:
         """Queue the closed loop's next generate_sd job; say which job, vocabulary and weights it got."""
         if not sel_id:
@@ -594,6 +616,7 @@ def build(ctx: Ctx) -> None:
     view_in = [selection, which, chosen, images]
     view_out = [gallery, shown, stats, fmap, export, quality, slot_plot, chosen_info, images]
     gr.on([selection.change, which.change], show, view_in, view_out, show_progress="hidden")
+    selection.change(next_round_offer, selection, [nr_box, nr_note], show_progress="hidden")
     gallery.select(on_click, shown, [chosen, chosen_info], show_progress="hidden")
     pools.change(pool_images, pools, pool_gallery, show_progress="hidden")
     pools.input(fit_budget, [pools, budget], budget, show_progress="hidden")
