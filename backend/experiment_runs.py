@@ -263,6 +263,7 @@ def describe(db: Database, settings: Settings, experiment_id: int) -> dict[str, 
                 "status": job.status if job else "waiting",
                 "progress": 1.0 if job and job.status == "succeeded" else (job.progress if job else 0.0),
                 "message": (job.error or job.message) if job else None,
+                "eta_s": job.eta_s if job and job.status == "running" else None,
             }
         )
     minority = (row.outputs or {}).get("minority", [])

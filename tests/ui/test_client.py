@@ -199,3 +199,21 @@ def test_an_empty_required_number_is_refused_before_submitting() -> None:
 
     job_id, html_msg = submit(None, "train_gan", {"epochs": None, "seed": 0}, None, ("epochs", "seed"))  # type: ignore[arg-type]
     assert job_id is None and 'data-fields="epochs"' in html_msg and "epochs: enter a number" in html_msg
+
+
+def test_a_running_stage_card_gives_the_jobs_eta() -> None:
+    """Issue 30.4: experiment stage cards read "ETA –" while the job had one."""
+    from backend.ui.tabs.experiments import stages_html
+
+    stage = {"name": "benchmark", "kind": "benchmark", "needs": [], "job_id": 7, "status": "running",
+             "progress": 0.5, "message": "run 1/2", "eta_s": 42.0}  # fmt: skip
+    page = stages_html({"id": 1, "name": "x", "status": "running", "stages": [stage]})
+    assert "50% · ETA 42s" in page
+
+
+def test_a_grid_of_an_unfinished_epoch_is_a_placeholder_not_a_broken_image() -> None:
+    """Issue 30.6: during epoch 1 the grid URL 404s until the epoch ends."""
+    from backend.ui.tabs.generate import DIFFUSION, grid_html
+
+    assert "rb-grid-wait" in grid_html(DIFFUSION, 4, 1, 0) and "<img" not in grid_html(DIFFUSION, 4, 1, 0)
+    assert grid_html(DIFFUSION, 4, 1, 1).startswith("<img") and "/4/samples/1" in grid_html(DIFFUSION, 4, 1, 1)

@@ -27,6 +27,26 @@ TINY = (
 )
 
 
+# Records every distinct text of the job card's message line, as it changes (a MutationObserver on the card).
+MESSAGES_JS = """(sel) => {
+  window.rbMessages = [];
+  const seen = () => document.querySelectorAll(sel + ' .rb-job-msg').forEach((m) => {
+    const text = m.textContent.trim();
+    if (!window.rbMessages.includes(text)) window.rbMessages.push(text);
+  });
+  const what = {subtree: true, childList: true, characterData: true};
+  new MutationObserver(seen).observe(document.querySelector(sel), what);
+}"""
+
+# Records the URL of every image under ``sel`` that fails to load (error events do not bubble: capture them).
+BROKEN_JS = """(sel) => {
+  window.rbBroken = [];
+  document.addEventListener('error', (e) => {
+    if (e.target.tagName === 'IMG' && e.target.closest(sel)) window.rbBroken.push(e.target.src);
+  }, true);
+}"""
+
+
 def open_section(studio: Studio) -> None:
     studio.tab("Generate")
     studio.page.locator("[role=tab]", has_text="Diffusion (trained here)").first.click()
@@ -39,8 +59,17 @@ def test_train_from_the_tab_shows_losses_and_grid(studio: Studio) -> None:
     for elem, value in TINY:
         studio.fill(elem, value)
     studio.page.locator("#diff-attention input").uncheck()
+    # Every message the card shows while the job runs (issue 30.5: "epoch 1/15epoch 1 step 9/40").
+    studio.page.evaluate(MESSAGES_JS, "#diff-train-job")
+    studio.page.evaluate(BROKEN_JS, "#diff-grid")  # issue 30.6: the grid URL 404'd during epoch 1
     studio.click("diff-train")  # source: every class of the Dataset tab's imbalanced digits
     job_id = studio.wait_job("diff-train-job")
+    assert studio.page.evaluate("() => window.rbBroken") == []  # no broken image, ever
+    shown = [m for m in studio.page.evaluate("() => window.rbMessages") if m]
+    assert shown, "the card showed no progress message while the job ran"
+    steps = [m for m in shown if "step" in m]
+    assert all(re.fullmatch(r"epoch [12]/2: step \d+/\d+", m) for m in steps), shown
+    assert not any(re.search(r"\depoch|epoch \d+ step", m) for m in shown), shown
     params = studio.api(f"/jobs/{job_id}")["params"]
     assert params["source"]["imbalance"]["minority"] == "3" and params["source"]["imbalance"]["keep"] == 20
     assert (params["image_size"], params["width"], params["attention"], params["epochs"]) == (16, 0.125, False, 2)

@@ -461,7 +461,7 @@ dataset: {source: digits}
 imbalance: {minority: "3", keep: 5, seed: 0}
 sd: {enabled: false}
 gan: {enabled: false}
-benchmark: {variants: [imbalanced, full], model: small, epochs: 1, batch_size: 64}
+benchmark: {variants: [imbalanced, full], model: small, epochs: 4, batch_size: 64}
 """
 
 
@@ -500,6 +500,9 @@ def test_experiment_from_the_tab_survives_a_reload_and_opens_its_report(studio: 
     # The stages progress in order as the worker frees up, and the tab follows them.
     stage = "#exp-stages .rb-stage[data-stage='{}'][data-status='succeeded'] .rb-job[data-status='succeeded']"
     studio.page.locator(stage.format("dataset")).wait_for(timeout=JOB_TIMEOUT_MS)
+    # Issue 30.4: a running stage's card gives the ETA the API and the Jobs tab have (it read "ETA –").
+    running = "#exp-stages .rb-stage[data-stage='benchmark'][data-status='running'] .rb-job-pct"
+    studio.page.locator(running, has_text=re.compile(r"ETA \d")).wait_for(timeout=JOB_TIMEOUT_MS)
     studio.page.locator(stage.format("benchmark")).wait_for(timeout=JOB_TIMEOUT_MS)
     studio.page.locator("#exp-stages .rb-exp-head[data-status='succeeded']").wait_for()
     # The finished report opens inline, and the list shows the headline minority accuracy.

@@ -35,6 +35,7 @@ class StageOut(BaseModel):
     status: str  # waiting (not submitted yet) | queued | running | succeeded | failed | cancelled
     progress: float
     message: str | None
+    eta_s: float | None = None  # the running job's estimate (as GET /api/jobs/{id}); None otherwise
 
 
 class ExperimentOut(BaseModel):

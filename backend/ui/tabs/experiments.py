@@ -71,7 +71,13 @@ def stages_html(exp: dict[str, Any] | None) -> str:
     for s in exp["stages"]:
         needs = f" ← {', '.join(s['needs'])}" if s["needs"] else ""
         card = (
-            job_card({"kind": s["kind"], "id": s["job_id"], **{k: s[k] for k in ("status", "progress", "message")}})
+            job_card(
+                {
+                    "kind": s["kind"],
+                    "id": s["job_id"],
+                    **{k: s.get(k) for k in ("status", "progress", "message", "eta_s")},
+                }
+            )
             if s["job_id"]
             else note_html(f"{s['kind']}: waiting for {', '.join(s['needs'])}")
         )

@@ -306,9 +306,16 @@ def source_param(src: str, pth: str | None, ds: Any, imb: list[Any]) -> tuple[di
     return {"dataset_id": int(ds), "imbalance": imbalance_spec(*imb)}, ""
 
 
-def grid_html(t: Trained, model_id: Any, epoch: Any) -> str:
+def grid_html(t: Trained, model_id: Any, epoch: Any, epochs_done: int | None = None) -> str:
+    """The sample grid of ``epoch``; a placeholder while that epoch has not finished (``epochs_done`` below it):
+    its grid does not exist yet, and an <img> of it would show as a broken image (issue 30.6)."""
     if not model_id or not epoch:
         return ""
+    if epochs_done is not None and int(epoch) > epochs_done:
+        return (
+            f'<div class="rb-grid-wait" data-epoch="{int(epoch)}">Samples appear here when epoch {int(epoch)} '
+            "ends.</div>"
+        )
     # A relative URL, so the grid also loads behind a reverse proxy's path prefix.
     src = f"api{t.route}/{int(model_id)}/samples/{int(epoch)}"
     cls = f"rb-grid rb-grid-{t.prefix}"  # a diffusion grid (a row per class) is drawn taller
@@ -377,9 +384,10 @@ def wire_trained(
             info = api.get(f"{t.route}/{int(m)}")
         except ApiError as exc:
             return None, gr.skip(), error_html(exc.message)
-        last = max(1, int(info.get("epochs_done") or len(info.get("history") or []) or 1))
+        done = int(info.get("epochs_done") or len(info.get("history") or []) or 0)
+        last = max(1, done)
         # The grid is drawn here too: if the epoch number does not change, no epoch.change follows.
-        return figure(info), gr.update(value=last, maximum=last), grid_html(t, m, last)
+        return figure(info), gr.update(value=last, maximum=last), grid_html(t, m, last, done)
 
     def tick(tj: Any, handled: Any, m: Any) -> tuple[Any, ...]:
         tjob = fetch_job(api, tj)
@@ -407,7 +415,15 @@ def wire_trained(
 
     live_choices(ctx, model, listed)
     model.change(show, model, [losses, epoch, grid], show_progress="hidden")
-    epoch.change(lambda m, e: grid_html(t, m, e), [model, epoch], grid, show_progress="hidden")
+
+    def epoch_grid(m: Any, e: Any) -> str:
+        try:
+            done = int(api.get(f"{t.route}/{int(m)}").get("epochs_done") or 0) if m and e else None
+        except ApiError:
+            done = None
+        return grid_html(t, m, e, done)
+
+    epoch.change(epoch_grid, [model, epoch], grid, show_progress="hidden")
     ctx.timer.tick(
         tick, [train_job, handled, model], [train_card, model, handled, losses, epoch, grid], show_progress="hidden"
     )
