@@ -5,7 +5,8 @@ Core code never imports the job, web or database layers. It receives a :class:`H
 - calls ``hooks.progress(fraction, message)`` as it goes (fraction in [0, 1]),
 - calls ``hooks.log(message)`` for the lines a user should read in the job's log,
 - calls ``hooks.stop_point(where)`` at safe places: it raises :class:`Stopped` when the caller asked to stop,
-- hands resumable state to ``hooks.checkpoint(state)`` when the caller wants it.
+- hands resumable state to ``hooks.checkpoint(state)`` when the caller wants it,
+- shows a picture of the work in progress through ``hooks.preview(image)`` when the caller shows one.
 
 ``Stopped`` is the one "asked to stop" exception of the whole code base: a job handler lets it
 propagate and the worker marks the job cancelled or released, to be resumed from its last checkpoint.
@@ -42,6 +43,7 @@ class Hooks:
     should_stop: Callable[[], bool] = _never  # polled at every stop point
     log: Callable[[str], None] = _no_log  # one human-readable line
     checkpoint: Callable[[Any], None] | None = None  # resumable state, when the caller persists it
+    preview: Callable[[Any], None] | None = None  # an H x W x 3 uint8 picture of the work in progress
 
     def stop_point(self, where: str = "") -> None:
         """Raise :class:`Stopped` if the caller asked to stop."""

@@ -232,6 +232,31 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images.float(), size=(size, size), mode="bicubic", antialias=True)
 
 
+# Stable Diffusion 1.x/2.x latents -> RGB by a fixed linear map (the community's "latent preview" factors, as
+# ComfyUI and A1111 use): a recognisable picture of the work in progress for the cost of a 4x3 matmul, where a
+# VAE decode per step would cost as much as a denoising step.
+LATENT_RGB = torch.tensor(
+    [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+)
+
+
+def latent_preview(latents: torch.Tensor, size: int = 64) -> np.ndarray:
+    """A batch of latents (B x C x h x w) as one row of small RGB images (size x B*size x 3 uint8).
+
+    Four-channel latents go through :data:`LATENT_RGB`; any other latent space shows its first three
+    channels (or one, as grey), each image stretched to its own range."""
+    x = latents.detach().float().cpu()
+    if x.shape[1] == LATENT_RGB.shape[0]:
+        rgb = torch.einsum("bchw,cr->brhw", x, LATENT_RGB)
+    else:
+        rgb = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
+    low = rgb.amin(dim=(1, 2, 3), keepdim=True)
+    high = rgb.amax(dim=(1, 2, 3), keepdim=True)
+    rgb = (rgb - low) / (high - low).clamp_min(1e-6)
+    rgb = F.interpolate(rgb, size=(size, size), mode="nearest")  # latents are 8x smaller: keep them blocky
+    return _to_uint8(rgb).transpose(1, 0, 2, 3).reshape(size, -1, 3)
+
+
 def _init_tensor(init_images: Sequence[np.ndarray], resolution: int, device: str) -> torch.Tensor:
     """H x W x 3 uint8 arrays -> B x 3 x res x res floats in [0, 1] on `device`."""
     batch = torch.stack([torch.from_numpy(np.ascontiguousarray(img)) for img in init_images])
@@ -254,6 +279,7 @@ def generate(
     review_size: int = 256,
     hooks: Hooks = NO_HOOKS,
     on_batch_size: Callable[[int, str], None] | None = None,
+    on_step: Callable[[int, int, int, torch.Tensor], None] | None = None,
 ) -> list[GeneratedImage]:
     """Generate one image per item, `batch_size` at a time.
 
@@ -261,7 +287,9 @@ def generate(
     `resolution`). Stops between denoising steps when ``hooks.should_stop()`` is true and returns the
     images finished so far. On CUDA out-of-memory the batch is halved and retried
     (``backend.generation.oom.halving_batches``); the new size is reported through
-    `on_batch_size(size, message)`, and only batch size 1 fails (ValueError).
+    `on_batch_size(size, message)`, and only batch size 1 fails (ValueError). ``on_step(images, step, steps,
+    latents)`` follows every denoising step of every batch (``images`` in the batch, ``step`` of ``steps`` done,
+    the batch's latents for :func:`latent_preview`).
     """
     img2img = init_images is not None
     if img2img != is_img2img(pipe):
@@ -279,6 +307,10 @@ def generate(
     review_px = min(resolution, review_size)
 
     def interrupt(p: DiffusionPipeline, step: int, timestep: object, kwargs: dict) -> dict:
+        if on_step is not None:
+            latents = kwargs["latents"]
+            # The pipeline's own count: img2img runs steps x strength of them.
+            on_step(int(latents.shape[0]), step + 1, int(getattr(p, "num_timesteps", 0) or steps), latents)
         if stop():
             p._interrupt = True  # diffusers' own flag: the loop skips the remaining steps
         return kwargs
@@ -297,6 +329,7 @@ def generate(
             "generator": [torch.Generator("cpu").manual_seed(item.seed) for item in batch],
             "output_type": "pt",
             "callback_on_step_end": interrupt,
+            "callback_on_step_end_tensor_inputs": ["latents"],
         }
         if img2img:
             call["image"] = _init_tensor(init_images[start : start + len(batch)], resolution, device)

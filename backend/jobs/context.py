@@ -17,6 +17,11 @@ from backend.db.session import Database
 from backend.store import FileStore
 
 
+def preview_path(job_id: int) -> str:
+    """Where a job's picture of its work in progress is kept, relative to the workspace store."""
+    return f"jobs/{int(job_id)}/preview.webp"
+
+
 class JobContext:
     """Handed to a job handler. Progress and logs are buffered and flushed by the worker's heartbeat
     (so a fast loop never hammers the database); checkpoints are written immediately."""
@@ -43,6 +48,8 @@ class JobContext:
         self._logs: list[tuple[str, str]] = []
         self._t0 = time.monotonic()
         self._p0 = float(job.progress or 0.0)
+        self._first: tuple[float, float] | None = None  # (time, fraction) of the first report of real progress
+        self._preview_at = 0.0
         self.flush_progress: Callable[[], None] | None = None  # set by the worker's heartbeat
 
     # -- storage ---------------------------------------------------------------------------------
@@ -56,9 +63,16 @@ class JobContext:
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report progress in [0, 1]; the ETA is extrapolated from this attempt's rate."""
         fraction = min(max(float(fraction), 0.0), 1.0)
-        elapsed = time.monotonic() - self._t0
-        done = fraction - self._p0
+        now = time.monotonic()
+        elapsed, done = now - self._t0, fraction - self._p0
         eta = elapsed * (1.0 - fraction) / done if done > 1e-6 and elapsed > 0.5 else None
+        if self._first is None and done > 1e-6:
+            self._first = (now, fraction)
+        elif self._first is not None and fraction - self._first[1] > 1e-6:
+            # From the first report of real progress on, the rate leaves out the start-up (loading a pipeline,
+            # decoding a dataset) that the first report's own estimate had to include.
+            t1, f1 = self._first
+            eta = (now - t1) * (1.0 - fraction) / (fraction - f1)
         with self._lock:
             self._pending["progress"] = fraction
             self._pending["eta_s"] = None if eta is None else round(eta, 1)
@@ -81,10 +95,23 @@ class JobContext:
         """True when the job was cancelled, its worker is shutting down, or it lost its lease."""
         return self._stop_event.is_set()
 
+    PREVIEW_EVERY_S = 0.5  # a preview is a small WebP; the studio polls every 2 s
+
+    def preview(self, image: Any) -> None:
+        """Keep ``image`` (H x W x 3 uint8) as this job's picture of the work in progress
+        (``GET /api/jobs/{id}/preview``); at most one write per ``PREVIEW_EVERY_S``."""
+        now = time.monotonic()
+        if now - self._preview_at < self.PREVIEW_EVERY_S:
+            return
+        self._preview_at = now
+        from backend.generation.imagefiles import encode_webp
+
+        self.store.write_bytes(preview_path(self.job_id), encode_webp(image, max_size=512))
+
     @property
     def hooks(self) -> Hooks:
-        """This job's progress, log and stop callbacks, for core code (which knows nothing of jobs)."""
-        return Hooks(progress=self.progress, should_stop=self.should_stop, log=self.log)
+        """This job's progress, log, stop and preview callbacks, for core code (which knows nothing of jobs)."""
+        return Hooks(progress=self.progress, should_stop=self.should_stop, log=self.log, preview=self.preview)
 
     def stop_point(self, where: str = "") -> None:
         """Raise ``Stopped`` if the job must stop (the worker then cancels or releases it)."""

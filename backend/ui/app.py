@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
 
 import gradio as gr
 from fastapi import FastAPI
 
 from backend.ui.client import ApiClient
-from backend.ui.common import LIST_POLL_S, POLL_S, Ctx
+from backend.ui.common import LIST_POLL_S, POLL_S, Ctx, parse_id
 from backend.ui.tabs import benchmark, dataset, experiments, generate, jobs, prompts, select
 
 ASSETS = Path(__file__).resolve().parents[2] / "frontend_assets"
@@ -29,6 +31,21 @@ THEME = gr.themes.Soft(
 # Gradio's status tracker announces a finished event with ``i18n("common.complete")``, a key its bundled
 # English lacks: without this the raw key reaches the page (issue 20.8).
 I18N = gr.I18n(en={"common.complete": "Done"})
+
+# Deep links (issue 30.7): ``?tab=jobs&job=12`` or ``?tab=experiments&experiment=3`` opens that tab with that
+# job or experiment chosen. Choosing a tab or an id keeps the address current (history.replaceState: no new
+# history entries), so a reload or a copied link opens where the user was.
+LINKED_IDS = {"jobs-id": "job", "exp-id": "experiment"}  # elem_id of an id box -> its query parameter
+
+
+def _url_param_js(key: str, value: str) -> str:
+    """JS that sets (or, empty, removes) one query parameter of the page's address; ``value``: a JS expression."""
+    return (
+        f"(v) => {{ const u = new URL(window.location.href); const x = {value};"
+        f" if (x === null || x === undefined || String(x).trim() === '') u.searchParams.delete('{key}');"
+        f" else u.searchParams.set('{key}', String(x).trim());"
+        " window.history.replaceState(window.history.state, '', u); return v; }"
+    )
 
 
 def _header() -> str:
@@ -58,7 +75,7 @@ def build_ui(api: ApiClient) -> gr.Blocks:
         gr.HTML(_header())
         ctx: Ctx | None = None
         tabs: list[tuple[gr.Tab, list[gr.Timer]]] = []
-        with gr.Tabs(elem_id="rb-tabs"):
+        with gr.Tabs(elem_id="rb-tabs") as tab_bar:
             for i, name in enumerate(TABS):
                 with gr.Tab(name, id=name.lower(), elem_id=f"tab-{name.lower()}") as tab:
                     # Each tab polls with its own timers, running only while the tab is shown,
@@ -76,17 +93,51 @@ def build_ui(api: ApiClient) -> gr.Blocks:
         for store in ctx.browser_states if ctx else []:
             store.render()
         every = [t for _, timers in tabs for t in timers]
-        for tab, mine in tabs:
+        for (tab, mine), name in zip(tabs, TABS, strict=True):
             tab.select(
                 lambda mine=mine: [gr.Timer(active=any(t is m for m in mine)) for t in every],
                 outputs=every,
                 show_progress="hidden",
             )
+            tab.select(None, js=_url_param_js("tab", f"'{name.lower()}'"))
+        _wire_deep_links(demo, tab_bar, tabs, every)
     # The studio's event handlers are its own plumbing, not an API: hide them from Gradio's API page and
     # clients (the browser still calls them), so scripts use the documented REST API at /api/docs.
     for fn in demo.fns.values():
         fn.api_visibility = "private"
     return demo
+
+
+def _wire_deep_links(
+    demo: gr.Blocks, tab_bar: gr.Tabs, tabs: list[tuple[gr.Tab, list[gr.Timer]]], every: list[gr.Timer]
+) -> None:
+    """Open the tab (and job or experiment) the address names on load; keep the id boxes in the address."""
+    boxes = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in LINKED_IDS}
+    linked = [(boxes[elem], key) for elem, key in LINKED_IDS.items()]
+    for box, key in linked:
+        box.change(None, box, None, js=_url_param_js(key, "v"))
+    timers_of = {name.lower(): mine for (_, mine), name in zip(tabs, TABS, strict=True)}
+    search = gr.Textbox(visible=False)
+
+    def open_linked(query: str) -> list[Any]:
+        params = {k: v[-1] for k, v in parse_qs(str(query or "").lstrip("?")).items()}
+        mine = timers_of.get(params.get("tab", "").lower())
+        if mine is None:  # no tab named (or an unknown one): the studio opens as it always did
+            return [gr.skip()] * (1 + len(every) + len(linked))
+        out: list[Any] = [gr.Tabs(selected=params["tab"].lower())]
+        out += [gr.Timer(active=any(t is m for m in mine)) for t in every]  # as a click on the tab would
+        for _, key in linked:
+            chosen = parse_id(params.get(key))
+            out.append(str(chosen) if chosen is not None else gr.skip())
+        return out
+
+    demo.load(
+        open_linked,
+        search,
+        [tab_bar, *every, *(box for box, _ in linked)],
+        js="(q) => [window.location.search]",
+        show_progress="hidden",
+    )
 
 
 def mount_ui(app: FastAPI, api: ApiClient, max_file_size: int) -> FastAPI:

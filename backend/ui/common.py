@@ -72,6 +72,9 @@ def result_summary(result: Any, limit: int = 6) -> str:
     return " · ".join(parts[:limit])
 
 
+PREVIEW_KINDS = ("generate_sd",)  # job kinds that draw their work in progress (GET /api/jobs/{id}/preview)
+
+
 def job_card(job: dict[str, Any] | None) -> str:
     """One job as a progress card: kind #id, status badge, bar, message (images/s etc.), ETA, error,
     and for a finished job a one-line summary of its result."""
@@ -86,6 +89,11 @@ def job_card(job: dict[str, Any] | None) -> str:
     summary = result_summary(job.get("result")) if status == "succeeded" else ""
     if summary:
         err_html += f'<div class="rb-job-result">{html.escape(summary)}</div>'
+    if status == "running" and job.get("kind") in PREVIEW_KINDS and pct > 0:
+        # Drawn with the progress that announced it, so it exists; the query string makes each poll fetch the
+        # newest one. A relative URL, as the grids: it also works behind a proxy's path prefix.
+        src = f"api/jobs/{int(job['id'])}/preview?at={pct:.1f}"
+        err_html += f'<img class="rb-job-preview" alt="the batch being denoised" src="{html.escape(src)}">'
 
     return (
         f'<div class="rb-job rb-{status}" data-job-id="{job.get("id")}" data-status="{status}">'

@@ -246,9 +246,41 @@ def test_progress_rate_and_images_show_while_the_job_runs(api) -> None:
 
     ctx.progress = recording
     generate_sd(ctx, GenerateSDParams.model_validate(job["params"]))
-    during = [(f, m, n) for f, m, n in seen if 0 < f < 1]
+    during = [(f, m, n) for f, m, n in seen if 0 < f < 1 and "step" not in m]  # per batch (steps: next test)
     # Three batches of 2 inside one 64-image chunk: two reports before the end, each with its images stored.
     assert [(round(f, 3), n) for f, _, n in during] == [(0.333, 2), (0.667, 4)], seen
     assert all("images/s" in m for _, m, _ in during)
     logs = [text for _, text in ctx.take_pending()[1]]
     assert any(t.startswith("loading tiny") for t in logs) and any(t.startswith("6/6 images in pool") for t in logs)
+
+
+def test_one_batch_moves_at_every_denoising_step_and_draws_a_preview(api) -> None:
+    """Issue 30.1: 8 images in one batch went from 0 % straight to done, with no message and no picture."""
+    job = api.submit("generate_sd", TINY | {"count": 8, "batch_size": 8, "steps": 20, "chunk_size": 64,
+                                            "vocabulary": CAT})  # fmt: skip
+    assert api.client.get(f"/api/jobs/{job['id']}/preview").status_code == 404  # nothing drawn yet
+    ctx = context_for(api, job["id"])
+    ctx.PREVIEW_EVERY_S = 0.0  # keep every picture, to compare the first and the last
+    seen: list[tuple[float, str]] = []
+    pictures: list[bytes] = []
+    report, draw = ctx.progress, ctx.preview
+
+    def recording(fraction: float, message: str | None = None) -> None:
+        report(fraction, message)
+        seen.append((fraction, message or ""))
+
+    def keeping(image: np.ndarray) -> None:
+        draw(image)
+        pictures.append(api.client.get(f"/api/jobs/{job['id']}/preview").content)
+
+    ctx.progress, ctx.preview = recording, keeping
+    generate_sd(ctx, GenerateSDParams.model_validate(job["params"]))
+    steps = [(f, m) for f, m in seen if "step" in m]
+    assert [m.split(" · ")[0] for _, m in steps] == [f"images 1–8 of 8: step {k}/20" for k in range(1, 21)]
+    assert [round(f, 3) for f, _ in steps] == [round(k / 20, 3) for k in range(1, 21)]
+    assert all(m.endswith("images/s") for _, m in steps[1:])  # the rate from the second step on
+    assert len(pictures) == 20 and pictures[0] != pictures[-1]
+    r = api.client.get(f"/api/jobs/{job['id']}/preview")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(r.content)).size == (8 * 64, 64)  # the batch's 8 images side by side
+    assert api.client.get("/api/jobs/999/preview").status_code == 404

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backend.core.hooks import Hooks
-from backend.generation.diffusion import generate, is_img2img, load_pipeline
+from backend.generation.diffusion import generate, is_img2img, latent_preview, load_pipeline
 from backend.generation.prompts import default_vocabulary
 
 RES = 64
@@ -113,6 +113,36 @@ def test_img2img_starts_from_the_init_image(workspace: Path, items) -> None:
         run(pipe, items[:1], init_images=[white], strength=0.0)
     with pytest.raises(ValueError, match="init_images"):
         run(pipe, items[:1])
+
+
+def test_every_denoising_step_is_reported_with_its_latents(workspace: Path, pipe, items) -> None:
+    """Issue 30.1: progress per step, not per batch; img2img runs steps x strength of them."""
+    seen: list[tuple[int, int, int]] = []
+    shown: list[np.ndarray] = []
+
+    def on_step(n: int, k: int, steps: int, latents) -> None:
+        seen.append((n, k, steps))
+        shown.append(latent_preview(latents, size=16))
+
+    run(pipe, items, batch_size=2, on_step=on_step)  # 3 images: batches of 2 and 1, 4 steps each
+    assert seen == [(2, k, 4) for k in range(1, 5)] + [(1, k, 4) for k in range(1, 5)]
+    assert shown[0].shape == (16, 32, 3) and shown[0].dtype == np.uint8 and shown[-1].shape == (16, 16, 3)
+    assert shown[0].min() == 0 and shown[0].max() == 255  # each image stretched to its own range
+    assert not np.array_equal(shown[0], shown[3])  # the picture follows the denoising
+    img2img = load_pipeline("tiny", mode="img2img", device="cpu", workspace=workspace)
+    seen.clear()
+    white = np.full((32, 32, 3), 255, np.uint8)
+    run(img2img, items[:1], init_images=[white], strength=0.5, steps=8, on_step=on_step)
+    assert seen == [(1, k, 4) for k in range(1, 5)]
+
+
+def test_latent_preview_maps_sd_latents_and_shows_others_by_their_channels() -> None:
+    four = torch.zeros(1, 4, 8, 8)
+    four[0, 0] = torch.linspace(-1, 1, 64).reshape(8, 8)  # channel 0 reads as warm: red above blue
+    rgb = latent_preview(four, size=8).astype(int)
+    assert rgb.shape == (8, 8, 3) and (rgb[-1, -1, 0] > rgb[-1, -1, 2])
+    assert latent_preview(torch.randn(2, 16, 4, 4), size=4).shape == (4, 8, 3)  # first three channels
+    assert latent_preview(torch.randn(1, 1, 4, 4), size=4).shape == (4, 4, 3)  # one channel: grey
 
 
 def test_tiny_vae_decoder(workspace: Path, items) -> None:

@@ -95,8 +95,40 @@ def test_a_running_sd_job_shows_progress_and_thumbnails_before_it_ends(studio: S
     assert len(pools) == 1 and 0 < pools[0]["count"] < 400, pools  # the cancel kept what was made
 
 
+# Every 100 ms while the SD card shows a running job: its percentage, and whether its preview has loaded.
+WATCH_SD_JS = """() => {
+  window.rbSeen = {pcts: [], preview: false};
+  window.rbWatch = setInterval(() => {
+    const card = document.querySelector('#sd-job .rb-job[data-status="running"]');
+    if (!card) return;
+    window.rbSeen.pcts.push(parseFloat(card.querySelector('.rb-job-pct').textContent));
+    const img = card.querySelector('img.rb-job-preview');
+    if (img && img.complete && img.naturalWidth > 0) window.rbSeen.preview = true;
+  }, 100);
+}"""
+
+
+def test_one_sd_batch_moves_step_by_step_and_shows_what_it_denoises(studio: Studio) -> None:
+    """Issue 30.1: 8 images in one batch went from 0 % to done with nothing in between; now the card moves at
+    every denoising step and shows a preview of the batch (its latents as RGB) before the job ends."""
+    studio.tab("Generate")
+    studio.tab("Stable Diffusion")
+    # 256 px: about half a second per step of the tiny model here, so the 2 s polls see several steps.
+    for elem, value in (("sd-count", 8), ("sd-batch", 8), ("sd-steps", 20), ("sd-resolution", 256)):
+        studio.fill(elem, value)
+    before = studio.job_shown("sd-job")
+    studio.page.evaluate(WATCH_SD_JS)
+    studio.click("sd-submit")
+    job_id = studio.wait_job("sd-job", "succeeded", after=before)
+    seen = studio.page.evaluate("() => { clearInterval(window.rbWatch); return window.rbSeen; }")
+    between = sorted({p for p in seen["pcts"] if 0 < p < 100})
+    assert len(between) >= 2, seen
+    assert seen["preview"], seen
+    assert studio.api(f"/jobs/{job_id}")["params"]["batch_size"] == 8
+
+
 def _pool_label(studio: Studio) -> tuple[dict, str]:
-    (pool,) = [p for p in studio.api("/pools") if p["kind"] == "sd"]
+    pool = min((p for p in studio.api("/pools") if p["kind"] == "sd"), key=lambda p: p["id"])  # the cancelled one
     return pool, f"#{pool['id']} {pool['name']}"
 
 
@@ -219,6 +251,30 @@ def test_an_empty_required_number_is_an_inline_error_not_a_silent_default(studio
     assert studio.api("/jobs?kind=train_gan")["total"] == before
     assert box.input_value() == ""  # the box is left as the user made it, not refilled
     studio.fill("gan-epochs", kept)
+
+
+def test_the_address_keeps_the_tab_and_opens_a_linked_job(studio: Studio) -> None:
+    """Issue 30.7: a reload landed on the Dataset tab; the tab (and the chosen job) now live in the address."""
+    studio.tab("Select")
+    studio.page.wait_for_function("() => new URL(location.href).searchParams.get('tab') === 'select'")
+    studio.page.reload()
+    studio.page.locator("[role=tab][aria-selected=true]", has_text="Select").wait_for()
+    job_id = studio.api("/jobs?kind=prepare_dataset")["items"][0]["id"]
+    page = studio.page.context.new_page()  # someone opening a copied link
+    try:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.goto(f"{studio.base}/?tab=jobs&job={job_id}")
+        page.locator("[role=tab][aria-selected=true]", has_text="Jobs").wait_for()
+        page.locator(f"#jobs-card .rb-job[data-job-id='{job_id}']").wait_for()
+        # Choosing another tab keeps the job in the address and names the new tab.
+        page.get_by_role("tab", name="Benchmark", exact=True).first.click()
+        page.wait_for_function(
+            "id => { const p = new URL(location.href).searchParams; return p.get('tab') === 'benchmark'"
+            " && p.get('job') === String(id); }",
+            arg=job_id,
+        )
+    finally:
+        page.close()
 
 
 def test_job_times_say_utc(studio: Studio) -> None:

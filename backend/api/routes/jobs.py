@@ -6,15 +6,17 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from backend.api.deps import DatabaseDep, ReadSessionDep, SettingsDep, not_found
+from backend.api.deps import DatabaseDep, ReadSessionDep, SettingsDep, StoreDep, not_found
 from backend.api.errors import field_error
 from backend.api.schemas import JobCreate, JobKindOut, JobLogOut, JobOut, JobPage, JobStatus
 from backend.core.types import DbId, DbOffset
 from backend.db.models import Job, JobLog
 from backend.jobs import queue
+from backend.jobs.context import preview_path
 from backend.jobs.registry import all_kinds, get_kind
 from backend.services.admission import admit
 
@@ -141,6 +143,19 @@ def get_job(job_id: DbId, session: ReadSessionDep) -> Job:
     if job is None:
         raise not_found("job", job_id)
     return job
+
+
+@router.get("/{job_id}/preview", response_class=FileResponse)
+def get_preview(job_id: DbId, session: ReadSessionDep, store: StoreDep) -> FileResponse:
+    """A running job's picture of its work in progress, as WebP: a ``generate_sd`` job's current batch, redrawn
+    from its latents at every denoising step (a linear latent-to-RGB map, not a VAE decode). 404 until the job
+    has drawn one; the last one stays after the job ends."""
+    if session.get(Job, job_id) is None:
+        raise not_found("job", job_id)
+    path = store.path(preview_path(job_id))
+    if not path.is_file():
+        raise not_found("preview of job", job_id)
+    return FileResponse(path, media_type="image/webp", headers={"Cache-Control": "no-store"})
 
 
 @router.get("/{job_id}/logs", response_model=list[JobLogOut])

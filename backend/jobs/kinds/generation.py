@@ -11,6 +11,7 @@ per actor (``backend.jobs.pool_shards``); without it they run here, one after an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,7 @@ class SDWork:
     concept_dir: Path | None = None
     init_pixels: np.ndarray | None = None  # img2img: the kept minority images, image i starts from i % n
     init_idx: np.ndarray | None = None
+    done: int = 0  # images of the pool made before this run (a resumed job): per-step progress counts on from them
 
 
 def sd_worker(work: SDWork, hooks: Hooks, device: str) -> Callable[[list[int]], Iterator[list[PoolItem]]]:
@@ -252,7 +254,30 @@ def sd_worker(work: SDWork, hooks: Hooks, device: str) -> Callable[[list[int]], 
         batch_size = size
         hooks.log(message, "warning")
 
+    made = 0  # images this worker finished (each process or actor counts its own)
+    first: tuple[float, float] | None = None  # (time, images) at the first denoising step
+
+    def step(n: int, k: int, steps: int, latents: Any) -> None:
+        """Progress, images/s and ETA from every denoising step, and a picture of the batch being denoised.
+
+        On a Ray actor the hooks lead nowhere (the job follows finished parts); here they are the job's."""
+        nonlocal first
+        images = made + n * k / steps
+        now = time.monotonic()
+        if first is None:
+            first = (now, images)
+        rate = (images - first[1]) / (now - first[0]) if now > first[0] else 0.0
+        start = work.done + made + 1
+        which = f"image {start}" if n == 1 else f"images {start}–{start + n - 1}"
+        speed = f" · {rate:.2f} images/s" if rate > 0 else ""
+        hooks.progress((work.done + images) / params.count, f"{which} of {params.count}: step {k}/{steps}{speed}")
+        if hooks.preview is not None:
+            from backend.generation.diffusion import latent_preview
+
+            hooks.preview(latent_preview(latents))
+
     def run(piece: list[int]) -> Iterator[list[PoolItem]]:
+        nonlocal made
         chunk = [work.vocab.item(i, params.seed) for i in piece]
         for group in _by_strength(chunk, strengths):
             strength = strengths[group[0].index % len(strengths)]
@@ -276,6 +301,7 @@ def sd_worker(work: SDWork, hooks: Hooks, device: str) -> Callable[[list[int]], 
                         review_size=params.review_size,
                         hooks=hooks,
                         on_batch_size=smaller_batch,
+                        on_step=step,
                     )
                 except ValueError as exc:
                     raise JobError(str(exc)) from exc
@@ -287,6 +313,7 @@ def sd_worker(work: SDWork, hooks: Hooks, device: str) -> Callable[[list[int]], 
                         meta["init_image_index"] = int(work.init_idx[g.item.index % len(work.init_idx)])
                         meta["strength"] = strength
                     part.append(PoolItem(g.item.index, meta, g.image, g.review))
+                made += len(part)
                 yield part
 
     return run
@@ -350,6 +377,7 @@ def generate_sd(ctx: JobContext, params: GenerateSDParams) -> dict:
             concept_dir,
             init_pixels,
             None if init_idx is None else np.asarray(init_idx),
+            done=len(done),
         )
         ctx.log(f"loading {params.model} ({params.mode}, {params.scheduler}, {params.steps} steps)")
         ctx.log(f"generating {len(todo)} images into pool {pool_id}, batches of {params.batch_size}")
