@@ -34,7 +34,7 @@ def create_app(settings: Settings, db: Database, with_ui: bool = True) -> FastAP
     """The API, plus the Gradio studio at ``/`` unless ``with_ui`` is False."""
     app = create_api(settings, db)
     if with_ui:
-        from backend.ui import mount_ui
+        from backend.ui.app import mount_ui
         from backend.ui.client import ApiClient
 
         app = mount_ui(app, ApiClient(api_base_url(settings), settings.auth), int(settings.max_upload_mb * 1e6))

@@ -1,33 +1,128 @@
 """Shared fixtures: a temporary API + database (`api`), database URLs for SQLite and PostgreSQL, and
-the real CIFAR-10 JPEGs from ../shared (`cifar10_root`)."""
+the real CIFAR-10 JPEGs from ../shared (`cifar10_root`).
+
+The suite runs in parallel (pytest-xdist, see pyproject.toml). What is expensive to build and only read
+afterwards (the extracted CIFAR-10, its decoded cache) is built once per run for all workers by
+:func:`built_once`; a module whose tests share a module-scoped fixture runs on one worker
+(:func:`pytest_collection_modifyitems`), so that fixture is built once too."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("REBALANCE_SHARED", REPO.parent / "shared"))
 PG_ADMIN_URL = os.environ.get("REBALANCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", … under xdist; None in a serial run
+if WORKER:
+    # Each worker gets an equal share of the cores: torch's default (every core per process) oversubscribes the
+    # machine, and OpenMP threads spinning on each other made tests several times slower. Set before any
+    # test imports torch, and inherited by the servers and workers that tests start.
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
+    os.environ.setdefault("MKL_NUM_THREADS", _threads)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: 1.5 workers per core (at least 2, at most 8), or ``REBALANCE_TEST_WORKERS``.
+
+    Much of the suite waits on something else (a server or worker process it started, a browser, Ray), so one
+    worker per core leaves cores idle; more than 8 buys little and each worker holds torch (~1.5 GB)."""
+    if wanted := os.environ.get("REBALANCE_TEST_WORKERS"):
+        return int(wanted)
+    return min(8, max(2, (3 * (os.cpu_count() or 1) + 1) // 2))
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``<run tmp>/<name>``, built by ``build(path)`` by the first worker that asks; the others wait and reuse it.
+
+    Under xdist every worker has its own base temp dir inside one per-run dir; the folder lives there, so it is
+    shared by this run's workers and removed with the run's temp dirs. ``build`` writes into a temp dir that is
+    renamed into place once complete, so a worker never sees half a build.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if WORKER else base
+    dest = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if not dest.exists():
+            tmp = root / f"{name}.building"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            build(tmp)
+            tmp.rename(dest)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real CIFAR-10 JPEG folders (train/<class>/*.jpg, test/<class>/*.jpg), extracted once per session."""
+    """The real CIFAR-10 JPEG folders (train/<class>/*.jpg, test/<class>/*.jpg), extracted once per run."""
     archive = SHARED / "data" / "cifar10-jpg.tar.gz"
     if not archive.exists():
         pytest.fail(f"real CIFAR-10 archive not found at {archive} (set REBALANCE_SHARED to the shared/ folder)")
-    dest = tmp_path_factory.mktemp("cifar10")
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return dest / "cifar10"
+
+    def extract(dest: Path) -> None:
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+
+    return built_once(tmp_path_factory, "cifar10", extract) / "cifar10"
+
+
+def _module_scoped(item: pytest.Item) -> bool:
+    defs = getattr(item, "_fixtureinfo", None)
+    return defs is not None and any(
+        d.scope == "module" for fixture_defs in defs.name2fixturedefs.values() for d in fixture_defs
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup``, keep each module that has a module-scoped fixture on one worker, and hand
+    the longest work out first.
+
+    Those fixtures are expensive (a server and a browser, a trained model, a decoded dataset) and some modules'
+    tests are steps in order on one page; spread over workers, each worker would build the fixture again.
+    The scheduler hands groups out in collection order: the browser modules (minutes each) go first, then the
+    other grouped modules, then the single tests, so no long group starts while the others sit idle at the end.
+    The order inside a module is kept (a stable sort).
+    """
+    for item in items:
+        if _module_scoped(item) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    if WORKER is None:
+        return  # a serial run keeps pytest's order
+    rank: dict[str, int] = {}  # per module, so a module's tests stay together (its fixtures are built once)
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if module in LONGEST_FIRST:
+            mine = LONGEST_FIRST.index(module)
+        else:
+            grouped_or_slow = item.get_closest_marker("xdist_group") or item.get_closest_marker("slow")
+            mine = len(LONGEST_FIRST) + (0 if grouped_or_slow else 1)
+        rank[module] = min(rank.get(module, mine), mine)
+    items.sort(key=lambda i: rank[i.nodeid.split("::", 1)[0]])
+
+
+# The browser modules, longest first (about 5, 4, 3 and 1.5 minutes on 2 cores). pyproject.toml passes
+# --no-loadscope-reorder, so xdist hands groups out in this order instead of by their number of tests.
+LONGEST_FIRST = [
+    "tests/ui/test_studio.py",
+    "tests/ui/test_first_user.py",
+    "tests/ui/test_diffusion_tab.py",
+    "tests/ui/test_gallery.py",
+]
 
 
 # -- databases -------------------------------------------------------------------------------------

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
 
 
 def run_app(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

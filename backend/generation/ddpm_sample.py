@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from torchvision.utils import make_grid
 
 from backend.core.hooks import NO_HOOKS, Hooks
 from backend.generation.ddpm import MAX_GRID_CLASSES, DiffusionModel, autocast_dtype, fit_square
@@ -170,5 +169,7 @@ def class_grid(model: DiffusionModel) -> np.ndarray:
     indices = [j for _ in classes for j in range(per)]
     config = SampleConfig(sampler="ddim", steps=cfg.grid_steps, guidance=cfg.grid_guidance, seed=cfg.seed)
     images = generate(model, labels, indices, config)
+    from torchvision.utils import make_grid  # torchvision's import costs seconds; only grids need it
+
     grid = make_grid(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=per, padding=2)
     return grid.permute(1, 2, 0).contiguous().numpy()

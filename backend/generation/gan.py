@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
-from torchvision.utils import make_grid
 
 from backend.core.checkpoint import load_state, save_state
 from backend.core.hooks import NO_HOOKS, Hooks
@@ -337,6 +336,8 @@ class GanTrainer:
         """Grid image (uint8 HWC) of the generator's output for `fixed_noise` (default: the run's own)."""
         noise = self.fixed_noise if fixed_noise is None else fixed_noise
         images = generate(self.generator, noise, self.device, amp_dtype=self.amp.dtype)
+        from torchvision.utils import make_grid  # torchvision's import costs seconds; only grids need it
+
         grid = make_grid(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=nrow, padding=2)
         return grid.permute(1, 2, 0).contiguous().numpy()
 

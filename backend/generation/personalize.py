@@ -25,10 +25,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionPipeline
 
 from backend.core.hooks import NO_HOOKS, Hooks
-from backend.generation.personalize_config import GRID_PROMPT, TEMPLATES, PersonalizeConfig
+from backend.generation.personalize_config import GRID_PROMPT, LORA_FILE, TEMPLATES, TI_FILE, PersonalizeConfig
 
-TI_FILE = "learned_embeds.safetensors"  # diffusers' textual-inversion file name
-LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name
 INFO_FILE = "concept.json"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 ENCODE_BATCH = 8

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backend.core.types import Seed
 
+TI_FILE = "learned_embeds.safetensors"  # diffusers' textual-inversion file name
+LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LoRA file name
+
 METHODS = ("textual_inversion", "lora")
 # Caption templates of diffusers' textual-inversion example (imagenet_templates_small, abridged): each
 # training image is paired with one of them, so the token learns the object rather than one sentence.

@@ -31,10 +31,10 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from backend.reports.tables import minority_accuracy
 
@@ -109,7 +109,7 @@ def paired_interval(
         delta = float(d.mean())
         var_test = float(np.var(boot[:, :s].mean(1) - boot[:, s:].mean(1), ddof=1))
         var_seed = float(np.var(d, ddof=1)) if s > 1 else float("nan")
-        q = float(stats.t.ppf(0.975, s - 1)) if s > 1 else float(stats.norm.ppf(0.975))
+        q = _t975(s - 1) if s > 1 else NormalDist().inv_cdf(0.975)
         se = math.sqrt((0.0 if s < 2 else var_seed / s) + var_test)
         out[name] = {
             "delta": delta,
@@ -123,6 +123,13 @@ def paired_interval(
     return out
 
 
+def _t975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy import stats  # imported here: scipy.stats costs a second at start-up (the API, the tests)
+
+    return float(stats.t.ppf(0.975, df))
+
+
 def seeds_needed(delta: float, var_seed: float, var_test: float, have: int) -> int | None:
     """Fewest seeds (> ``have``, at most ``MAX_SEEDS``) at which an interval with these variance parts would
     exclude 0; None when even ``MAX_SEEDS`` would not (the test set's own noise dominates, or no effect).
@@ -130,7 +137,7 @@ def seeds_needed(delta: float, var_seed: float, var_test: float, have: int) -> i
     if math.isnan(var_seed):
         return 3
     for k in range(max(have + 1, 2), MAX_SEEDS + 1):
-        if abs(delta) > stats.t.ppf(0.975, k - 1) * math.sqrt(var_seed / k + var_test):
+        if abs(delta) > _t975(k - 1) * math.sqrt(var_seed / k + var_test):
             return k
     return None
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 
 def subsample(n: int, max_n: int, seed: int) -> np.ndarray:
@@ -31,6 +30,8 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"PCA needs at least 2 feature rows, got shape {x.shape}")
+    from sklearn.decomposition import PCA  # scikit-learn costs a second to import: only maps need it
+
     k = min(2, *x.shape)
     pca = PCA(n_components=k, svd_solver="full").fit(x)
     comps = np.zeros((2, x.shape[1]))

@@ -23,9 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.preprocessing import StandardScaler
 
 SIDE = 16  # pixels per side the images are reduced to (area averaging) before the classifier sees them
 MAX_PER_SIDE = 1000  # images per side the test uses at most (drawn with the seed)
@@ -59,6 +56,11 @@ def domain_auc(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> float:
         real = real[np.sort(rng.choice(len(real), MAX_PER_SIDE, replace=False))]
     if len(fake) > MAX_PER_SIDE:
         fake = fake[np.sort(rng.choice(len(fake), MAX_PER_SIDE, replace=False))]
+    # scikit-learn costs a second to import: only the jobs that run this test pay it.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
     xr, xf = pixel_features(real), pixel_features(fake)
     r_halves, f_halves = _halves(len(xr), rng), _halves(len(xf), rng)
     aucs = []

@@ -30,7 +30,6 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-import torchvision
 
 
 class Classifier(nn.Module):
@@ -53,6 +52,9 @@ class Classifier(nn.Module):
 
 def resnet18_cifar(num_classes: int, dropout: float = 0.0) -> Classifier:
     """torchvision ResNet18 adapted to 32x32 inputs (3x3 stride-1 conv1, no max-pool)."""
+    # Imported here: torchvision.models pulls in torch._dynamo (seconds), which only this model needs.
+    import torchvision.models
+
     net = torchvision.models.resnet18(num_classes=num_classes)
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()

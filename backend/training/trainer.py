@@ -33,8 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sklearn.metrics import confusion_matrix
-from sklearn.model_selection import train_test_split
 
 from backend.core.hooks import NO_HOOKS, Hooks
 from backend.data.transforms import normalize, random_crop_flip, strong_augment
@@ -377,6 +375,8 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
         return np.zeros(0, np.int64)
     splittable = np.flatnonzero(np.bincount(labels)[labels] >= 2)
     try:
+        from sklearn.model_selection import train_test_split  # scikit-learn costs a second to import
+
         _, val = train_test_split(
             splittable, test_size=fraction, stratify=labels[splittable], random_state=seed, shuffle=True
         )
@@ -530,6 +530,8 @@ def evaluate(
     """Accuracy of ``model`` on ``images`` with int ``labels`` (see :func:`predict`)."""
     pred = predict(model, images, mean=mean, std=std, batch_size=batch_size, precision=precision, min_side=min_side)
     labels = np.asarray(labels, dtype=np.int64)
+    from sklearn.metrics import confusion_matrix
+
     cm = confusion_matrix(labels, pred, labels=np.arange(num_classes))
     per_class = [None if math.isnan(a) else float(a) for a in per_class_accuracy(cm)]
     return Scores(accuracy=overall_accuracy(cm), per_class=per_class, confusion=cm.tolist(), correct=pred == labels)

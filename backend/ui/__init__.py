@@ -1,5 +1,3 @@
-"""The Gradio studio. It talks to the backend only through the REST API."""
+"""The Gradio studio (``backend.ui.app.mount_ui``). It talks to the backend only through the REST API.
 
-from backend.ui.app import mount_ui
-
-__all__ = ["mount_ui"]
+Nothing is imported here: ``backend.ui.client`` and the pure helpers must stay importable without gradio."""

@@ -75,7 +75,7 @@ def build_ui(api: ApiClient) -> gr.Blocks:
         gr.HTML(_header())
         ctx: Ctx | None = None
         tabs: list[tuple[gr.Tab, list[gr.Timer]]] = []
-        with gr.Tabs(elem_id="rb-tabs") as tab_bar:
+        with gr.Tabs(elem_id="rb-tabs"):
             for i, name in enumerate(TABS):
                 with gr.Tab(name, id=name.lower(), elem_id=f"tab-{name.lower()}") as tab:
                     # Each tab polls with its own timers, running only while the tab is shown,
@@ -100,7 +100,7 @@ def build_ui(api: ApiClient) -> gr.Blocks:
                 show_progress="hidden",
             )
             tab.select(None, js=_url_param_js("tab", f"'{name.lower()}'"))
-        _wire_deep_links(demo, tab_bar, tabs, every)
+        _wire_deep_links(demo)
     # The studio's event handlers are its own plumbing, not an API: hide them from Gradio's API page and
     # clients (the browser still calls them), so scripts use the documented REST API at /api/docs.
     for fn in demo.fns.values():
@@ -108,36 +108,42 @@ def build_ui(api: ApiClient) -> gr.Blocks:
     return demo
 
 
-def _wire_deep_links(
-    demo: gr.Blocks, tab_bar: gr.Tabs, tabs: list[tuple[gr.Tab, list[gr.Timer]]], every: list[gr.Timer]
-) -> None:
+# On load: click the tab the address names, as the user would (its own select events then start its timers and
+# keep the address). Done in the browser, at once: a server round trip could land after the user's first click.
+OPEN_TAB_JS = """() => {
+  const tab = (new URL(window.location.href).searchParams.get('tab') || '').toLowerCase();
+  if (!tab || window.rbTabClicked) return;  // the user chose a tab before the page finished loading
+  const button = [...document.querySelectorAll('#rb-tabs [role=tab]')]
+    .find((b) => b.textContent.trim().toLowerCase() === tab);
+  if (button && button.getAttribute('aria-selected') !== 'true') button.click();
+}"""
+
+
+# In the page's <head>, so it runs before the studio mounts: notes a person's (trusted) click on a tab.
+TAB_CLICK_HEAD = """<script>
+window.rbTabClicked = false;
+document.addEventListener('click', (e) => {
+  if (e.isTrusted && e.target.closest && e.target.closest('[role=tab]')) window.rbTabClicked = true;
+}, true);
+</script>"""
+
+
+def _wire_deep_links(demo: gr.Blocks) -> None:
     """Open the tab (and job or experiment) the address names on load; keep the id boxes in the address."""
     boxes = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in LINKED_IDS}
     linked = [(boxes[elem], key) for elem, key in LINKED_IDS.items()]
     for box, key in linked:
         box.change(None, box, None, js=_url_param_js(key, "v"))
-    timers_of = {name.lower(): mine for (_, mine), name in zip(tabs, TABS, strict=True)}
     search = gr.Textbox(visible=False)
 
     def open_linked(query: str) -> list[Any]:
         params = {k: v[-1] for k, v in parse_qs(str(query or "").lstrip("?")).items()}
-        mine = timers_of.get(params.get("tab", "").lower())
-        if mine is None:  # no tab named (or an unknown one): the studio opens as it always did
-            return [gr.skip()] * (1 + len(every) + len(linked))
-        out: list[Any] = [gr.Tabs(selected=params["tab"].lower())]
-        out += [gr.Timer(active=any(t is m for m in mine)) for t in every]  # as a click on the tab would
-        for _, key in linked:
-            chosen = parse_id(params.get(key))
-            out.append(str(chosen) if chosen is not None else gr.skip())
-        return out
+        chosen = [parse_id(params.get(key)) for _, key in linked]
+        return [str(c) if c is not None else gr.skip() for c in chosen]
 
-    demo.load(
-        open_linked,
-        search,
-        [tab_bar, *every, *(box for box, _ in linked)],
-        js="(q) => [window.location.search]",
-        show_progress="hidden",
-    )
+    demo.load(None, js=OPEN_TAB_JS)
+    demo.load(open_linked, search, [box for box, _ in linked], js="(q) => [window.location.search]",
+              show_progress="hidden")  # fmt: skip
 
 
 def mount_ui(app: FastAPI, api: ApiClient, max_file_size: int) -> FastAPI:
@@ -156,4 +162,5 @@ def mount_ui(app: FastAPI, api: ApiClient, max_file_size: int) -> FastAPI:
         ssr_mode=False,
         footer_links=["gradio", "settings"],  # no "Use via API": the REST API is the API
         i18n=I18N,
+        head=TAB_CLICK_HEAD,
     )

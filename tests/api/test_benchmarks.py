@@ -71,6 +71,7 @@ def _pool_of(api, ds: DecodedDataset, removed: np.ndarray) -> int:
         return pool.id
 
 
+@pytest.mark.slow
 def test_benchmark_job_rows_and_exports(api) -> None:
     ds_id = _dataset(api)
     pool_id = _pool_of_removed_minority(api, ds_id, 40)
@@ -169,6 +170,7 @@ def test_benchmark_job_rows_and_exports(api) -> None:
     assert api.client.get("/api/benchmarks/999/results.csv").status_code == 404
 
 
+@pytest.mark.slow
 def test_synthetic_images_on_the_oversampled_set_with_other_classes(api) -> None:
     """``base: oversample`` adds a variant's synthetic images to the oversampled set; ``others`` adds pools of
     other classes, each image labelled with its class (the every-class recipe of bench_diffusion.py).
@@ -236,6 +238,7 @@ def test_best_balanced_keeps_the_best_validation_epoch(api) -> None:
         )  # the trainer got it (it honours it: see tests/training)
 
 
+@pytest.mark.slow
 def test_interrupted_benchmark_resumes_without_redoing_runs(api, monkeypatch) -> None:
     ds_id = _dataset(api)
     params = {"dataset_id": ds_id, "imbalance": SPEC, "variants": ["imbalanced", "full"], **FAST}
@@ -280,6 +283,7 @@ def test_interrupted_benchmark_resumes_without_redoing_runs(api, monkeypatch) ->
     assert after[1]["variant"] == "full" and strip(after[1]) == strip(ref_row)
 
 
+@pytest.mark.slow
 def test_precision_param_reaches_the_trainer(api) -> None:
     ds_id = _dataset(api)
     base = {"dataset_id": ds_id, "imbalance": SPEC, "variants": ["imbalanced"], **FAST, "epochs": 1}
@@ -348,6 +352,7 @@ def test_unknown_dataset_or_pool_is_refused_at_submit_and_fails_a_queued_job_cle
     assert done["status"] == "failed" and done["error"] == "pool 77 not found"
 
 
+@pytest.mark.slow
 def test_schedule_before_submit_is_the_jobs_own(api) -> None:
     """GET /api/benchmarks/schedule says what a benchmark will do before it runs: the default steps sized to
     the dataset (the same for every variant), epochs turned into steps, and the time at the measured rate."""

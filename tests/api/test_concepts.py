@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from backend.db.models import Concept, Dataset
-from backend.generation.personalize import LORA_FILE, TI_FILE
+from backend.generation.personalize_config import LORA_FILE, TI_FILE
 from backend.jobs.kinds.personalize import PersonalizeSDParams, personalize_sd
 from backend.services.concepts import artifact_path
 from backend.store import FileStore

@@ -269,6 +269,7 @@ def test_a_file_as_a_diffusion_source_is_refused_at_launch(api: ApiHarness, tmp_
 
 
 # -- 7. leftovers of killed jobs and orphaned pool directories -------------------------------------------
+@pytest.mark.slow
 def test_start_up_sweeps_dead_writers_temp_dirs_and_orphan_pools(tmp_path: Path, db_url: str) -> None:
     settings = make_settings(tmp_path, db_url=db_url)
     db = prepare(settings)
@@ -339,6 +340,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_experiment_out_refuses_a_non_empty_directory_and_names_a_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -389,6 +391,7 @@ def _connect_in_child(address: str, timeout_s: float) -> tuple[str, float]:
     return lines[0], float(lines[-1])
 
 
+@pytest.mark.slow
 def test_ray_join_gives_up_with_the_address_and_the_reason() -> None:
     message, took = _connect_in_child("127.0.0.1:1", 30)
     assert message.startswith("ConnectionError") and "127.0.0.1:1" in message and took < 10
@@ -408,6 +411,7 @@ def test_ray_join_gives_up_with_the_address_and_the_reason() -> None:
     assert took < 15
 
 
+@pytest.mark.slow
 def test_app_with_an_unreachable_ray_address_exits_with_one_line(tmp_path: Path) -> None:
     started = time.monotonic()
     r = _cli("--workspace", str(tmp_path / "ws"), "--workers", "0", "--ray", "127.0.0.1:1", cwd=tmp_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -26,6 +27,9 @@ LEAKS = re.compile(
     r"\[SQL:|Traceback \(most recent|sqlalchemy\.exc|psycopg\.errors|sqlite3\.|OperationalError|IntegrityError|"
     r"DataError|out of range for type"
 )
+
+
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
 
 
 def _workspace_files(root: Path) -> list[str]:

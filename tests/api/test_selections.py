@@ -16,6 +16,8 @@ from backend.db.models import SelectionPick
 from backend.jobs.kinds.selection import SelectParams, select_job
 from tests.api.handlers import Killed, context_for, die_on_checkpoint
 
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
+
 
 def _write_pool_folder(root: Path) -> dict[str, int]:
     """20 test-split "3"s and 20 other digits as PNGs in sub-folders, plus one corrupt file."""

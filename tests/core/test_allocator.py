@@ -55,7 +55,10 @@ for _ in range(12):
 print(json.dumps({"applied": allocator._done, "faults_per_step": (faults() - before) / 12}))
 """
 
-pytestmark = pytest.mark.skipif(not allocator.supported(), reason="glibc malloc only (Linux)")
+pytestmark = [
+    pytest.mark.skipif(not allocator.supported(), reason="glibc malloc only (Linux)"),
+    pytest.mark.slow,  # fresh interpreters train a model: outside the fast tier (README)
+]
 
 
 def _faults(*args: str, env: dict[str, str] | None = None) -> dict:

@@ -106,6 +106,7 @@ def test_array_source_cache(tmp_path: Path) -> None:
     assert ds.key == content_key(src) and ds.key.startswith("digits-")
 
 
+@pytest.mark.slow
 def test_real_cifar10_counts_and_round_trip(cifar_cache: DecodedDataset, cifar10_root: Path) -> None:
     assert cifar_cache.classes[3] == "cat" and len(cifar_cache.classes) == 10
     assert set(cifar_cache.train_counts().values()) == {5000}

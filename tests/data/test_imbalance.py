@@ -70,6 +70,7 @@ def test_malformed_specs(spec: dict) -> None:
         ImbalanceSpec.model_validate(spec)
 
 
+@pytest.mark.slow
 def test_real_cifar10_keep_50_cats(cifar_cache: DecodedDataset) -> None:
     spec = {"minority": "cat", "keep": 50, "seed": 0}
     r = apply_imbalance(cifar_cache.train_y, cifar_cache.classes, spec)

@@ -78,6 +78,7 @@ def test_unknown_variant_and_missing_spec(digits: DecodedDataset) -> None:
         build_variant("oversample", digits, None)
 
 
+@pytest.mark.slow
 def test_real_cifar10_oversample_aug(cifar_cache: DecodedDataset) -> None:
     imb = apply_imbalance(cifar_cache.train_y, cifar_cache.classes, {"minority": "cat", "keep": 50, "seed": 0})
     v = build_variant("oversample_aug", cifar_cache, imb)

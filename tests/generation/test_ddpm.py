@@ -26,6 +26,9 @@ TINY = {"image_size": 16, "width": 0.125, "layers_per_block": 1, "attention": Fa
 LEARN = TINY | {"width": 0.25, "batch_size": 64, "lr": 2e-3, "warmup_steps": 20, "epochs": 12}
 
 
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread() -> Iterator[None]:
     """Tiny convolutions on a shared 2-core box spend most of their time in OpenMP barriers with 2 threads."""

@@ -270,6 +270,7 @@ def _first_images(folder: Path, n: int) -> np.ndarray:
     return np.stack([decode_image(p) for p in sorted(folder.glob("*.jpg"))[:n]])
 
 
+@pytest.mark.slow
 def test_training_brings_samples_closer_to_real_images(cifar10_root: Path) -> None:
     """After 8 epochs on 1,024 real CIFAR-10 cats, samples are measurably closer to held-out cats."""
     real = _first_images(cifar10_root / "train" / "cat", 1024)

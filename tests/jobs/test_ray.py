@@ -37,6 +37,9 @@ CAT = {"template": "{color} cat on a {thing}", "slots": {"color": ["red", "black
 ACTOR = b"ray::ShardActor"  # the process title Ray gives a shard actor's worker process
 
 
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
+
+
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """One local Ray instance for the module (starting one takes ~10 s on this machine)."""

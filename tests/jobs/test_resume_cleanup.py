@@ -24,6 +24,9 @@ worker = JobWorker(Settings.model_validate_json(sys.argv[1]))
 worker.register()
 real_fsync, calls = os.fsync, [0]
 
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
+
+
 def fsync_or_die(fd):
     calls[0] += 1
     if calls[0] == 2:

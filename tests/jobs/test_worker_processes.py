@@ -23,6 +23,9 @@ from tests.conftest import REPO, make_settings
 PLUGIN = "tests.jobs.kinds_for_tests"
 
 
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
+
+
 class Workers:
     def __init__(self, tmp_path: Path, db_url: str, **env: str) -> None:
         self.settings = make_settings(tmp_path, db_url=db_url, plugins=[PLUGIN])

@@ -18,6 +18,8 @@ from tests.selection.evidence_setup import (
     with_near_copies,
 )
 
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
+
 
 @pytest.fixture(scope="module")
 def evidence_data(cifar10_root: Path):

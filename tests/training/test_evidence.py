@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from backend.data.transforms import channel_stats
@@ -13,6 +14,9 @@ from backend.training.trainer import TrainConfig, evaluate, fit, validation_spli
 
 CLASSES = ["airplane", "automobile", "cat", "frog"]
 MINORITY = CLASSES.index("cat")
+
+
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
 
 
 def _load(root: Path, split: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:

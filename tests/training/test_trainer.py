@@ -340,6 +340,7 @@ def test_compile_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not uses_compile("auto", COMPILE_MIN_STEPS)  # no compiler: never tried
 
 
+@pytest.mark.slow
 def test_compiled_training_learns_and_keeps_plain_weights(toy) -> None:
     """compile="on": the training forward runs through torch.compile (inductor, a real C++ build), the
     model learns like the eager one, and the weights, checkpoints and evaluation stay the plain module's."""

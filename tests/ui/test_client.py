@@ -1,4 +1,7 @@
-"""The studio's REST client and its pure helpers, against the real API in-process (no browser)."""
+"""The studio's REST client and its pure helpers, against the real API in-process (no browser).
+
+The studio's modules are imported inside the tests: they import gradio, which would cost every test run
+seconds at collection time."""
 
 from __future__ import annotations
 
@@ -9,19 +12,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.runtime import prepare
-from backend.server import create_app
 from backend.ui.client import ApiClient, ApiError
-from backend.ui.common import job_card, result_summary
-from backend.ui.tabs.benchmark import parse_seeds
-from backend.ui.tabs.dataset import fill_table, histogram, imbalance_spec
-from backend.ui.tabs.prompts import format_slots, parse_slots
-from backend.ui.tabs.select import filter_picks
 from tests.conftest import make_settings
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[TestClient]:
     """API + studio with ``--auth`` on, as ``python app.py --auth ui:secret`` would serve them."""
+    from backend.server import create_app  # imports gradio
+
     settings = make_settings(tmp_path, auth="ui:secret")
     db = prepare(settings)
     with TestClient(create_app(settings, db)) as client:
@@ -55,6 +54,8 @@ def test_submit_shows_422_message_and_idempotency_returns_one_job(served: TestCl
 
 
 def test_imbalance_spec_from_the_dataset_controls() -> None:
+    from backend.ui.tabs.dataset import imbalance_spec
+
     assert imbalance_spec("keep", ["cat"], 50, 0.99, 100, 3) == {"seed": 3, "minority": "cat", "keep": 50}
     assert imbalance_spec("remove_ratio", ["cat", "dog"], 50, 0.9, 100, 0) == {
         "seed": 0,
@@ -69,6 +70,8 @@ def test_imbalance_spec_from_the_dataset_controls() -> None:
 
 
 def test_slots_text_round_trips_and_names_a_bad_line() -> None:
+    from backend.ui.tabs.prompts import format_slots, parse_slots
+
     slots, err = parse_slots("breed: persian, siamese\n\nplace: sofa")
     assert err is None and slots == {"breed": ["persian", "siamese"], "place": ["sofa"]}
     assert parse_slots(format_slots(slots)) == (slots, None)
@@ -76,12 +79,16 @@ def test_slots_text_round_trips_and_names_a_bad_line() -> None:
 
 
 def test_seeds_parse() -> None:
+    from backend.ui.tabs.benchmark import parse_seeds
+
     assert parse_seeds("0, 1,2") == ([0, 1, 2], "")
     assert parse_seeds("a")[0] is None
     assert parse_seeds("")[0] is None
 
 
 def test_picks_are_ordered_by_score_and_filtered_by_review() -> None:
+    from backend.ui.tabs.select import filter_picks
+
     picks = [
         {"image_id": 1, "rank": 2, "score": 0.2, "review": "accepted"},
         {"image_id": 2, "rank": 1, "score": 0.9, "review": "pending", "near_copy": True},
@@ -93,6 +100,8 @@ def test_picks_are_ordered_by_score_and_filtered_by_review() -> None:
 
 
 def test_job_card_summarises_a_finished_jobs_result() -> None:
+    from backend.ui.common import job_card, result_summary
+
     result = {"dataset_id": 2, "skipped_count": 1, "skipped": [["red/broken.png", "not an image"]], "ok": True}
     card = job_card({"id": 8, "kind": "prepare_dataset", "status": "succeeded", "progress": 1, "result": result})
     assert '<div class="rb-job-result">dataset id 2 · skipped count 1 · ok True</div>' in card
@@ -161,6 +170,8 @@ def test_id_boxes_take_whole_positive_numbers_only() -> None:
 
 
 def test_long_tail_preview_shows_the_fill_plan_as_table_and_bars() -> None:
+    from backend.ui.tabs.dataset import fill_table, histogram
+
     plan = {"target": 142, "total": 55, "counts": {"0": 142, "1": 87}, "need": {"0": 0, "1": 55},
             "groups": {"many": ["0"], "medium": ["1"]}}  # fmt: skip
     table = fill_table(plan)

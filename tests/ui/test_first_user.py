@@ -113,8 +113,8 @@ def test_one_sd_batch_moves_step_by_step_and_shows_what_it_denoises(studio: Stud
     every denoising step and shows a preview of the batch (its latents as RGB) before the job ends."""
     studio.tab("Generate")
     studio.tab("Stable Diffusion")
-    # 256 px: about half a second per step of the tiny model here, so the 2 s polls see several steps.
-    for elem, value in (("sd-count", 8), ("sd-batch", 8), ("sd-steps", 20), ("sd-resolution", 256)):
+    # 384 px: about a second per step of the tiny model on a busy 2-core machine, so the 2 s polls see several.
+    for elem, value in (("sd-count", 8), ("sd-batch", 8), ("sd-steps", 20), ("sd-resolution", 384)):
         studio.fill(elem, value)
     before = studio.job_shown("sd-job")
     studio.page.evaluate(WATCH_SD_JS)
@@ -212,7 +212,7 @@ def test_screenshot_of_every_tab_at_1280x800(studio: Studio) -> None:
         for section in sections:
             if section:
                 studio.tab(section)
-            studio.page.wait_for_timeout(4000)  # let lists, plots and thumbnails load
+            studio.page.wait_for_timeout(1500)  # let lists, plots and thumbnails load
             slug = re.sub(r"[^a-z0-9]+", "-", f"{name} {section or ''}".lower()).strip("-")
             expected.append(slug)
             studio.page.screenshot(path=str(SHOTS / f"{slug}.png"))
@@ -260,9 +260,8 @@ def test_the_address_keeps_the_tab_and_opens_a_linked_job(studio: Studio) -> Non
     studio.page.reload()
     studio.page.locator("[role=tab][aria-selected=true]", has_text="Select").wait_for()
     job_id = studio.api("/jobs?kind=prepare_dataset")["items"][0]["id"]
-    page = studio.page.context.new_page()  # someone opening a copied link
+    page = studio.page.context.browser.new_page(viewport={"width": 1280, "height": 800})  # a copied link
     try:
-        page.set_viewport_size({"width": 1280, "height": 800})
         page.goto(f"{studio.base}/?tab=jobs&job={job_id}")
         page.locator("[role=tab][aria-selected=true]", has_text="Jobs").wait_for()
         page.locator(f"#jobs-card .rb-job[data-job-id='{job_id}']").wait_for()
