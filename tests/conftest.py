@@ -36,13 +36,15 @@ if WORKER:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: 1.5 workers per core (at least 2, at most 8), or ``REBALANCE_TEST_WORKERS``.
+    """``-n auto``: one worker per core (at least 2, at most 8), or ``REBALANCE_TEST_WORKERS``.
 
-    Much of the suite waits on something else (a server or worker process it started, a browser, Ray), so one
-    worker per core leaves cores idle; more than 8 buys little and each worker holds torch (~1.5 GB)."""
+    More workers than cores looked free (much of the suite waits on a server, a worker process or a browser)
+    but was not: an idle studio page alone keeps headless Chromium busy at about half a core (Gradio's
+    timers re-render the page every 2 s), and with three browser modules at once on 2 cores the load
+    average reached 10 and the browser steps crawled. More than 8 buys little; each worker holds torch."""
     if wanted := os.environ.get("REBALANCE_TEST_WORKERS"):
         return int(wanted)
-    return min(8, max(2, (3 * (os.cpu_count() or 1) + 1) // 2))
+    return min(8, max(2, os.cpu_count() or 1))
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:

@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from backend.jobs import queue
 from backend.jobs.worker import JobWorker
 from backend.runtime import prepare
 from tests.conftest import REPO, make_settings
+
+pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
 
 # A real worker process that dies by SIGKILL while writing chunk 1's file of `test_count`: the data is in
 # the temp file, the rename has not happened (os.fsync is the step between the two).
@@ -23,9 +27,6 @@ from backend.jobs.worker import JobWorker
 worker = JobWorker(Settings.model_validate_json(sys.argv[1]))
 worker.register()
 real_fsync, calls = os.fsync, [0]
-
-pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tier (README)
-
 
 def fsync_or_die(fd):
     calls[0] += 1

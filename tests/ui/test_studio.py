@@ -282,7 +282,8 @@ def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
     studio.pick("bench-pool", f"#{pool['id']} {pool['name']} · {pool['count']} images")
     studio.fill("bench-pool-count", 8)
     # Before submit: what every run will do (the same steps for every variant) and how long on this server.
-    note = studio.page.locator("#bench-estimate", has_text="optimiser steps (batch 128")
+    # (It is redrawn as the form changes: wait for the one that counts the pool's variant too.)
+    note = studio.page.locator("#bench-estimate", has_text="3 runs of")
     note.wait_for()
     estimate = note.inner_text()
     studio.click("bench-run")
