@@ -101,7 +101,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     The order inside a module is kept (a stable sort).
     """
     for item in items:
-        if _module_scoped(item) and not item.get_closest_marker("xdist_group"):
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.get_closest_marker("browser"):
+            # One browser module at a time: an idle studio page alone keeps Chromium at about half a core, and
+            # with two or three studios (servers, job workers, browsers) at once on 2 cores the steps' waits ran
+            # out. They run in order on one worker, each module with its own server, while the others do the rest.
+            item.add_marker(pytest.mark.xdist_group("browser"))
+        elif _module_scoped(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
     if WORKER is None:
         return  # a serial run keeps pytest's order
@@ -117,8 +124,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda i: rank[i.nodeid.split("::", 1)[0]])
 
 
-# The browser modules, longest first (about 5, 4, 3 and 1.5 minutes on 2 cores). pyproject.toml passes
-# --no-loadscope-reorder, so xdist hands groups out in this order instead of by their number of tests.
+# The browser modules (one group, handed out first so the other workers' work fits beside it). pyproject.toml
+# passes --no-loadscope-reorder, so xdist hands groups out in this order instead of by their number of tests.
 LONGEST_FIRST = [
     "tests/ui/test_studio.py",
     "tests/ui/test_first_user.py",
