@@ -43,7 +43,7 @@ class Hooks:
     should_stop: Callable[[], bool] = _never  # polled at every stop point
     log: Callable[[str], None] = _no_log  # one human-readable line
     checkpoint: Callable[[Any], None] | None = None  # resumable state, when the caller persists it
-    preview: Callable[[Any], None] | None = None  # an H x W x 3 uint8 picture of the work in progress
+    preview: Callable[[Any], None] | None = None  # an H x W x 3 uint8 picture (or a thunk making one)
 
     def stop_point(self, where: str = "") -> None:
         """Raise :class:`Stopped` if the caller asked to stop."""

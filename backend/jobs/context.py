@@ -98,12 +98,16 @@ class JobContext:
     PREVIEW_EVERY_S = 0.5  # a preview is a small WebP; the studio polls every 2 s
 
     def preview(self, image: Any) -> None:
-        """Keep ``image`` (H x W x 3 uint8) as this job's picture of the work in progress
-        (``GET /api/jobs/{id}/preview``); at most one write per ``PREVIEW_EVERY_S``."""
+        """Keep ``image`` (H x W x 3 uint8, or a no-argument callable that makes one) as this job's
+        picture of the work in progress (``GET /api/jobs/{id}/preview``); at most one write per
+        ``PREVIEW_EVERY_S``. A callable is only called when the picture is written, so a caller at every
+        denoising step pays for the picture at most twice a second."""
         now = time.monotonic()
         if now - self._preview_at < self.PREVIEW_EVERY_S:
             return
         self._preview_at = now
+        if callable(image):
+            image = image()
         from backend.generation.imagefiles import encode_webp
 
         self.store.write_bytes(preview_path(self.job_id), encode_webp(image, max_size=512))

@@ -119,12 +119,27 @@ OPEN_TAB_JS = """() => {
 }"""
 
 
-# In the page's <head>, so it runs before the studio mounts: notes a person's (trusted) click on a tab.
+# In the page's <head>, so it runs before the studio mounts: notes a person's (trusted) click on a tab, and the
+# review keys.
 TAB_CLICK_HEAD = """<script>
 window.rbTabClicked = false;
 document.addEventListener('click', (e) => {
   if (e.isTrusted && e.target.closest && e.target.closest('[role=tab]')) window.rbTabClicked = true;
 }, true);
+// Review from the keyboard: a / r accept / reject the pick shown large on the Select tab (then the next one is
+// shown). Not while typing in a field, and only when that pick and its buttons are on screen.
+document.addEventListener('keydown', (e) => {
+  if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+  const key = (e.key || '').toLowerCase();
+  if (key !== 'a' && key !== 'r') return;
+  const t = e.target;
+  if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName || ''))) return;
+  const pick = document.querySelector('#sel-chosen .rb-preview');
+  const button = document.querySelector(key === 'a' ? '#sel-accept' : '#sel-reject');
+  if (!pick || !pick.offsetParent || !button || !button.offsetParent) return;
+  e.preventDefault();
+  button.click();
+});
 </script>"""
 
 

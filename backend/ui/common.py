@@ -152,15 +152,23 @@ def empty_numbers(params: dict[str, Any], required: Sequence[str]) -> str | None
 
 
 def submit(
-    api: ApiClient, kind: str, params: dict[str, Any], key: str | None, required: Sequence[str] = ()
+    api: ApiClient,
+    kind: str,
+    params: dict[str, Any],
+    key: str | None,
+    required: Sequence[str] = (),
+    omit_unset: bool = False,
 ) -> tuple[int | None, str]:
     """Submit a job; returns (job id, inline message html). A 422 (a param out of range, or one the
     server's submit-time checks refuse: a budget over the pools, an unfinished model...) shows the API's
     own message naming the field. ``required``: params whose box must not be empty (nothing is submitted
-    while one is). The success note names the job but not its status, which the job card keeps current
-    (a "queued" note would go stale)."""
+    while one is). ``omit_unset``: leave the other empty params out, so the API applies its default (a
+    field the form marks optional, such as "the model's guidance"). The success note names the job but not
+    its status, which the job card keeps current (a "queued" note would go stale)."""
     if refused := empty_numbers(params, required):
         return None, refused
+    if omit_unset:
+        params = {name: v for name, v in params.items() if v is not None}
     try:
         job = api.submit(kind, params, key)
     except ApiError as exc:

@@ -99,6 +99,28 @@ def test_picks_are_ordered_by_score_and_filtered_by_review() -> None:
     assert [p["image_id"] for p in filter_picks(picks, "near-copies")] == [2]
 
 
+def test_picks_sort_by_p_minority_or_order_picked_and_filter_by_class() -> None:
+    """Issue 30: the review gallery sorts by score, p(minority) or the order picked, and filters by class;
+    captions and the preview count picks and rounds from 1 (30.9: "rank 40 (round 2)" beside "3 rounds")."""
+    from backend.ui.tabs.select import ALL_CLASSES, _pick_caption, filter_picks, pick_class, preview_html
+
+    picks = [
+        {"image_id": 1, "rank": 0, "round": 0, "score": 0.2, "minority_prob": 0.9, "image": {"meta": {"class": "5"}}},
+        {"image_id": 2, "rank": 1, "round": 1, "score": 0.9, "minority_prob": 0.1, "image": {}},
+        {"image_id": 3, "rank": 2, "round": 2, "score": 0.5, "minority_prob": 0.5, "image": {"meta": {}}},
+    ]
+    picks = [{**p, "class": pick_class(p, "3")} for p in picks]
+    assert [p["class"] for p in picks] == ["5", "3", "3"]  # an image's own class, else the selection's
+    ids = lambda found: [p["image_id"] for p in found]  # noqa: E731
+    assert ids(filter_picks(picks, "all")) == [2, 3, 1]
+    assert ids(filter_picks(picks, "all", "p(minority) (highest first)")) == [1, 3, 2]
+    assert ids(filter_picks(picks, "all", "order picked")) == [1, 2, 3]
+    assert ids(filter_picks(picks, "all", "score (best first)", "3")) == [2, 3]
+    assert ids(filter_picks(picks, "all", "order picked", ALL_CLASSES)) == [1, 2, 3]
+    assert _pick_caption(picks[0]).startswith("pick 1 · score 0.200")
+    assert "<dt>Picked</dt><dd>pick 3, in round 3 of 3</dd>" in preview_html(picks[2], "", rounds=3)
+
+
 def test_job_card_summarises_a_finished_jobs_result() -> None:
     from backend.ui.common import job_card, result_summary
 
@@ -228,3 +250,7 @@ def test_a_grid_of_an_unfinished_epoch_is_a_placeholder_not_a_broken_image() -> 
 
     assert "rb-grid-wait" in grid_html(DIFFUSION, 4, 1, 0) and "<img" not in grid_html(DIFFUSION, 4, 1, 0)
     assert grid_html(DIFFUSION, 4, 1, 1).startswith("<img") and "/4/samples/1" in grid_html(DIFFUSION, 4, 1, 1)
+    labelled = grid_html(DIFFUSION, 4, 1, 1, ["cat", "<dog>"])
+    assert "<li>cat</li><li>&lt;dog&gt;</li></ol><img" in labelled  # a name per row, escaped, left of the grid
+    assert labelled.count("<li>") == 2
+    assert grid_html(DIFFUSION, 4, 1, 1, [str(i) for i in range(20)]).count("<li>") == 16  # the grid's 16 rows

@@ -79,6 +79,17 @@ def test_train_from_the_tab_shows_losses_and_grid(studio: Studio) -> None:
     points = studio.page.locator("#diff-losses .js-plotly-plot .scatterlayer .point")
     assert points.count() == 2
     assert studio.wait_images("#diff-grid", 1)[0].endswith(f"/api/diffusions/{model['id']}/samples/2")
+    # Issue 30.10: each row of the per-class grid is named, level with its row.
+    classes = [str(c) for c in studio.api(f"/diffusions/{model['id']}")["classes"]]
+    labels = studio.page.locator("#diff-grid .rb-grid-rows li")
+    assert labels.all_inner_texts() == classes[:16]
+    grid = studio.page.locator("#diff-grid img").bounding_box()
+    row = grid["height"] / len(classes[:16])
+    for i in range(labels.count()):
+        label = labels.nth(i).bounding_box()
+        middle = label["y"] + label["height"] / 2
+        assert abs(middle - (grid["y"] + (i + 0.5) * row)) < row / 3, (i, label, grid)
+        assert label["x"] + label["width"] <= grid["x"]  # beside the grid, not over it
     studio.fill("diff-epoch", 1)  # an earlier epoch's grid
     studio.page.keyboard.press("Escape")  # the Tab above focused (and opened) the Class dropdown
     studio.page.wait_for_function(

@@ -274,7 +274,7 @@ def sd_worker(work: SDWork, hooks: Hooks, device: str) -> Callable[[list[int]], 
         if hooks.preview is not None:
             from backend.generation.diffusion import latent_preview
 
-            hooks.preview(latent_preview(latents))
+            hooks.preview(lambda: latent_preview(latents))  # made only when the throttle lets it through
 
     def run(piece: list[int]) -> Iterator[list[PoolItem]]:
         nonlocal made

@@ -18,7 +18,6 @@ from backend.ui.common import (
     TINY_HINT,
     Ctx,
     choices,
-    empty_numbers,
     error_html,
     fetch_job,
     int_or_none,
@@ -306,9 +305,15 @@ def source_param(src: str, pth: str | None, ds: Any, imb: list[Any]) -> tuple[di
     return {"dataset_id": int(ds), "imbalance": imbalance_spec(*imb)}, ""
 
 
-def grid_html(t: Trained, model_id: Any, epoch: Any, epochs_done: int | None = None) -> str:
+GRID_ROWS = 16  # a diffusion grid has a row for each of the model's first 16 classes (backend.generation.ddpm)
+
+
+def grid_html(
+    t: Trained, model_id: Any, epoch: Any, epochs_done: int | None = None, classes: list[Any] | None = None
+) -> str:
     """The sample grid of ``epoch``; a placeholder while that epoch has not finished (``epochs_done`` below it):
-    its grid does not exist yet, and an <img> of it would show as a broken image (issue 30.6)."""
+    its grid does not exist yet, and an <img> of it would show as a broken image (issue 30.6). ``classes``: a
+    class-conditional model's classes, written beside the grid's rows (issue 30.10: rows without names)."""
     if not model_id or not epoch:
         return ""
     if epochs_done is not None and int(epoch) > epochs_done:
@@ -319,7 +324,13 @@ def grid_html(t: Trained, model_id: Any, epoch: Any, epochs_done: int | None = N
     # A relative URL, so the grid also loads behind a reverse proxy's path prefix.
     src = f"api{t.route}/{int(model_id)}/samples/{int(epoch)}"
     cls = f"rb-grid rb-grid-{t.prefix}"  # a diffusion grid (a row per class) is drawn taller
-    return f'<img class="{cls}" alt="samples at epoch {int(epoch)}" src="{html.escape(src)}">'
+    img = f'<img class="{cls}" alt="samples at epoch {int(epoch)}" src="{html.escape(src)}">'
+    if not classes:
+        return img
+    rows = "".join(f"<li>{html.escape(str(c))}</li>" for c in classes[:GRID_ROWS])
+    # The labels column stretches to the image's height and splits it evenly: one label per row.
+    labels = f'<ol class="rb-grid-rows" aria-label="class of each row">{rows}</ol>'
+    return f'<div class="rb-grid-labelled">{labels}{img}</div>'
 
 
 def inspect_widgets(t: Trained, noun: str) -> tuple[gr.Dropdown, gr.Plot, gr.Number, gr.HTML]:
@@ -370,6 +381,7 @@ def wire_trained(
     api = ctx.api
     model, losses, epoch, grid = widgets
     handled = gr.State(None)  # the finished training job whose model was already listed
+    done_state = gr.State(None)  # the shown model's epochs done and classes: the grid's placeholder and labels
 
     def listed() -> list[tuple[str, int]]:
         return choices(safe_items(api, t.route), t.label)
@@ -377,22 +389,23 @@ def wire_trained(
     def figure(info: dict[str, Any]) -> go.Figure:
         return loss_figure(info.get("history") or [], t.losses, t.title)
 
-    def show(m: Any) -> tuple[Any, Any, str]:
+    def show(m: Any) -> tuple[Any, Any, str, Any]:
         if not m:
-            return None, gr.update(value=1, maximum=None), ""
+            return None, gr.update(value=1, maximum=None), "", None
         try:
             info = api.get(f"{t.route}/{int(m)}")
         except ApiError as exc:
-            return None, gr.skip(), error_html(exc.message)
+            return None, gr.skip(), error_html(exc.message), None
         done = int(info.get("epochs_done") or len(info.get("history") or []) or 0)
         last = max(1, done)
         # The grid is drawn here too: if the epoch number does not change, no epoch.change follows.
-        return figure(info), gr.update(value=last, maximum=last), grid_html(t, m, last, done)
+        shown = {"done": done, "classes": info.get("classes")}
+        return figure(info), gr.update(value=last, maximum=last), grid_html(t, m, last, done, shown["classes"]), shown
 
     def tick(tj: Any, handled: Any, m: Any) -> tuple[Any, ...]:
         tjob = fetch_job(api, tj)
         card = job_card(tjob)
-        idle = (card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        idle = (card, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
         status = (tjob or {}).get("status")
         if not (status == "running" or (status == "succeeded" and handled != tj)):
             return idle
@@ -401,7 +414,7 @@ def wire_trained(
         if live is None or (m and int(m) != int(live["id"])):
             if status == "running":
                 return idle
-            return card, gr.update(choices=listed()), tj, gr.skip(), gr.skip(), gr.skip()
+            return card, gr.update(choices=listed()), tj, gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             info = api.get(f"{t.route}/{int(live['id'])}")
         except ApiError:
@@ -409,24 +422,24 @@ def wire_trained(
         done = int(info.get("epochs_done") or 0)
         pick = gr.update(choices=listed(), value=int(live["id"])) if not m or status == "succeeded" else gr.skip()
         epoch_update = gr.update(value=done, maximum=done) if done else gr.skip()
-        grid_update = grid_html(t, live["id"], done) if done else gr.skip()
+        grid_update = grid_html(t, live["id"], done, classes=info.get("classes")) if done else gr.skip()
         marker = tj if status == "succeeded" else handled
-        return card, pick, marker, figure(info), epoch_update, grid_update
+        shown = {"done": done, "classes": info.get("classes")}
+        return card, pick, marker, figure(info), epoch_update, grid_update, shown
 
     live_choices(ctx, model, listed)
-    model.change(show, model, [losses, epoch, grid], show_progress="hidden")
+    model.change(show, model, [losses, epoch, grid, done_state], show_progress="hidden")
 
-    def epoch_grid(m: Any, e: Any) -> str:
-        try:
-            done = int(api.get(f"{t.route}/{int(m)}").get("epochs_done") or 0) if m and e else None
-        except ApiError:
-            done = None
-        return grid_html(t, m, e, done)
+    def epoch_grid(m: Any, e: Any, shown: dict[str, Any] | None) -> str:
+        # The epochs done and classes come from the last show or tick: no API call per epoch change (one per
+        # tick while a model trains, since the tick moves the epoch field along).
+        shown = shown or {}
+        done = shown.get("done")
+        return grid_html(t, m, e, int(done) if done is not None else None, shown.get("classes"))
 
-    epoch.change(epoch_grid, [model, epoch], grid, show_progress="hidden")
-    ctx.timer.tick(
-        tick, [train_job, handled, model], [train_card, model, handled, losses, epoch, grid], show_progress="hidden"
-    )
+    epoch.change(epoch_grid, [model, epoch, done_state], grid, show_progress="hidden")
+    outputs = [train_card, model, handled, losses, epoch, grid, done_state]
+    ctx.timer.tick(tick, [train_job, handled, model], outputs, show_progress="hidden")
     return listed
 
 
@@ -620,10 +633,8 @@ def _diffusion_panel(ctx: Ctx) -> None:
             "guidance": gd,
             "strength": strg,
         }
-        if refused := empty_numbers(params, ("count", "seed", "steps")):
-            return gr.skip(), refused
-        params = {name: v for name, v in params.items() if v is not None}  # guidance, strength: the model's
-        jid, out = submit(api, "generate_diffusion", params, k)
+        # An empty guidance or strength is the model's own; count, seed and steps must be filled in.
+        jid, out = submit(api, "generate_diffusion", params, k, ("count", "seed", "steps"), omit_unset=True)
         return (jid if jid is not None else gr.skip()), out
 
     def class_choices(m: Any, current: Any) -> Any:

@@ -16,7 +16,6 @@ from backend.ui.client import ApiError
 from backend.ui.common import (
     Ctx,
     choices,
-    empty_numbers,
     error_html,
     int_or_none,
     job_card,
@@ -49,6 +48,13 @@ SELECT_PARAMS = {
 }
 QUALITY_COLUMNS = ("precision", "recall", "density", "coverage", "frechet")
 FILTERS = ["all", "pending", "accepted", "rejected", "near-copies"]
+# gallery orders: label -> sort key of a pick (ties: the order picked)
+SORTS = {
+    "score (best first)": lambda p: -float(p.get("score") or 0.0),
+    "p(minority) (highest first)": lambda p: -float(p.get("minority_prob") or 0.0),
+    "order picked": lambda p: 0,
+}
+ALL_CLASSES = "all classes"
 MARK = {"accepted": "✓", "rejected": "✗", "pending": "·"}
 PAGE = 1000  # pool images per request when looking up the picks' prompts (the API's page limit)
 MAX_LOOKUP = 50_000  # pool images read per pool at most for that lookup
@@ -60,11 +66,17 @@ def _state(review: str) -> str:
     return review if review == "pending" else f"{MARK.get(review, '')} {review}".strip()
 
 
+def _ordinal(value: Any) -> str:
+    """A 0-based rank or round as people count it (1-based); '?' when unknown."""
+    return str(int(value) + 1) if isinstance(value, int) else "?"
+
+
 def _pick_caption(p: dict[str, Any]) -> str:
-    """A thumbnail's caption: rank, score, review state, then what made the image (its prompt).
-    The image id is not here: it is a database key, shown apart in the preview."""
+    """A thumbnail's caption: when it was picked, score, review state, then what made the image (its prompt).
+    The image id is not here: it is a database key, shown apart in the preview. "pick 1" is the first one
+    picked (round 1), whatever order the gallery is sorted in (issue 30.9: "rank 40" led a best-first gallery)."""
     state = p.get("review", "pending")
-    bits = [f"rank {p.get('rank', '?')}", f"score {float(p.get('score') or 0):.3f}", _state(state)]
+    bits = [f"pick {_ordinal(p.get('rank'))}", f"score {float(p.get('score') or 0):.3f}", _state(state)]
     if p.get("near_copy"):
         bits.append("⚠ near-copy")
     if p.get("prompt"):
@@ -107,8 +119,16 @@ def with_prompts(picks: list[dict[str, Any]], images: dict[int, dict[str, Any]])
     return out
 
 
-def preview_html(p: dict[str, Any] | None, base: str) -> str:
-    """The clicked pick, large, with its review state, score, rank and image id in separate labelled rows."""
+def pick_class(p: dict[str, Any], target: Any) -> str:
+    """The class a pick was generated as: its image's class (GAN, diffusion samples), else the selection's
+    target class (a Stable Diffusion prompt's images are the class the selection fills)."""
+    found = ((p.get("image") or {}).get("meta") or {}).get("class")
+    return str(found if found is not None else target if target is not None else "?")
+
+
+def preview_html(p: dict[str, Any] | None, base: str, rounds: int | None = None) -> str:
+    """The clicked pick, large, with its review state, score, when it was picked and image id in labelled rows.
+    ``rounds``: the selection's rounds, so "round 3 of 3" reads against the summary's "3 rounds"."""
     if not p:
         return note_html("Click a pick to see it large, then accept or reject it.")
     image_id = int(p["image_id"])
@@ -117,7 +137,11 @@ def preview_html(p: dict[str, Any] | None, base: str) -> str:
     facts: list[tuple[str, str]] = [
         ("Review", f'<span class="rb-review rb-review-{state}">{_state(state)}</span>'),
         ("Score", f"{float(p.get('score') or 0):.4f}"),
-        ("Rank", f"{p.get('rank', '?')} (round {p.get('round', '?')})"),
+        (
+            "Picked",
+            f"pick {_ordinal(p.get('rank'))}, in round {_ordinal(p.get('round'))}"
+            + (f" of {int(rounds)}" if rounds else ""),
+        ),
     ]
     if p.get("minority_prob") is not None:
         facts.append(("p(minority)", f"{float(p['minority_prob']):.3f}"))
@@ -134,13 +158,20 @@ def preview_html(p: dict[str, Any] | None, base: str) -> str:
     src = html.escape(review_url(base, image_id))
     return (
         f'<div class="rb-preview" data-image-id="{image_id}" data-review="{state}">'
-        f'<img class="rb-preview-img" src="{src}" alt="pick ranked {p.get("rank", "?")}">'
+        f'<img class="rb-preview-img" src="{src}" alt="pick {_ordinal(p.get("rank"))}">'
         f'<dl class="rb-preview-facts">{rows}</dl></div>'
     )
 
 
-def filter_picks(picks: list[dict[str, Any]], which: str) -> list[dict[str, Any]]:
-    ordered = sorted(picks, key=lambda p: (-(float(p.get("score") or 0.0)), p.get("rank", 0)))
+def filter_picks(
+    picks: list[dict[str, Any]], which: str, order: str = "score (best first)", klass: str | None = None
+) -> list[dict[str, Any]]:
+    """The picks the gallery shows: sorted by ``order`` (a ``SORTS`` label), those of class ``klass`` (a
+    ``pick_class`` value; None or ``ALL_CLASSES``: every class), filtered by review state ``which``."""
+    key = SORTS.get(order, SORTS["score (best first)"])
+    ordered = sorted(picks, key=lambda p: (key(p), p.get("rank", 0)))
+    if klass and klass != ALL_CLASSES:
+        ordered = [p for p in ordered if p.get("class") == klass]
     if which == "near-copies":
         return [p for p in ordered if p.get("near_copy")]
     if which in ("pending", "accepted", "rejected"):
@@ -356,9 +387,12 @@ def build(ctx: Ctx) -> None:
                     label="Selection", choices=[], scale=3, allow_custom_value=True, elem_id="sel-pick"
                 )
                 which = gr.Radio(FILTERS, value="all", label="Show", scale=4, elem_id="sel-filter")
+            with gr.Row():
+                order = gr.Dropdown(list(SORTS), value="score (best first)", label="Sort", elem_id="sel-sort")
+                klass = gr.Dropdown([ALL_CLASSES], value=ALL_CLASSES, label="Class", elem_id="sel-class")
             stats = gr.HTML(elem_id="sel-stats")
             gallery = gr.Gallery(
-                label="Picks, best score first (click one to see it large and review it)",
+                label="Picks (click one to see it large; keys a / r accept / reject it and move to the next)",
                 columns=6,  # 6 x 100 px minimum thumbnails fit the panel at 1280 px (8 did not)
                 height=330,
                 object_fit="contain",
@@ -426,30 +460,36 @@ def build(ctx: Ctx) -> None:
             "beta": float(bt) if bt is not None else None,
             "diversity": div or None,
         }
-        if refused := empty_numbers(params, ("budget", "per_round", "mc_samples", "epochs")):
-            return gr.skip(), refused
-        params = {name: v for name, v in params.items() if v is not None}  # unset: the API's default
-        jid, out = submit(api, "select", params, k)
+        required = ("budget", "per_round", "mc_samples", "epochs")
+        jid, out = submit(api, "select", params, k, required, omit_unset=True)
         return (jid if jid is not None else gr.skip()), out
 
-    def show(sel_id: Any, flt: str, image_id: Any, known: dict[int, Any], request: gr.Request) -> tuple[Any, ...]:
-        """Gallery, stats, plots, export links and the clicked pick's preview (fresh after every review)."""
+    def show(  # each input its own argument: Gradio hands the request over by its type annotation
+        sel_id: Any, flt: str, srt: str, kls: str, image_id: Any, known: dict[int, Any], request: gr.Request
+    ) -> tuple[Any, ...]:
+        """Gallery, stats, plots, export links, the class filter's choices and the chosen pick's preview
+        (fresh after every review)."""
         base = public_base(request)
+        nothing = ([], [], "", None, "", "", None, preview_html(None, base), gr.skip())
         if not sel_id:
-            return [], [], "", None, "", "", None, preview_html(None, base), gr.skip()
+            return *nothing, gr.update(choices=[ALL_CLASSES], value=ALL_CLASSES)
         try:
             sel = api.get(f"/selections/{int(sel_id)}")
         except ApiError as exc:
-            return [], [], error_html(exc.message), None, "", "", None, preview_html(None, base), gr.skip()
+            return *nothing[:2], error_html(exc.message), *nothing[3:], gr.skip()
         try:
             slot_data = api.get(f"/selections/{int(sel_id)}/slots")
         except ApiError:
             slot_data = None  # analytics are optional: the picks still show
         known = pick_images(api, sel, known or {})
-        every = with_prompts(sel.get("picks") or [], known)
-        picks = filter_picks(every, flt)
+        target = (sel.get("info") or {}).get("target_class")
+        every = [{**p, "class": pick_class(p, target)} for p in with_prompts(sel.get("picks") or [], known)]
+        classes = sorted({p["class"] for p in every})
+        kls = kls if kls in classes else ALL_CLASSES  # a class of another selection shows every class
+        picks = filter_picks(every, flt, srt, kls)
         items = [(review_url(base, p["image_id"]), _pick_caption(p)) for p in picks]
         current = next((p for p in every if image_id and int(p["image_id"]) == int(image_id)), None)
+        rounds = len(sel.get("rounds") or [])
         return (
             items,
             picks,
@@ -460,15 +500,20 @@ def build(ctx: Ctx) -> None:
             export_links(sel),
             quality_html(sel.get("info") or {}),
             slots_figure(slot_data),
-            preview_html(current, base),
+            preview_html(current, base, rounds),
             known,
+            gr.update(choices=[ALL_CLASSES, *classes], value=kls),
         )
 
-    def on_click(picks: list[dict[str, Any]], evt: gr.SelectData, request: gr.Request) -> tuple[Any, str]:
+    def on_click(picks: list[dict[str, Any]], sel_id: Any, evt: gr.SelectData, request: gr.Request) -> tuple[Any, str]:
         if evt.index is None or evt.index >= len(picks):
             return None, preview_html(None, "")
         pick = picks[evt.index]
-        return int(pick["image_id"]), preview_html(pick, public_base(request))
+        try:
+            rounds = len(api.get(f"/selections/{int(sel_id)}").get("rounds") or []) if sel_id else None
+        except ApiError:
+            rounds = None
+        return int(pick["image_id"]), preview_html(pick, public_base(request), rounds)
 
     def pool_images(ids: list[Any] | None, request: gr.Request) -> list[tuple[str, str]]:
         """The first images of every chosen candidate pool, whatever made it (SD, GAN, diffusion, upload)."""
@@ -515,10 +560,17 @@ def build(ctx: Ctx) -> None:
         return ok_html(text)
 
     def one(decision: str) -> Any:
-        def act(sel_id: Any, image_id: Any, replace: bool) -> str:
+        """Review the chosen pick, then choose the next one the gallery shows (as a reviewer pressing a / r
+        through the picks expects); the last one stays chosen."""
+
+        def act(sel_id: Any, image_id: Any, replace: bool, picks: list[dict[str, Any]] | None) -> tuple[Any, str]:
             if not image_id:
-                return error_html("click a pick in the gallery first")
-            return review(sel_id, {int(image_id): decision}, replace)
+                return gr.skip(), error_html("click a pick in the gallery first")
+            out = review(sel_id, {int(image_id): decision}, replace)
+            ids = [int(p["image_id"]) for p in picks or []]
+            at = ids.index(int(image_id)) if int(image_id) in ids else -1
+            after = ids[at + 1] if 0 <= at < len(ids) - 1 else int(image_id)
+            return (after if "rb-ok" in out else gr.skip()), out
 
         return act
 
@@ -585,6 +637,7 @@ def build(ctx: Ctx) -> None:
         "diversity": diversity,
         "selection": selection,
         "which": which,
+        "order": order,
         "nr_smoothing": nr_smoothing,
         "nr_negative": nr_negative,
         "job": job_id,
@@ -613,19 +666,22 @@ def build(ctx: Ctx) -> None:
         [job_id, msg],
         concurrency_limit=1,
     )
-    view_in = [selection, which, chosen, images]
-    view_out = [gallery, shown, stats, fmap, export, quality, slot_plot, chosen_info, images]
-    gr.on([selection.change, which.change], show, view_in, view_out, show_progress="hidden")
+    view_in = [selection, which, order, klass, chosen, images]
+    view_out = [gallery, shown, stats, fmap, export, quality, slot_plot, chosen_info, images, klass]
+    gr.on([selection.change, which.change, order.change, klass.input], show, view_in, view_out, show_progress="hidden")
     selection.change(next_round_offer, selection, [nr_box, nr_note], show_progress="hidden")
-    gallery.select(on_click, shown, [chosen, chosen_info], show_progress="hidden")
+    gallery.select(on_click, [shown, selection], [chosen, chosen_info], show_progress="hidden")
     pools.change(pool_images, pools, pool_gallery, show_progress="hidden")
     pools.input(fit_budget, [pools, budget], budget, show_progress="hidden")
-    for button, fn, inputs in (
-        (accept, one("accepted"), [selection, chosen, replace_box]),
-        (reject, one("rejected"), [selection, chosen, replace_box]),
-        (accept_all, bulk("accept_pending"), [selection, replace_box]),
-        (reject_near, bulk("reject_near"), [selection, replace_box]),
+    for button, fn, inputs, outputs in (
+        (accept, one("accepted"), [selection, chosen, replace_box, shown], [chosen, review_msg]),
+        (reject, one("rejected"), [selection, chosen, replace_box, shown], [chosen, review_msg]),
+        (accept_all, bulk("accept_pending"), [selection, replace_box], review_msg),
+        (reject_near, bulk("reject_near"), [selection, replace_box], review_msg),
     ):
-        button.click(fn, inputs, review_msg).then(show, view_in, view_out, show_progress="hidden")
+        # One review at a time: keys pressed quickly queue up instead of racing on the chosen pick.
+        button.click(fn, inputs, outputs, concurrency_limit=1, concurrency_id="sel-review").then(
+            show, view_in, view_out, show_progress="hidden"
+        )
     nr_button.click(do_next_round, [selection, nr_smoothing, nr_negative], nr_msg, concurrency_limit=1)
     ctx.timer.tick(tick, [job_id, handled, selection], [card, selection, handled], show_progress="hidden")
