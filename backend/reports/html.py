@@ -25,6 +25,9 @@ from backend.reports.tables import (
 )
 
 STYLE = """
+.samples { display: flex; align-items: center; gap: 4px; margin: 4px 0; }
+.samples b { width: 10rem; flex: none; }
+.samples img { width: 64px; height: 64px; object-fit: contain; image-rendering: pixelated; border: 1px solid #e4e7eb; }
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #1f2933; }
 table.results { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: 1rem 0;
   display: block; max-width: 100%; overflow-x: auto; }  /* 10+ classes scroll instead of overflowing */
@@ -34,6 +37,19 @@ table.results .minority { background: #fff3c4; font-weight: 600; }
 .figure { margin: 1.5rem 0; }
 pre.meta { background: #f5f7fa; padding: 0.75rem; overflow-x: auto; font-size: 0.85rem; }
 """
+
+
+def samples_html(samples: dict[str, list[str]]) -> str:
+    """One row per variant: its name, then its images as small thumbnails."""
+    rows = []
+    for variant, uris in samples.items():
+        thumbs = "".join(
+            f'<img src="{html.escape(u)}" alt="{html.escape(variant)} image {i + 1}">' for i, u in enumerate(uris)
+        )
+        rows.append(
+            f'<div class="samples" data-variant="{html.escape(variant)}"><b>{html.escape(variant)}</b>{thumbs}</div>'
+        )
+    return "\n".join(rows)
 
 
 def render_report(
@@ -48,13 +64,16 @@ def render_report(
     verdicts: Sequence[dict[str, Any]] | None = None,
     assessments: dict[str, dict[str, Any]] | None = None,
     groups: dict[str, list[str]] | None = None,
+    samples: dict[str, list[str]] | None = None,
 ) -> str:
     """A complete HTML document that opens offline: table, figures (one confusion matrix per variant), metadata.
 
     ``quality`` (variant -> the quality panel of its selection, ``tables.quality_html``) adds a table of
     precision/recall/density/coverage/Fréchet beside each variant's minority accuracy; ``rounds`` (one
     dict per generate -> select -> reweight round, ``tables.rounds_html``) a table of the closed loop;
-    ``groups`` (a long tail's shot groups) the balanced and many/medium/few-shot accuracy of each variant.
+    ``groups`` (a long tail's shot groups) the balanced and many/medium/few-shot accuracy of each variant;
+    ``samples`` (variant -> image URIs, data: URIs so the file stays self-contained) a row of the images each
+    synthetic variant trained on.
     """
     esc = html.escape
     summary = summarize(rows, classes)
@@ -87,6 +106,11 @@ def render_report(
             "variants of this study, not published FIDs.</p>",
             quality_html(quality, rows, minority),
         ]
+    if samples:
+        extra += ["<h2>What the synthetic variants trained on</h2>",
+                  "<p>The first images of each synthetic variant (a selection's picks in the order picked, or "
+                  "the pool's first images); the classical variants train on real images only.</p>",
+                  samples_html(samples)]  # fmt: skip
     if rounds:
         extra += [
             "<h2>Rounds: generate → select → reweight</h2>",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from sqlalchemy import select
@@ -10,7 +11,10 @@ from sqlalchemy.orm import Session
 from backend.data.longtail import balanced_accuracy, group_accuracy, shot_groups
 from backend.db.models import Benchmark, BenchmarkRun, Pool, Selection
 from backend.reports.verdict import verdicts
-from backend.services.errors import NotFound
+from backend.services import pools as pool_svc
+from backend.services import selections as selection_svc
+from backend.services.errors import NotFound, NotReady
+from backend.store import FileStore
 
 
 def load(session: Session, benchmark_id: int) -> tuple[Benchmark, list[BenchmarkRun]]:
@@ -140,4 +144,42 @@ def variant_assessments(session: Session, benchmark: Benchmark) -> dict[str, dic
         found = (pool.info or {}).get("assessment") if pool is not None else None
         if found:
             out[spec["name"]] = found
+    return out
+
+
+SAMPLES_PER_VARIANT = 8  # thumbnails of each synthetic variant in report.html
+IMAGE_TYPES = {".webp": "image/webp", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
+def variant_samples(
+    session: Session, store: FileStore, benchmark: Benchmark, per: int = SAMPLES_PER_VARIANT
+) -> dict[str, list[str]]:
+    """The first ``per`` images each synthetic variant trained on (a selection's kept picks in rank order, or
+    the pool's first images), as ``data:`` URIs of their review files, by variant name: a
+    report that says "sd_al helps" shows what sd_al was. Classical variants (real images only) and images
+    whose file is gone are left out."""
+    out: dict[str, list[str]] = {}
+    for spec in (benchmark.params or {}).get("variants", []):
+        if not isinstance(spec, dict):
+            continue
+        try:
+            if spec.get("selection_id") is not None:
+                rows = selection_svc.selected_images(session, spec["selection_id"])[
+                    : min(per, spec.get("count") or per)
+                ]
+            elif spec.get("pool_id") is not None:
+                rows = pool_svc.first_images(session, spec["pool_id"], min(per, int(spec.get("count") or per)))
+            else:
+                continue
+        except (NotFound, NotReady):  # deleted since the benchmark ran
+            continue
+        uris = []
+        for row in rows:
+            rel = row.review_file or row.file  # the small review WebP; an imported image may have only its file
+            path = store.path(rel) if rel else None
+            if path is not None and path.is_file():
+                mime = IMAGE_TYPES.get(path.suffix.lower(), "image/png")
+                uris.append(f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii"))
+        if uris:
+            out[str(spec["name"])] = uris
     return out

@@ -14,7 +14,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from backend.ui.client import ApiClient
-from backend.ui.common import LIST_POLL_S, POLL_S, Ctx, parse_id
+from backend.ui.common import LIST_POLL_S, POLL_S, Ctx, Ticks, parse_id
 from backend.ui.tabs import benchmark, dataset, experiments, generate, jobs, prompts, select
 
 ASSETS = Path(__file__).resolve().parents[2] / "frontend_assets"
@@ -84,11 +84,14 @@ def build_ui(api: ApiClient) -> gr.Blocks:
                         "timer": gr.Timer(POLL_S, active=i == 0),
                         "list_timer": gr.Timer(LIST_POLL_S, active=i == 0),
                     }
+                    ticks = {key: Ticks() for key in timers}
                     # The Dataset tab's controls, set on the context by its builder, carry over to later tabs.
-                    ctx = replace(ctx, **timers) if ctx else Ctx(api=api, demo=demo, **timers)
+                    ctx = replace(ctx, **ticks) if ctx else Ctx(api=api, demo=demo, **ticks)
                     out = builders[name](ctx)
                     if name == "Prompts":
                         vocab_inline = out
+                    for key, timer in timers.items():  # one event per timer tick, whatever the tab polls
+                        ticks[key].wire(timer)
                 tabs.append((tab, list(timers.values())))
         for store in ctx.browser_states if ctx else []:
             store.render()

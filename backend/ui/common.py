@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import html
+import inspect
+import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,15 +19,119 @@ POLL_S = 2.0  # how often live panels (job cards, galleries) ask the API for new
 LIST_POLL_S = 5.0  # how often dropdowns of datasets, pools, ... look for new entries
 TERMINAL = ("succeeded", "failed", "cancelled")
 
+logger = logging.getLogger(__name__)
+
+
+SKIP = {"__type__": "update"}  # what gr.skip() returns: leave the output as it is
+
+
+class Ticks:
+    """The handlers of one tab's poll timer, run as ONE Gradio event per tick.
+
+    Every event costs the browser far more than the handler costs the server: an idle studio page made
+    Chromium use 0.2-0.34 of a core, about 0.3 CPU-seconds per event, with the Generate tab firing 6
+    events every 2 s and 5 more every 5 s (``benchmarks/bench_idle_page.py``). Handlers register here with
+    :meth:`tick` (the signature of ``gr.Timer.tick``); :meth:`wire` attaches one handler that calls them all
+    and merges their outputs. A handler whose signature takes a ``gr.Request`` gets the tick's request.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: list[tuple[Callable[..., Any], list[Any], list[Any], bool]] = []
+
+    def tick(self, fn: Callable[..., Any], inputs: Any = None, outputs: Any = None, **_: Any) -> None:
+        """Register ``fn(inputs...) -> outputs`` (``show_progress`` and the like: always hidden here)."""
+        wants = any(_is_request(p.annotation) for p in inspect.signature(fn).parameters.values())
+        self._handlers.append((fn, _as_list(inputs), _as_list(outputs), wants))
+
+    def wire(self, timer: gr.Timer) -> None:
+        """Attach the registered handlers to ``timer`` as a single event (nothing when none registered).
+
+        A value the tick already sent and that has not changed since (a finished job's card, a loss curve
+        between epochs) is not sent again: the page would re-render it for nothing."""
+        if not self._handlers:
+            return
+        sent = gr.State({})  # output position -> fingerprint of the value this page's ticks last sent
+        run, inputs, outputs = self.runner()
+        timer.tick(run, [sent, *inputs], [*outputs, sent], show_progress="hidden")
+
+    def runner(self) -> tuple[Callable[..., list[Any]], list[Any], list[Any]]:
+        """``(run, inputs, outputs)``: ``run(request, last_sent, *input values)`` calls every handler and
+        returns the outputs' values, then the new ``last_sent``."""
+        inputs = _unique(c for _, ins, _, _ in self._handlers for c in ins)
+        outputs = _unique(c for _, _, outs, _ in self._handlers for c in outs)
+        handlers = list(self._handlers)
+
+        def run(request: gr.Request, last: dict[int, str], *values: Any) -> list[Any]:
+            given = {id(c): v for c, v in zip(inputs, values, strict=True)}
+            merged: dict[int, Any] = {id(c): SKIP for c in outputs}
+            for fn, ins, outs, wants in handlers:
+                args = [given[id(c)] for c in ins] + ([request] if wants else [])
+                try:
+                    out = fn(*args)
+                except Exception:  # one panel's failure must not stop the others from refreshing
+                    logger.exception("a studio poll handler failed: %s", getattr(fn, "__qualname__", fn))
+                    continue
+                for c, v in zip(outs, out if len(outs) > 1 else (out,), strict=True):
+                    merged[id(c)] = _merge(merged[id(c)], v)
+            result, now = [], dict(last or {})
+            for i, c in enumerate(outputs):
+                value = merged[id(c)]
+                if value != SKIP:
+                    mark = _fingerprint(value)
+                    if now.get(i) == mark:
+                        value = SKIP
+                    now[i] = mark
+                result.append(value)
+            return [*result, now]
+
+        return run, inputs, outputs
+
+
+def _fingerprint(value: Any) -> str:
+    """A short digest of an output value (HTML, an update dict, a gallery's items, a plotly figure)."""
+    text = value.to_json() if hasattr(value, "to_json") else json.dumps(value, sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _is_request(annotation: Any) -> bool:
+    return annotation is gr.Request or annotation in ("gr.Request", "Request")
+
+
+def _as_list(components: Any) -> list[Any]:
+    if components is None:
+        return []
+    return list(components) if isinstance(components, (list, tuple)) else [components]
+
+
+def _unique(components: Any) -> list[Any]:
+    seen: dict[int, Any] = {}
+    for c in components:
+        seen.setdefault(id(c), c)
+    return list(seen.values())
+
+
+def _merge(before: Any, after: Any) -> Any:
+    """Two handlers' values for one output: a skip leaves the other; two updates combine, the later wins."""
+    if after == SKIP:
+        return before
+    if (
+        isinstance(before, dict)
+        and isinstance(after, dict)
+        and before.get("__type__") == after.get("__type__") == "update"
+    ):
+        return {**before, **after}
+    return after
+
 
 @dataclass
 class Ctx:
-    """What a tab builder needs: the API client, the shared poll timer, and the Dataset tab's controls
-    (dataset + imbalance) that Generate, Select and Benchmark reuse as inputs."""
+    """What a tab builder needs: the API client, the tab's poll timers (handlers register with their
+    ``tick``, as with a ``gr.Timer``), and the Dataset tab's controls (dataset + imbalance) that Generate,
+    Select and Benchmark reuse as inputs."""
 
     api: ApiClient
-    timer: gr.Timer
-    list_timer: gr.Timer
+    timer: Ticks
+    list_timer: Ticks
     demo: gr.Blocks
     dataset: gr.Dropdown | None = None
     imbalance: list[gr.components.Component] = field(default_factory=list)
@@ -83,7 +190,7 @@ def job_card(job: dict[str, Any] | None) -> str:
     pct = max(0.0, min(1.0, float(job.get("progress") or 0.0))) * 100
     status = str(job.get("status", "?"))
     eta = "" if status in TERMINAL else f" · ETA {fmt_eta(job.get('eta_s'))}"
-    msg = html.escape(str(job.get("message") or ""))
+    msg = html.escape(str(job.get("message") or job.get("waiting") or ""))
     err = job.get("error")
     err_html = f'<div class="rb-job-error">{html.escape(str(err))}</div>' if err else ""
     summary = result_summary(job.get("result")) if status == "succeeded" else ""
@@ -106,12 +213,46 @@ def job_card(job: dict[str, Any] | None) -> str:
 
 
 def fetch_job(api: ApiClient, job_id: int | None) -> dict[str, Any] | None:
+    """The job, and for a queued one what it waits for (``waiting``, shown on its card)."""
     if not job_id:
         return None
     try:
-        return api.get(f"/jobs/{int(job_id)}")
+        job = api.get(f"/jobs/{int(job_id)}")
     except ApiError:
         return None
+    if job.get("status") == "queued":
+        job["waiting"] = waiting_for(api, job)
+    return job
+
+
+def waiting_for(api: ApiClient, job: dict[str, Any]) -> str:
+    """What a queued job waits for, in words: no worker at all, or the jobs running and queued before it
+    (issue 30.17: a queued card did not say). Two reads, made only while a shown job is queued."""
+    try:
+        workers = int(api.get("/health").get("live_workers") or 0)
+        running = api.get("/jobs", status="running", limit=50).get("items") or []
+        queued = api.get("/jobs", status="queued", limit=500).get("items") or []
+    except ApiError:
+        return ""
+    if workers == 0:
+        return (
+            "waiting for a worker: none is running (start the app with --workers 1 or more, "
+            "or `python app.py worker` beside it)"
+        )
+    ahead = sum(1 for j in queued if int(j["id"]) < int(job["id"]))
+    if len(running) >= workers:
+        busy = ", ".join(f"{j.get('kind')} #{j.get('id')}" for j in running[:3]) + (" …" if len(running) > 3 else "")
+        who = "the worker is" if workers == 1 else f"all {workers} workers are"
+        text = f"waiting for a free worker: {who} busy with {busy}"
+    else:
+        text = "waiting for a worker to take it"
+    return text + (f"; {ahead} queued before it" if ahead else "")
+
+
+def show_card_now(api: ApiClient, job: gr.State, card: gr.HTML) -> None:
+    """Whenever the ``job`` state changes (a submit, a restored form), draw its ``card`` at once, not at the
+    next poll (issue 30.17: under load the card took 13-25 s to appear after the click)."""
+    job.change(lambda jid: job_card(fetch_job(api, jid)), job, card, show_progress="hidden")
 
 
 def result_tick(
@@ -173,7 +314,7 @@ def submit(
         job = api.submit(kind, params, key)
     except ApiError as exc:
         return None, error_html(exc.message, exc.fields)
-    return int(job["id"]), ok_html(f"submitted {kind} job #{job['id']}; its card below follows it")
+    return int(job["id"]), ok_html(f"submitted {kind} job #{job['id']}; its card shows its progress")
 
 
 # -- URLs -------------------------------------------------------------------------------------------

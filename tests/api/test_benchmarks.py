@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterator
@@ -151,6 +152,14 @@ def test_benchmark_job_rows_and_exports(api) -> None:
     assert '<th class="minority">3</th>' in r.text and r.text.count("plotly-graph-div") >= 4
     held = by[("full", 0)]["validation"]["counts"]["3"]
     assert f"Validation split of seed 0: {size} real images, {held} of the minority class" in r.text
+    # Issue 30: the report shows what the synthetic variant trained on: its pool's first 8 images, inlined.
+    block = r.text.split('<div class="samples" data-variant="oracle">')[1].split("</div>")[0]
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', block)
+    store = _store(api)
+    assert [base64.b64decode(u) for u in uris] == [
+        store.path(f"pools/{pool_id}/{i}.png").read_bytes() for i in range(8)
+    ]
+    assert 'data-variant="full"' not in r.text  # a classical variant: real images only
 
     table = api.client.get(f"/api/benchmarks/{bid}/table.html")  # what the studio shows as Table 1
     assert table.status_code == 200 and '<th class="minority">3</th>' in table.text

@@ -73,11 +73,28 @@ def test_paths_outside_the_allowed_directories_are_refused(api, section: str, va
     assert _job_count(api) == 0
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
 def test_templates_are_valid_configs(api) -> None:
     names = {t["name"]: t["yaml"] for t in api.client.get("/api/experiments/templates").json()}
     assert {"cifar10_cat", "cifar10_cat_cpu"} <= set(names)
     path = yaml.safe_load(names["cifar10_cat_cpu"])["dataset"]["path"]
     assert Path(path).is_absolute() and path.endswith("cifar10-jpg.tar.gz")
+    # Issue 30.14: a recipe keeps its comments (the form showed it re-dumped, "Sized for 2 CPU cores" gone), and
+    # is otherwise the file: only its relative paths are made absolute.
+    assert "Sized for 2 CPU cores" in names["digits_diffusion_cpu"]
+    from backend.experiment_runs import PATH_KEYS
+
+    def without_paths(data: dict[str, Any]) -> dict[str, Any]:
+        for section, key in PATH_KEYS:
+            (data.get(section) or {}).pop(key, None)
+        return data
+
+    for name, text in names.items():
+        written = (EXAMPLES / f"{name}.yaml").read_text()
+        assert text.count("#") == written.count("#") > 0, name
+        assert without_paths(yaml.safe_load(text)) == without_paths(yaml.safe_load(written)), name
 
 
 def test_cancel_stops_every_stage(api) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -254,3 +255,34 @@ def test_a_grid_of_an_unfinished_epoch_is_a_placeholder_not_a_broken_image() -> 
     assert "<li>cat</li><li>&lt;dog&gt;</li></ol><img" in labelled  # a name per row, escaped, left of the grid
     assert labelled.count("<li>") == 2
     assert grid_html(DIFFUSION, 4, 1, 1, [str(i) for i in range(20)]).count("<li>") == 16  # the grid's 16 rows
+
+
+def test_one_tick_runs_every_panel_merges_their_outputs_and_resends_nothing_unchanged() -> None:
+    """The studio's poll handlers run as one event per tick (an event costs the browser ~0.3 CPU-s); a value
+    already sent and unchanged is skipped; a failing handler leaves the others' outputs alone."""
+    import gradio as gr
+
+    from backend.ui.common import SKIP, Ticks
+
+    a, b, card, dropdown, job = (object() for _ in range(5))
+    seen: list[Any] = []
+    ticks = Ticks()
+    ticks.tick(lambda j: f"card of {j}", job, card)
+
+    def listing(j: int, request: gr.Request) -> dict[str, Any]:  # asks for the tick's request, by its type
+        seen.append(request)
+        return gr.update(choices=[j])
+
+    ticks.tick(listing, job, dropdown)
+    ticks.tick(lambda j: gr.update(value=j), [job], [dropdown])  # a second writer of the same dropdown
+    ticks.tick(lambda: 1 / 0, None, a)  # fails: its output is skipped, the others still come
+    ticks.tick(lambda j: (gr.skip(), j), job, [b, a])
+    run, inputs, outputs = ticks.runner()
+    assert inputs == [job] and outputs == [card, dropdown, a, b]
+    first = run("req", {}, 7)
+    assert first[:4] == ["card of 7", {"__type__": "update", "choices": [7], "value": 7}, 7, SKIP] and seen == ["req"]
+    again = run("req", first[-1], 7)  # nothing changed: nothing is sent again
+    assert again[:4] == [SKIP] * 4
+    moved = run("req", again[-1], 8)
+    assert moved[:3] == ["card of 8", {"__type__": "update", "choices": [8], "value": 8}, 8]
+    assert run("req", {}, 8)[:3] == moved[:3]  # a fresh page (no memory of what was sent) gets everything

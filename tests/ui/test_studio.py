@@ -271,10 +271,26 @@ def test_selection_and_review_in_the_gallery(studio: Studio) -> None:
     studio.shot("select")
 
 
+# Records (rows of Table 1, the job card's status, the live note) at every change of the results panel or card.
+PANEL_JS = """() => {
+  window.rbPanel = [];
+  const note = () => {
+    const rows = document.querySelectorAll('#bench-table table.results tbody tr').length;
+    const status = document.querySelector('#bench-job .rb-job')?.dataset.status || '';
+    const live = document.querySelector('#bench-downloads .rb-bench-live')?.textContent || '';
+    window.rbPanel.push([rows, status, live]);
+  };
+  const what = {subtree: true, childList: true, characterData: true, attributes: true};
+  for (const sel of ['#bench-table', '#bench-job', '#bench-downloads'])
+    new MutationObserver(note).observe(document.querySelector(sel), what);
+}"""
+BENCH_STEPS = 150  # per run: long enough that a poll (2 s) falls between the first run's end and the last's
+
+
 def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
     studio.tab("Benchmark")
     studio.page.locator("#bench-variants").get_by_text("oversample", exact=True).click()  # keep imbalanced + full
-    studio.fill("bench-epochs", 1)
+    studio.fill("bench-steps", BENCH_STEPS)
     studio.fill("bench-batch", 128)
     studio.radio("bench-precision", "fp32")
     # Plus a synthetic variant: 8 random images of the SD pool made above.
@@ -286,14 +302,20 @@ def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
     note = studio.page.locator("#bench-estimate", has_text="3 runs of")
     note.wait_for()
     estimate = note.inner_text()
+    studio.page.evaluate(PANEL_JS)
     studio.click("bench-run")
     job_id = studio.wait_job("bench-job")
+    # Issue 30: the results fill in as runs finish: rows of finished runs while later runs still train.
+    panel = studio.page.evaluate("() => window.rbPanel")
+    live = [(rows, note) for rows, status, note in panel if status == "running" and 0 < rows < 3]
+    assert live, panel
+    assert any(re.fullmatch(rf"{rows} of 3 runs finished; the rest are training\.", note) for rows, note in live)
     params = studio.api(f"/jobs/{job_id}")["params"]
     assert params["precision"] == "fp32"
     steps = {
         r["steps"] for r in studio.api(f"/benchmarks/{studio.api(f'/jobs/{job_id}')['result']['benchmark_id']}")["rows"]
     }
-    assert len(steps) == 1 and f"3 runs of {steps.pop():,} optimiser steps" in estimate  # what the note said
+    assert steps == {BENCH_STEPS} and f"3 runs of {BENCH_STEPS:,} optimiser steps" in estimate  # what the note said
     synthetic = params["variants"][-1]
     assert (synthetic["name"], synthetic["pool_id"], synthetic["count"]) == ("sd_random", pool["id"], 8)
     studio.page.locator("#bench-plot .js-plotly-plot").wait_for()
@@ -316,6 +338,16 @@ def test_double_click_makes_one_job_and_cancel_stops_it(studio: Studio) -> None:
     job_id = studio.wait_job("sd-job", "running")
     studio.page.wait_for_timeout(1000)
     assert studio.api("/jobs?kind=generate_sd")["total"] == before + 1
+    # Issue 30.17: a job queued behind it (one worker) says on its card what it waits for.
+    studio.tab("Dataset")
+    studio.fill("ds-name", "queued-behind")
+    shown = studio.job_shown("ds-job")
+    studio.click("ds-register")
+    queued = studio.wait_job("ds-job", "queued", after=shown)
+    waits = f"waiting for a free worker: the worker is busy with generate_sd #{job_id}"
+    studio.page.locator("#ds-job .rb-job-msg", has_text=waits).wait_for()
+    _post(f"{studio.base}/api/jobs/{queued}/cancel")  # not wanted further: the later tests choose datasets
+    studio.wait_job("ds-job", "cancelled")
     studio.tab("Jobs")
     # After the reload above, with no job id entered yet, the table and health still fill in.
     studio.page.locator("#jobs-health", has_text="worker(s)").wait_for(timeout=15_000)
@@ -387,6 +419,10 @@ def test_zip_upload_and_folder_sources(studio: Studio, tmp_path: Path) -> None:
     studio.fill("ds-path", str(tmp_path / "shapes"))
     studio.click("ds-register")
     studio.page.locator("#ds-msg", has_text="--allow-dir").wait_for()
+    # Issue 30.15: back on another source, the folder's error goes (it stayed under the digits demo).
+    studio.radio("ds-source", "Digits demo (offline)")
+    studio.page.locator("#ds-msg .rb-error").wait_for(state="detached")
+    studio.radio("ds-source", "Folder on the server")
     # The same images inside the workspace (an allowed directory) register.
     inside = _class_folder(studio.workspace / "incoming" / "shapes")
     studio.fill("ds-path", str(inside))
@@ -485,6 +521,8 @@ def test_experiment_from_the_tab_survives_a_reload_and_opens_its_report(studio: 
     studio.pick("exp-template", "cifar10_cat_cpu")
     box = studio.page.locator("#exp-yaml textarea")
     studio.page.wait_for_function("el => el.value.includes('cifar10-jpg.tar.gz')", arg=box.element_handle())
+    # Issue 30.14: the recipe keeps its comments (how it is sized, how to run it) in the form.
+    assert box.input_value().startswith("# The same study shrunk to run on 2 CPU cores"), box.input_value()[:200]
     studio.fill("exp-yaml", EXPERIMENT_YAML)
     studio.click("exp-launch")
     studio.page.locator("#exp-msg", has_text="launched: 2 stages").wait_for()

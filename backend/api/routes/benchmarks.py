@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from backend.api.deps import ReadSessionDep, SettingsDep
+from backend.api.deps import ReadSessionDep, SettingsDep, StoreDep
 from backend.core.types import DbId
 from backend.db.models import Benchmark, BenchmarkRun, Dataset
 from backend.reports.figures import FIGURES, build_figure
@@ -36,6 +36,7 @@ from backend.services.benchmarks import (
     run_rows,
     variant_assessments,
     variant_quality,
+    variant_samples,
     verdicts_of,
     with_longtail,
 )
@@ -201,9 +202,10 @@ def results(benchmark_id: DbId, session: ReadSessionDep) -> Response:
 
 
 @router.get("/{benchmark_id}/report.html", response_class=HTMLResponse)
-def report(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
+def report(benchmark_id: DbId, session: ReadSessionDep, store: StoreDep) -> HTMLResponse:
     """A self-contained HTML report (plotly.js inlined): Table 1, the quality panel of selection variants beside
-    their minority accuracy, per-class bars, curves, confusion matrices."""
+    their minority accuracy, the images each synthetic variant trained on, per-class bars, curves, confusion
+    matrices."""
     row, runs = load(session, benchmark_id)
     if not runs:
         raise HTTPException(status_code=409, detail=f"benchmark {benchmark_id} has no finished runs yet")
@@ -220,6 +222,7 @@ def report(benchmark_id: DbId, session: ReadSessionDep) -> HTMLResponse:
         verdicts=verdicts_of(row, rows),
         assessments=variant_assessments(session, row),
         groups=groups_of(info) if is_longtail(info) else None,
+        samples=variant_samples(session, store, row),
     )
     return HTMLResponse(text)
 

@@ -6,6 +6,8 @@ Thin: validation, submission and advancing are ``backend.experiment_runs``, shar
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -91,13 +93,26 @@ def templates() -> list[TemplateOut]:
     examples; a launch still checks them against the allowed directories)."""
     out = []
     for path in sorted(EXAMPLES.glob("*.yaml")):
-        data = safeyaml.load(path.read_bytes(), what=path.name) or {}
+        text = path.read_text(encoding="utf-8")
+        data = safeyaml.load(text.encode(), what=path.name) or {}
         for section, key in runs.PATH_KEYS:
             value = (data.get(section) or {}).get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
-                data[section][key] = str((path.parent / value).resolve())
-        out.append(TemplateOut(name=path.stem, yaml=yaml.safe_dump(data, sort_keys=False)))
+                absolute = str((path.parent / value).resolve())
+                data[section][key] = absolute
+                text = _with_value(text, key, value, absolute)
+        # The recipe as written, comments included ("Sized for 2 CPU cores..." is what a user reads first),
+        # with only its relative paths rewritten; re-dumped (comments lost) if that edit did not give the same data.
+        if yaml.safe_load(text) != data:
+            text = yaml.safe_dump(data, sort_keys=False)
+        out.append(TemplateOut(name=path.stem, yaml=text))
     return out
+
+
+def _with_value(text: str, key: str, old: str, new: str) -> str:
+    """``text`` with the first ``key: old`` (plain or quoted value) set to ``new``, double-quoted for YAML."""
+    pattern = re.compile(rf"""^(\s*{re.escape(key)}\s*:\s*)(["']?){re.escape(old)}\2(?=\s*(#.*)?$)""", re.M)
+    return pattern.sub(lambda m: m[1] + json.dumps(new), text, count=1)
 
 
 @router.post("", response_model=ExperimentOut, status_code=status.HTTP_201_CREATED)

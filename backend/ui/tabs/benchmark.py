@@ -15,6 +15,7 @@ from backend.ui.common import (
     Ctx,
     choices,
     error_html,
+    fetch_job,
     int_or_none,
     job_card,
     live_choices,
@@ -22,6 +23,7 @@ from backend.ui.common import (
     persist,
     result_tick,
     safe_items,
+    show_card_now,
     status_mark,
     submit,
     when,
@@ -242,17 +244,49 @@ def build(ctx: Ctx) -> None:
         if not bid:
             return "", None, "", None
         try:
-            api.get(f"/benchmarks/{int(bid)}")
+            info = api.get(f"/benchmarks/{int(bid)}")
         except ApiError as exc:
             return error_html(exc.message), None, "", None
+        done, total = int(info.get("runs_done") or 0), int(info.get("runs_total") or 0)
+        if not done:  # nothing to draw yet (the table and figures answer 409)
+            return note_html(f"0 of {total} runs finished: each run's row appears here when it ends."), None, "", None
         fig = api_figure(api, int(bid), "per_class")
         links = (
             f'<a class="rb-link" href="api/benchmarks/{int(bid)}/results.csv" download>results.csv</a>'
             f'<a class="rb-link" href="api/benchmarks/{int(bid)}/report.html" target="_blank">report.html</a>'
         )
+        if info.get("status") in ("queued", "running") and done < total:
+            # Results fill in as runs finish (a W&B habit): say that the rest are still training.
+            links = f'<div class="rb-bench-live">{done} of {total} runs finished; the rest are training.</div>' + links
         return links, fig, api_table(api, int(bid)), api_figure(api, int(bid), "curves")
 
-    tick = result_tick(api, "benchmark_id", list_benchmarks)
+    finished_tick = result_tick(api, "benchmark_id", list_benchmarks)
+    skip4 = (gr.skip(),) * 4
+
+    def tick(jid: Any, handled: Any, current: Any, seen: Any) -> tuple[Any, ...]:
+        """The job card; while the job runs, its benchmark is chosen and the results panel redrawn whenever
+        another run has finished (``seen``: the benchmark id and runs shown); once it succeeds, the final rows."""
+        job = fetch_job(api, jid)
+        status = (job or {}).get("status")
+        if status == "running":
+            live = next((b for b in safe_items(api, "/benchmarks") if b.get("job_id") == jid), None)
+            if live is None:  # its benchmark row is made as the job starts
+                return job_card(job), gr.skip(), gr.skip(), *skip4, gr.skip()
+            now = f"{live['id']}:{live.get('runs_done')}"
+            if not str(seen or "").startswith(f"{live['id']}:"):  # first seen: follow it (the user just ran it)
+                pick = gr.update(choices=list_benchmarks(), value=int(live["id"]))
+                return job_card(job), pick, gr.skip(), *show(live["id"]), now
+            if (current and int(current) != int(live["id"])) or now == seen:  # another one chosen, or no news
+                return job_card(job), gr.skip(), gr.skip(), *skip4, gr.skip()
+            return job_card(job), gr.skip(), gr.skip(), *show(live["id"]), now
+        card, pick, marker = finished_tick(jid, handled, current)
+        if status == "succeeded" and handled != jid:
+            # The last runs may have finished between two ticks; the benchmark may already be the chosen one
+            # (no change event then): draw the final panel here.
+            bid = (job.get("result") or {}).get("benchmark_id")
+            if bid and (not current or int(current) == int(bid)):
+                return card, pick, marker, *show(bid), f"{bid}:done"
+        return card, pick, marker, *skip4, gr.skip()
 
     fields = {
         "variants": variants,
@@ -316,6 +350,7 @@ def build(ctx: Ctx) -> None:
         concurrency_limit=1,
     )
     bench.change(show, bench, [downloads, plot, table, curves], show_progress="hidden")
+    show_card_now(api, job_id, card)
 
     def estimate_note(vs: Any, sl: Any, pl: Any, mdl: Any, st: Any, ep: Any, bs: Any, sds: Any, ds: Any) -> str:
         """Before submit: the steps every run will take and the estimated time on this server."""
@@ -365,4 +400,6 @@ def build(ctx: Ctx) -> None:
 
     # .change, not .input: it also follows a pool restored with the form, and never races the user's click.
     pool.change(recipe, pool, [others, pool_base], show_progress="hidden")
-    ctx.timer.tick(tick, [job_id, handled, bench], [card, bench, handled], show_progress="hidden")
+    seen = gr.State(None)  # the live benchmark's id and finished runs the results panel shows
+    outputs = [card, bench, handled, downloads, plot, table, curves, seen]
+    ctx.timer.tick(tick, [job_id, handled, bench, seen], outputs, show_progress="hidden")

@@ -21,6 +21,7 @@ from backend.ui.common import (
     persist,
     result_tick,
     safe_items,
+    show_card_now,
     submit,
     when,
 )
@@ -167,8 +168,9 @@ def build(ctx: Ctx) -> None:
     def refresh_list() -> Any:
         return gr.update(choices=list_datasets())
 
-    def on_source(src: str) -> tuple[Any, Any]:
-        return gr.update(visible=src == "imagefolder"), gr.update(visible=src == "zip")
+    def on_source(src: str) -> tuple[Any, Any, str]:
+        # The last message was about the other source (issue 30.15: a folder's error stayed under the digits).
+        return gr.update(visible=src == "imagefolder"), gr.update(visible=src == "zip"), ""
 
     def on_mode(m: str) -> tuple[Any, Any, Any, Any]:
         return (
@@ -259,9 +261,10 @@ def build(ctx: Ctx) -> None:
     }
     persist(ctx, "dataset", fields, key, before=refresh_list, before_outputs=[dataset])
     live_choices(ctx, dataset, list_datasets)
-    source.change(on_source, source, [path, upload], show_progress="hidden")
+    source.change(on_source, source, [path, upload, msg], show_progress="hidden")
     mode.change(on_mode, mode, [minority, keep, ratio, factor], show_progress="hidden")
     register.click(do_register, [source, name, path, upload, key], [job_id, msg], concurrency_limit=1)
+    show_card_now(api, job_id, card)
     # Then the imbalance preview: after a reload the restored minority may already be set (its change
     # fired before the dataset's classes came back), so the histogram is drawn again from the whole spec.
     dataset.change(on_dataset, [dataset, minority], [info, minority, plot], show_progress="hidden").then(

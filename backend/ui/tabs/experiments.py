@@ -212,5 +212,6 @@ def build(ctx: Ctx) -> None:
     resume.click(act("resume"), exp_id, msg)
     copy.click(copy_config, exp_id, [text, msg])
     table.select(on_row, table, exp_id, show_progress="hidden")
-    gr.on([exp_id.change, ctx.timer.tick], tick, [exp_id, shown], [stages, report, shown], show_progress="hidden")
+    exp_id.change(tick, [exp_id, shown], [stages, report, shown], show_progress="hidden")
+    ctx.timer.tick(tick, [exp_id, shown], [stages, report, shown])
     ctx.list_timer.tick(listing, outputs=table, show_progress="hidden")

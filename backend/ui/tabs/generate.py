@@ -28,6 +28,7 @@ from backend.ui.common import (
     public_base,
     review_url,
     safe_items,
+    show_card_now,
     submit,
 )
 from backend.ui.tabs import personalize
@@ -370,6 +371,7 @@ def wire_pool(ctx: Ctx, job: gr.State, card: gr.HTML, gallery: gr.Gallery) -> No
         return job_card(found), items, items
 
     ctx.timer.tick(tick, [job, shown], [card, gallery, shown], show_progress="hidden")
+    show_card_now(api, job, card)
 
 
 def wire_trained(
@@ -440,6 +442,7 @@ def wire_trained(
     epoch.change(epoch_grid, [model, epoch, done_state], grid, show_progress="hidden")
     outputs = [train_card, model, handled, losses, epoch, grid, done_state]
     ctx.timer.tick(tick, [train_job, handled, model], outputs, show_progress="hidden")
+    show_card_now(api, train_job, train_card)
     return listed
 
 

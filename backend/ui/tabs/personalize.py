@@ -21,6 +21,7 @@ from backend.ui.common import (
     live_choices,
     persist,
     safe_items,
+    show_card_now,
     submit,
 )
 from backend.ui.tabs.dataset import imbalance_spec
@@ -178,5 +179,6 @@ def panel(ctx: Ctx) -> None:
     source.change(lambda s: gr.update(visible=s == "path"), source, path, show_progress="hidden")
     inputs = [source, path, model, method, token, steps, resolution, batch, every, seed, key]
     train.click(do_train, [*inputs, ctx.dataset, *ctx.imbalance], [job_id, msg], concurrency_limit=1)
+    show_card_now(api, job_id, card)
     concept.change(show, concept, [loss, grid], show_progress="hidden")
     ctx.timer.tick(tick, [job_id, concept], [card, concept, loss, grid], show_progress="hidden")

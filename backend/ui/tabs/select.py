@@ -27,6 +27,7 @@ from backend.ui.common import (
     result_tick,
     review_url,
     safe_items,
+    show_card_now,
     status_mark,
     submit,
     when,
@@ -684,4 +685,5 @@ def build(ctx: Ctx) -> None:
             show, view_in, view_out, show_progress="hidden"
         )
     nr_button.click(do_next_round, [selection, nr_smoothing, nr_negative], nr_msg, concurrency_limit=1)
+    show_card_now(api, job_id, card)
     ctx.timer.tick(tick, [job_id, handled, selection], [card, selection, handled], show_progress="hidden")
