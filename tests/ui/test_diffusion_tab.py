@@ -148,7 +148,9 @@ def test_reload_keeps_the_section(studio: Studio) -> None:
     # The chosen model, its grid and the sampled pool come back from the saved form.
     studio.page.locator("#diff-losses .js-plotly-plot").wait_for()
     assert studio.wait_images("#diff-grid", 1)[0].endswith(f"/api/diffusions/{model['id']}/samples/2")
-    studio.wait_images("#diff-pool-gallery", 4)
+    # After a reload every tab restores its form at once; in a full parallel suite the pool's thumbnails took
+    # longer than 30 s to come back (28 s in a passing run).
+    studio.wait_images("#diff-pool-gallery", 4, timeout_ms=90_000)
     studio.page.locator("#diff-sample-job .rb-job[data-status='succeeded']").wait_for()
 
 

@@ -97,11 +97,11 @@ class Studio:
             raise AssertionError(f"{elem_id} never reached {status}: {text}") from None
         return int(card.get_attribute("data-job-id"))
 
-    def wait_images(self, selector: str, n: int) -> list[str]:
+    def wait_images(self, selector: str, n: int, timeout_ms: int = 30_000) -> list[str]:
         """Wait until ``n`` thumbnails under ``selector`` have really loaded; return their URLs."""
         js = "([sel, n]) => { const im = [...document.querySelectorAll(sel + ' img')];"
         js += " return im.length >= n && im.every(i => i.complete && i.naturalWidth > 0); }"
-        self.page.wait_for_function(js, arg=[selector, n], timeout=30_000)
+        self.page.wait_for_function(js, arg=[selector, n], timeout=timeout_ms)
         return self.page.eval_on_selector_all(f"{selector} img", "els => els.map(e => e.src)")
 
     def register_digits(self) -> dict[str, Any]:
@@ -284,7 +284,7 @@ PANEL_JS = """() => {
   for (const sel of ['#bench-table', '#bench-job', '#bench-downloads'])
     new MutationObserver(note).observe(document.querySelector(sel), what);
 }"""
-BENCH_STEPS = 150  # per run: long enough that a poll (2 s) falls between the first run's end and the last's
+BENCH_STEPS = 80  # per run: long enough that a poll (2 s) falls between the first run's end and the last's
 
 
 def test_tiny_benchmark_shows_per_class_plot(studio: Studio) -> None:
