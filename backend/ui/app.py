@@ -35,6 +35,7 @@ I18N = gr.I18n(en={"common.complete": "Done"})
 # Deep links (issue 30.7): ``?tab=jobs&job=12`` or ``?tab=experiments&experiment=3`` opens that tab with that
 # job or experiment chosen. Choosing a tab or an id keeps the address current (history.replaceState: no new
 # history entries), so a reload or a copied link opens where the user was.
+UI_THREADS = 48  # the studio's own handler threads (not 40: that is the shared default limiter, see build_ui)
 LINKED_IDS = {"jobs-id": "job", "exp-id": "experiment"}  # elem_id of an id box -> its query parameter
 
 
@@ -108,6 +109,12 @@ def build_ui(api: ApiClient) -> gr.Blocks:
     # clients (the browser still calls them), so scripts use the documented REST API at /api/docs.
     for fn in demo.fns.values():
         fn.api_visibility = "private"
+    # The handlers call this same server's REST API over HTTP. At Gradio's default of 40 threads they run on
+    # anyio's default thread limiter, the one the API's sync routes need too: with 40 handlers waiting on API
+    # calls (a page load restores every tab at once), the API had no thread left to answer them, and the page
+    # froze until the client's 30 s timeouts (a browser test saw a card stuck for minutes). Any other count
+    # gives the studio a limiter of its own (Blocks.create_limiter, run at start-up).
+    demo.max_threads = UI_THREADS
     return demo
 
 

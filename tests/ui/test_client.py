@@ -286,3 +286,14 @@ def test_one_tick_runs_every_panel_merges_their_outputs_and_resends_nothing_unch
     moved = run("req", again[-1], 8)
     assert moved[:3] == ["card of 8", {"__type__": "update", "choices": [8], "value": 8}, 8]
     assert run("req", {}, 8)[:3] == moved[:3]  # a fresh page (no memory of what was sent) gets everything
+
+
+def test_the_studio_handlers_do_not_take_the_threads_the_api_needs() -> None:
+    """The studio's handlers wait on HTTP calls to the API of the same server. On anyio's default limiter
+    (Gradio's choice at 40 threads, ``limiter`` None) they could hold every thread the API's sync routes need
+    to answer them; with a limiter of their own they cannot."""
+    from backend.ui.app import UI_THREADS, build_ui
+
+    demo = build_ui(ApiClient("http://127.0.0.1:1"))
+    demo.create_limiter()  # what Gradio runs at start-up
+    assert demo.limiter is not None and demo.limiter.total_tokens == UI_THREADS != 40
