@@ -400,7 +400,8 @@ def test_zip_upload_and_folder_sources(studio: Studio, tmp_path: Path) -> None:
     studio.radio("ds-source", "Upload a zip")
     before = studio.job_shown("ds-job")
     studio.page.locator("#ds-upload input[type=file]").set_input_files(str(archive))
-    studio.page.locator("#ds-upload", has_text="shapes.zip").wait_for()
+    # The upload goes through Gradio's upload route first; in full parallel runs it twice took over 30 s.
+    studio.page.locator("#ds-upload", has_text="shapes.zip").wait_for(timeout=90_000)
     studio.fill("ds-name", "zip-shapes")
     studio.click("ds-register")
     zip_job = studio.wait_job("ds-job", after=before)
