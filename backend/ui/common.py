@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 SKIP = {"__type__": "update"}  # what gr.skip() returns: leave the output as it is
+# A tick sends a plot, gallery or dropdown update again after this many ticks even when unchanged since its
+# last one (Ticks.runner): another event may have drawn an older value over it since.
+REFRESH_TICKS = 10
 
 
 class Ticks:
@@ -46,8 +49,7 @@ class Ticks:
     def wire(self, timer: gr.Timer) -> None:
         """Attach the registered handlers to ``timer`` as a single event (nothing when none registered).
 
-        A value the tick already sent and that has not changed since (a finished job's card, a loss curve
-        between epochs) is not sent again: the page would re-render it for nothing."""
+        A value the page already shows is not sent again: the page would re-render it for nothing."""
         if not self._handlers:
             return
         sent = gr.State({})  # output position -> fingerprint of the value this page's ticks last sent
@@ -56,13 +58,27 @@ class Ticks:
 
     def runner(self) -> tuple[Callable[..., list[Any]], list[Any], list[Any]]:
         """``(run, inputs, outputs)``: ``run(request, last_sent, *input values)`` calls every handler and
-        returns the outputs' values, then the new ``last_sent``."""
+        returns the outputs' values, then the new ``last_sent``.
+
+        Other events write some of the same outputs (a job id's change handler draws its card, a launch
+        draws the stages), each with what it read when it ran. One that ran before a tick but answered after
+        it leaves the page showing an older value than the tick sent, so "unchanged since the last tick" is
+        not "shown": a card stayed "running" for good after its job had finished. Hence:
+
+        - an HTML output's current value on the page comes up with the tick (an input), and the tick skips
+          only the very value the page shows;
+        - a State is always set (it is not drawn, so holding it back saves nothing);
+        - any other output (plots, galleries, dropdown updates) is skipped while unchanged since this page's
+          last tick, but sent again every ``REFRESH_TICKS`` ticks, so an overwritten one comes back.
+        """
         inputs = _unique(c for _, ins, _, _ in self._handlers for c in ins)
         outputs = _unique(c for _, _, outs, _ in self._handlers for c in outs)
+        shown = [c for c in outputs if isinstance(c, gr.HTML) and all(c is not i for i in inputs)]
         handlers = list(self._handlers)
+        watched = [*inputs, *shown]
 
-        def run(request: gr.Request, last: dict[int, str], *values: Any) -> list[Any]:
-            given = {id(c): v for c, v in zip(inputs, values, strict=True)}
+        def run(request: gr.Request, last: dict[Any, Any], *values: Any) -> list[Any]:
+            given = {id(c): v for c, v in zip(watched, values, strict=True)}
             merged: dict[int, Any] = {id(c): SKIP for c in outputs}
             for fn, ins, outs, wants in handlers:
                 args = [given[id(c)] for c in ins] + ([request] if wants else [])
@@ -73,18 +89,27 @@ class Ticks:
                     continue
                 for c, v in zip(outs, out if len(outs) > 1 else (out,), strict=True):
                     merged[id(c)] = _merge(merged[id(c)], v)
-            result, now = [], dict(last or {})
+            now = dict(last or {})
+            count = int(now.get("ticks", 0)) + 1
+            now["ticks"] = count
+            refresh = count % REFRESH_TICKS == 0
+            result = []
             for i, c in enumerate(outputs):
                 value = merged[id(c)]
-                if value != SKIP:
+                if value == SKIP or isinstance(c, gr.State):
+                    pass
+                elif isinstance(c, gr.HTML) and isinstance(value, str):
+                    if given.get(id(c)) == value:
+                        value = SKIP
+                else:
                     mark = _fingerprint(value)
-                    if now.get(i) == mark:
+                    if now.get(i) == mark and not refresh:
                         value = SKIP
                     now[i] = mark
                 result.append(value)
             return [*result, now]
 
-        return run, inputs, outputs
+        return run, watched, outputs
 
 
 def _fingerprint(value: Any) -> str:

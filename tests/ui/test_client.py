@@ -288,6 +288,39 @@ def test_one_tick_runs_every_panel_merges_their_outputs_and_resends_nothing_unch
     assert run("req", {}, 8)[:3] == moved[:3]  # a fresh page (no memory of what was sent) gets everything
 
 
+def test_a_tick_redraws_a_card_another_event_drew_over_and_always_sets_its_states() -> None:
+    """A job id's change handler reads the job when it runs; answering after a tick, it drew "running" over the
+    tick's "succeeded", and the tick, remembering it had sent "succeeded", never sent it again (a card stayed
+    "running" for good in CI). The tick compares with what the page shows instead."""
+    import gradio as gr
+
+    from backend.ui.common import REFRESH_TICKS, SKIP, Ticks
+
+    card, handled, job, plot = gr.HTML(), gr.State(), gr.State(), object()
+    status = {"now": "running"}
+    ticks = Ticks()
+    ticks.tick(lambda j: (f"card {status['now']}", j), job, [card, handled])
+    ticks.tick(lambda j: {"figure": status["now"]}, job, plot)
+    run, inputs, outputs = ticks.runner()
+    assert inputs == [job, card] and outputs == [card, handled, plot]  # the page's card comes up with the tick
+    first = run("req", {}, 1, "")
+    assert first[:3] == ["card running", 1, {"figure": "running"}]
+    status["now"] = "succeeded"
+    drawn = run("req", first[-1], 1, "card running")
+    assert drawn[:3] == ["card succeeded", 1, {"figure": "succeeded"}]
+    # The page shows "running" again (a late answer of another event): the tick draws "succeeded" again.
+    assert run("req", drawn[-1], 1, "card running")[0] == "card succeeded"
+    shown = run("req", drawn[-1], 1, "card succeeded")
+    assert shown[:3] == [SKIP, 1, SKIP]  # nothing the page shows goes again; a State is always set
+    # The plot is skipped while unchanged since the last tick, but sent again every REFRESH_TICKS ticks.
+    last, sent = shown[-1], []
+    for _ in range(REFRESH_TICKS):
+        out = run("req", last, 1, "card succeeded")
+        last = out[-1]
+        sent.append(out[2] != SKIP)
+    assert sent.count(True) == 1
+
+
 def test_the_studio_handlers_do_not_take_the_threads_the_api_needs() -> None:
     """The studio's handlers wait on HTTP calls to the API of the same server. On anyio's default limiter
     (Gradio's choice at 40 threads, ``limiter`` None) they could hold every thread the API's sync routes need
