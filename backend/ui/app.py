@@ -120,12 +120,29 @@ def build_ui(api: ApiClient) -> gr.Blocks:
 
 # On load: click the tab the address names, as the user would (its own select events then start its timers and
 # keep the address). Done in the browser, at once: a server round trip could land after the user's first click.
+# On a loaded machine the tab buttons can be missing or not yet live when the load event runs (a reload once
+# stayed on the Dataset tab), so it tries again every 250 ms until that tab has been selected for a second, for
+# up to 20 s, and stops as soon as the person clicks a tab themselves.
 OPEN_TAB_JS = """() => {
   const tab = (new URL(window.location.href).searchParams.get('tab') || '').toLowerCase();
-  if (!tab || window.rbTabClicked) return;  // the user chose a tab before the page finished loading
-  const button = [...document.querySelectorAll('#rb-tabs [role=tab]')]
-    .find((b) => b.textContent.trim().toLowerCase() === tab);
-  if (button && button.getAttribute('aria-selected') !== 'true') button.click();
+  if (!tab) return;
+  const start = Date.now();
+  let since = null;
+  const attempt = () => {
+    if (window.rbTabClicked || Date.now() - start > 20000) return;  // the person chose a tab, or give up
+    const button = [...document.querySelectorAll('#rb-tabs [role=tab]')]
+      .find((b) => b.textContent.trim().toLowerCase() === tab);
+    if (!button) return setTimeout(attempt, 250);
+    if (button.getAttribute('aria-selected') === 'true') {
+      since = since ?? Date.now();
+      if (Date.now() - since >= 1000) return;  // selected and it stayed so
+    } else {
+      since = null;
+      button.click();
+    }
+    setTimeout(attempt, 250);
+  };
+  attempt();
 }"""
 
 
