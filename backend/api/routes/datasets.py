@@ -60,8 +60,11 @@ class ImbalancePreview(BaseModel):
 
 
 @router.post("/upload", response_model=UploadOut, status_code=status.HTTP_201_CREATED)
-async def upload_zip(store: StoreDep, settings: SettingsDep, file: UploadFile = File(...)) -> UploadOut:
-    """Store a zip (ImageFolder layout) for ``prepare_dataset`` with ``source: zip, path: <upload_id>``."""
+def upload_zip(store: StoreDep, settings: SettingsDep, file: UploadFile = File(...)) -> UploadOut:
+    """Store a zip (ImageFolder layout) for ``prepare_dataset`` with ``source: zip, path: <upload_id>``.
+
+    A plain ``def``: FastAPI runs it on a worker thread, so the copy, fsync and zip check of a large upload
+    never hold the event loop (which serves every other request, the studio's included)."""
     upload_id = uuid.uuid4().hex
     dest = service.upload_path(store, upload_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +73,7 @@ async def upload_zip(store: StoreDep, settings: SettingsDep, file: UploadFile = 
     size = 0
     try:
         with open(tmp, "wb") as out:
-            while chunk := await file.read(UPLOAD_CHUNK):
+            while chunk := file.file.read(UPLOAD_CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise HTTPException(413, f"upload larger than {settings.max_upload_mb:g} MB")
