@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -51,11 +52,39 @@ def _get(url: str) -> Any:
 class Studio:
     """The running server plus the one browser page the steps share."""
 
-    def __init__(self, base: str, page: Any, shots: Path, workspace: Path) -> None:
+    def __init__(
+        self, base: str, page: Any, shots: Path, workspace: Path, server: subprocess.Popen | None = None,
+        log: Path | None = None,
+    ) -> None:  # fmt: skip
         self.base = base
         self.page = page
         self.shots = shots
         self.workspace = workspace  # the server's --workspace (an allowed directory)
+        self.server = server
+        self.log = log
+
+    def diagnose(self) -> str:
+        """The server log's last lines and each server thread's innermost frames, alike threads counted once
+        (app.py dumps every thread's stack on SIGUSR1); tests/ui/conftest.py adds it to a failed step."""
+        if self.server is None or self.log is None:
+            return "no server"
+        before = self.log.read_text(errors="replace")
+        dump = ""
+        if self.server.poll() is None:
+            self.server.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            dump = self.log.read_text(errors="replace")[len(before) :]
+        log_tail = "\n".join(before.splitlines()[-40:])
+        stacks: dict[str, int] = {}
+        for block in dump.split("\n\n"):
+            frames = [ln.strip() for ln in block.splitlines() if ln.strip().startswith("File ")]
+            ours = [f for f in frames[3:] if "/backend/" in f][:2]  # the project's frames: who waits on what
+            frames = frames[:3] + ours
+            if frames:
+                key = "\n  ".join(frames)
+                stacks[key] = stacks.get(key, 0) + 1
+        threads = "\n".join(f"{n} thread(s):\n  {k}" for k, n in sorted(stacks.items(), key=lambda kv: -kv[1]))
+        return f"--- server log, last lines ---\n{log_tail}\n--- server threads (innermost frames) ---\n{threads}"
 
     def api(self, path: str) -> Any:
         return _get(f"{self.base}/api{path}")
@@ -158,7 +187,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
             page.set_default_timeout(30_000)
             page.goto(base + "/")
             page.get_by_role("tab", name="Dataset", exact=True).wait_for()
-            yield Studio(base, page, shots, tmp / "ws")
+            yield Studio(base, page, shots, tmp / "ws", server, tmp / "server.log")
             page.screenshot(path=str(tmp / "last-page.png"), full_page=True)  # for diagnosing a failed step
             browser.close()
     finally:
@@ -399,6 +428,9 @@ def test_zip_upload_and_folder_sources(studio: Studio, tmp_path: Path) -> None:
     studio.tab("Dataset")
     studio.radio("ds-source", "Upload a zip")
     before = studio.job_shown("ds-job")
+    # As a person would: pick the file once the picker shows. Playwright sets the files of a hidden input at
+    # once, and the answer to the radio's change (which shows the picker) could land after the upload.
+    studio.page.locator("#ds-upload").wait_for(state="visible")
     studio.page.locator("#ds-upload input[type=file]").set_input_files(str(archive))
     # The upload goes through Gradio's upload route first; in full parallel runs it twice took over 30 s.
     studio.page.locator("#ds-upload", has_text="shapes.zip").wait_for(timeout=90_000)
