@@ -118,41 +118,40 @@ def build_ui(api: ApiClient) -> gr.Blocks:
     return demo
 
 
-# On load: click the tab the address names, as the user would (its own select events then start its timers and
-# keep the address). Done in the browser, at once: a server round trip could land after the user's first click.
-# On a loaded machine the tab buttons can be missing or not yet live when the load event runs (a reload once
-# stayed on the Dataset tab), so it tries again every 250 ms until that tab has been selected for a second, for
-# up to 20 s, and stops as soon as the person clicks a tab themselves.
-OPEN_TAB_JS = """() => {
-  const tab = (new URL(window.location.href).searchParams.get('tab') || '').toLowerCase();
-  if (!tab) return;
-  const start = Date.now();
-  let since = null;
-  const attempt = () => {
-    if (window.rbTabClicked || Date.now() - start > 20000) return;  // the person chose a tab, or give up
-    const button = [...document.querySelectorAll('#rb-tabs [role=tab]')]
-      .find((b) => b.textContent.trim().toLowerCase() === tab);
-    if (!button) return setTimeout(attempt, 250);
-    if (button.getAttribute('aria-selected') === 'true') {
-      since = since ?? Date.now();
-      if (Date.now() - since >= 1000) return;  // selected and it stayed so
-    } else {
-      since = null;
-      button.click();
-    }
-    setTimeout(attempt, 250);
-  };
-  attempt();
-}"""
-
-
-# In the page's <head>, so it runs before the studio mounts: notes a person's (trusted) click on a tab, and the
-# review keys.
+# In the page's <head>, so it runs before the studio mounts:
+# - notes a person's (trusted) click on a tab;
+# - opens the tab the address names, as the user would, by clicking it (its own select events then start its
+#   timers and keep the address). Done in the browser: a server round trip could land after the user's first
+#   click. From when the tab buttons appear, for 30 s, it clicks the address's tab whenever another is shown,
+#   until the person clicks a tab themselves: on a loaded machine a reload twice came back on the Dataset tab
+#   (run once from Gradio's load event, the click was lost or undone);
+# - the review keys.
 TAB_CLICK_HEAD = """<script>
 window.rbTabClicked = false;
 document.addEventListener('click', (e) => {
   if (e.isTrusted && e.target.closest && e.target.closest('[role=tab]')) window.rbTabClicked = true;
 }, true);
+(() => {
+  const wanted = () => (new URL(window.location.href).searchParams.get('tab') || '').toLowerCase();
+  if (!wanted()) return;
+  const start = Date.now();
+  let found = null;
+  const attempt = () => {
+    if (window.rbTabClicked) return;  // the person chose a tab
+    const now = Date.now();
+    const tab = wanted();
+    const button = [...document.querySelectorAll('#rb-tabs [role=tab]')]
+      .find((b) => b.textContent.trim().toLowerCase() === tab);
+    if (!button) {
+      if (now - start < 300000) setTimeout(attempt, 250);  // the studio has not mounted yet
+      return;
+    }
+    found = found ?? now;
+    if (button.getAttribute('aria-selected') !== 'true') button.click();
+    if (now - found < 30000) setTimeout(attempt, 250);
+  };
+  attempt();
+})();
 // Review from the keyboard: a / r accept / reject the pick shown large on the Select tab (then the next one is
 // shown). Not while typing in a field, and only when that pick and its buttons are on screen.
 document.addEventListener('keydown', (e) => {
@@ -183,7 +182,6 @@ def _wire_deep_links(demo: gr.Blocks) -> None:
         chosen = [parse_id(params.get(key)) for _, key in linked]
         return [str(c) if c is not None else gr.skip() for c in chosen]
 
-    demo.load(None, js=OPEN_TAB_JS)
     demo.load(open_linked, search, [box for box, _ in linked], js="(q) => [window.location.search]",
               show_progress="hidden")  # fmt: skip
 

@@ -62,6 +62,13 @@ class Studio:
         self.workspace = workspace  # the server's --workspace (an allowed directory)
         self.server = server
         self.log = log
+        self.console: list[str] = []  # the page's console errors and failed requests, for diagnose()
+        page.on("console", lambda m: m.type in ("error", "warning") and self._note(f"console {m.type}: {m.text}"))
+        page.on("pageerror", lambda e: self._note(f"page error: {e}"))
+        page.on("requestfailed", lambda r: self._note(f"request failed: {r.method} {r.url} {r.failure}"))
+
+    def _note(self, line: str) -> None:
+        self.console = [*self.console[-39:], f"{time.strftime('%H:%M:%S')} {line[:300]}"]
 
     def diagnose(self) -> str:
         """The server log's last lines and each server thread's innermost frames, alike threads counted once
@@ -84,7 +91,19 @@ class Studio:
                 key = "\n  ".join(frames)
                 stacks[key] = stacks.get(key, 0) + 1
         threads = "\n".join(f"{n} thread(s):\n  {k}" for k, n in sorted(stacks.items(), key=lambda kv: -kv[1]))
-        return f"--- server log, last lines ---\n{log_tail}\n--- server threads (innermost frames) ---\n{threads}"
+        try:
+            tabs = self.page.eval_on_selector_all(
+                "[role=tab]", "els => els.map(e => e.textContent.trim() + '=' + e.getAttribute('aria-selected'))"
+            )
+            self.page.screenshot(path=str(self.shots / "failure.png"), full_page=True)
+            page = f"url {self.page.url}\ntabs {tabs}\nscreenshot {self.shots / 'failure.png'}"
+        except Exception as exc:  # a crashed page still leaves the server's side to report
+            page = f"the page did not answer: {exc}"
+        console = "\n".join(self.console) or "(none)"
+        return (
+            f"--- page ---\n{page}\n--- page console (last errors) ---\n{console}\n"
+            f"--- server log, last lines ---\n{log_tail}\n--- server threads (innermost frames) ---\n{threads}"
+        )
 
     def api(self, path: str) -> Any:
         return _get(f"{self.base}/api{path}")
