@@ -114,7 +114,7 @@ def test_picks_fit_the_panel_and_a_click_opens_the_preview(studio: Studio) -> No
     preview = studio.page.locator(f"#sel-chosen .rb-preview[data-image-id='{best['image_id']}']")
     preview.wait_for()
     studio.page.wait_for_function(
-        "el => el.complete && el.naturalWidth > 0", arg=preview.locator("img").element_handle(), timeout=15_000
+        "el => el.complete && el.naturalWidth > 0", arg=preview.locator("img").element_handle(), timeout=SLOW_MS
     )
     assert preview.locator("img").bounding_box()["width"] >= 200  # large, not a thumbnail
     facts = dict(zip(preview.locator("dt").all_inner_texts(), preview.locator("dd").all_inner_texts(), strict=True))
@@ -150,7 +150,7 @@ def test_picks_fit_the_panel_and_a_click_opens_the_preview(studio: Studio) -> No
     assert by_prob != [p["rank"] + 1 for p in picks]  # BALD scores: an order of its own, so this can fail
     js = """(want) => [...document.querySelectorAll('#sel-gallery .thumbnail-item')]
         .map((t) => +(t.innerText.match(/pick (\\d+)/) || [])[1]).join() === want.join()"""
-    studio.page.wait_for_function(js, arg=by_prob, timeout=30_000)
+    studio.page.wait_for_function(js, arg=by_prob, timeout=SLOW_MS)
     studio.pick("sel-class", "3")  # the SD pool's images are the selection's class
     studio.wait_images("#sel-gallery", len(picks))
     studio.radio("sel-filter", "accepted")
@@ -207,7 +207,7 @@ def test_gan_pool_images_are_shown(studio: Studio) -> None:
     studio.pick("sel-pools", f"#{pool['id']} {pool['name']} ({pool['count']})")
     # An earlier test may have left another pool chosen, whose images show first: wait for this pool's.
     js = "(t) => (document.querySelector('#sel-pool-gallery')?.innerText || '').includes(t)"
-    studio.page.wait_for_function(js, arg=f"(pool #{pool['id']})", timeout=30_000)
+    studio.page.wait_for_function(js, arg=f"(pool #{pool['id']})", timeout=SLOW_MS)
     srcs = studio.wait_images("#sel-pool-gallery", 8)
     assert any(s.endswith(f"/api/images/{first['id']}/review") for s in srcs)
     text = studio.page.locator("#sel-pool-gallery").inner_text()
