@@ -49,10 +49,12 @@ class Ticks:
     def wire(self, timer: gr.Timer) -> None:
         """Attach the registered handlers to ``timer`` as a single event (nothing when none registered).
 
-        A value the page already shows is not sent again: the page would re-render it for nothing."""
+        A value the page already shows is not sent again: the page would re-render it for nothing (see
+        :meth:`runner` for how "already shows" is known)."""
         if not self._handlers:
             return
-        sent = gr.State({})  # output position -> fingerprint of the value this page's ticks last sent
+        # Output position -> fingerprint of the value this page's ticks last sent, and "ticks": how many ran.
+        sent = gr.State({})
         run, inputs, outputs = self.runner()
         timer.tick(run, [sent, *inputs], [*outputs, sent], show_progress="hidden")
 
