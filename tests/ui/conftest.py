@@ -1,5 +1,6 @@
-"""On a failed studio step, the server's side of the story: its log's last lines and where each of its threads
-was (a page that stops answering is a server waiting on something; CI prints only the test report)."""
+"""On a failed studio step, both sides of the story (``Studio.diagnose``): the page's address, tabs, console
+errors and a screenshot, and the server's last log lines and where each of its threads was. CI prints only the
+test report, and a page that stops answering may be waiting on the server or stuck on its own."""
 
 from __future__ import annotations
 
