@@ -5,6 +5,7 @@ Every tab lives in ``backend/ui/tabs/<name>.py`` and talks to the backend only t
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,11 @@ def build_ui(api: ApiClient) -> gr.Blocks:
                 lambda mine=mine: [gr.Timer(active=any(t is m for m in mine)) for t in every],
                 outputs=every,
                 show_progress="hidden",
+                trigger_mode="always_last",  # a quick A -> B -> A must end on A's timers, not skip the last A
             )
-            tab.select(None, js=_url_param_js("tab", f"'{name.lower()}'"))
+            # The address, and the mark the head script's watchdog compares with the tab on screen.
+            mark = f"document.documentElement.dataset.rbTab = '{name.lower()}'"
+            tab.select(None, js=_url_param_js("tab", f"({mark})"))
         _wire_deep_links(demo)
     # The studio's event handlers are its own plumbing, not an API: hide them from Gradio's API page and
     # clients (the browser still calls them), so scripts use the documented REST API at /api/docs.
@@ -125,6 +129,7 @@ def build_ui(api: ApiClient) -> gr.Blocks:
 #   click. From when the tab buttons appear, for 30 s, it clicks the address's tab whenever another is shown,
 #   until the person clicks a tab themselves: on a loaded machine a reload twice came back on the Dataset tab
 #   (run once from Gradio's load event, the click was lost or undone);
+# - re-fires a tab's select events when one was lost (the tab on screen is not the one whose timers run);
 # - the review keys.
 TAB_CLICK_HEAD = """<script>
 window.rbTabClicked = false;
@@ -152,6 +157,29 @@ document.addEventListener('click', (e) => {
   };
   attempt();
 })();
+// A tab's select event can be lost while the page is still starting: on a loaded machine a click showed Generate
+// while its poll timers (and the address) stayed with the tab before, so its panels never refreshed. Each select
+// event marks the tab it started (data-rb-tab on <html>; the first tab's timers run from the start). While the tab
+// on screen differs from that mark for 2 s, click another tab and back: that fires the select events again.
+(() => {
+  const names = __TAB_NAMES__;
+  let since = null;
+  let tries = 0;
+  const watch = () => {
+    const buttons = [...document.querySelectorAll('#rb-tabs [role=tab]')]
+      .filter((b) => names.includes(b.textContent.trim().toLowerCase()));
+    const shown = buttons.find((b) => b.getAttribute('aria-selected') === 'true');
+    const mark = document.documentElement.dataset.rbTab || names[0];
+    if (!shown || shown.textContent.trim().toLowerCase() === mark) { since = null; return; }
+    since = since ?? Date.now();
+    if (Date.now() - since < 2000 || tries >= 30) return;
+    tries += 1;
+    since = null;
+    buttons.find((b) => b !== shown).click();
+    setTimeout(() => shown.click(), 100);
+  };
+  setInterval(watch, 1000);
+})();
 // Review from the keyboard: a / r accept / reject the pick shown large on the Select tab (then the next one is
 // shown). Not while typing in a field, and only when that pick and its buttons are on screen.
 document.addEventListener('keydown', (e) => {
@@ -166,7 +194,7 @@ document.addEventListener('keydown', (e) => {
   e.preventDefault();
   button.click();
 });
-</script>"""
+</script>""".replace("__TAB_NAMES__", json.dumps([t.lower() for t in TABS]))
 
 
 def _wire_deep_links(demo: gr.Blocks) -> None:

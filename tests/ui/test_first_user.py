@@ -276,6 +276,12 @@ def test_the_address_keeps_the_tab_and_opens_a_linked_job(studio: Studio) -> Non
             " && p.get('job') === String(id); }",
             arg=job_id,
         )
+        # A select event lost while the page starts (under load a click showed Generate while the timers of the
+        # tab before kept running): the page notices that the tab on screen is not the one its last select
+        # event started, and fires the tab's select events again.
+        page.evaluate("() => { document.documentElement.dataset.rbTab = 'jobs'; }")
+        page.wait_for_function("() => document.documentElement.dataset.rbTab === 'benchmark'", timeout=15_000)
+        page.locator("[role=tab][aria-selected=true]", has_text="Benchmark").wait_for()
     finally:
         page.close()
 
