@@ -74,7 +74,7 @@ def build_ui(api: ApiClient) -> gr.Blocks:
     vocab_inline: list[gr.components.Component] = []
     # delete_cache: Gradio's uploads and cached files (under <workspace>/tmp/gradio) older than an hour go, hourly.
     with gr.Blocks(title="Rebalance studio", delete_cache=(3600, 3600)) as demo:
-        gr.HTML(_header())
+        header = gr.HTML(_header())
         ctx: Ctx | None = None
         tabs: list[tuple[gr.Tab, list[gr.Timer]]] = []
         with gr.Tabs(elem_id="rb-tabs"):
@@ -113,6 +113,12 @@ def build_ui(api: ApiClient) -> gr.Blocks:
     # clients (the browser still calls them), so scripts use the documented REST API at /api/docs.
     for fn in demo.fns.values():
         fn.api_visibility = "private"
+        # Gradio's page keeps a loading status for every component any event targeted (its outputs by default)
+        # and, at each status change of any event, pushes all of them through a search of the component tree:
+        # hundreds of outputs made that the page's main cost (an idle page 0.35-0.45 of a core, a reload about
+        # 13 CPU-s of Chromium). Hidden progress shows nowhere, so it targets the header, the tree's first node.
+        if fn.show_progress == "hidden" and fn.show_progress_on is None:
+            fn.show_progress_on = [header]
     # The handlers call this same server's REST API over HTTP. At Gradio's default of 40 threads they run on
     # anyio's default thread limiter, the one the API's sync routes need too: with 40 handlers waiting on API
     # calls (a page load restores every tab at once), the API had no thread left to answer them, and the page
