@@ -3,9 +3,13 @@ one event per handler (what ``timer.tick(fn, ...)`` per panel gives, the studio'
 
 Part A is the mechanism alone: a page with one 2 s timer and N panels whose handlers return ``gr.skip()``
 (nothing changes: the idle case), wired both ways, each opened in headless Chromium for the same time.
+Part A2 is where an event's hidden progress lands: Gradio keeps a loading status for every component any event
+targeted (by default its outputs) and, at every status change of any event, pushes all of them through a search
+of the component tree. A page whose load event filled F fields, then one idle timer, both ways (the studio
+targets the header alone).
 Part B is the real studio, idle on a tab (no job): the browser's and the server's CPU over the same time.
 
-    python benchmarks/bench_idle_page.py                 # ~2 min on 2 CPU cores
+    python benchmarks/bench_idle_page.py                 # ~3 min on 2 CPU cores
     python benchmarks/bench_idle_page.py --panels 6 --seconds 20 --tab generate
 
 Prints CPU-seconds of Chromium (all its processes) and of the server per window, and the ratio
@@ -104,6 +108,38 @@ def part_a(panels: int, seconds: float) -> None:
     print(f"   ratio (per handler / Ticks): Chromium {got[False][0] / max(got[True][0], 1e-6):.2f}x")
 
 
+def progress_page(components: int, one_target: bool):  # noqa: ANN201 - a gr.Blocks, imported lazily
+    """``components`` text boxes that a load event fills, then one 2 s timer whose handler finds nothing new;
+    every event's hidden progress targets either its outputs (Gradio's default) or the first component only."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        first = gr.HTML("header")
+        boxes = [gr.Textbox(label=f"field {i}") for i in range(components)]
+        target = first if one_target else None
+        demo.load(lambda: [str(i) for i in range(components)], None, boxes, show_progress="hidden",
+                  show_progress_on=target)  # fmt: skip
+        timer = gr.Timer(POLL_S)
+        timer.tick(lambda: gr.skip(), None, boxes[-1], show_progress="hidden", show_progress_on=target)
+    return demo
+
+
+def part_progress(components: int, seconds: float) -> None:
+    print(f"A2. one page, {components} fields a load event fills, one idle {POLL_S:g} s timer, {seconds:g} s each way")
+    got = {}
+    for one_target in (False, True):
+        demo = progress_page(components, one_target)
+        port = free_port()
+        demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            got[one_target] = measure_page(f"http://127.0.0.1:{port}/", seconds, [psutil.Process()])
+        finally:
+            demo.close()
+        name = "progress on the first field" if one_target else "progress on every output"
+        print(f"   {name:28s} Chromium {got[one_target][0]:6.2f} CPU-s   server {got[one_target][1]:5.2f} CPU-s")
+    print(f"   ratio (every output / first field): Chromium {got[False][0] / max(got[True][0], 1e-6):.2f}x")
+
+
 def part_b(tab: str, seconds: float) -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as ws:
@@ -123,10 +159,12 @@ def part_b(tab: str, seconds: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--panels", type=int, default=6, help="poll handlers on the synthetic page (Generate has 6)")
+    ap.add_argument("--fields", type=int, default=200, help="fields on the progress-target page (A2)")
     ap.add_argument("--seconds", type=float, default=20.0, help="measuring window per page")
     ap.add_argument("--tab", default="generate", help="the studio tab left open in part B")
     args = ap.parse_args()
     part_a(args.panels, args.seconds)
+    part_progress(args.fields, args.seconds)
     part_b(args.tab, args.seconds)
 
 

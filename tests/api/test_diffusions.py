@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DModel
 from PIL import Image
 
 from backend.db.models import Diffusion
@@ -81,6 +80,8 @@ SPEC = {"minority": "3", "keep": 5, "seed": 0}
 
 
 def test_train_then_generate_end_to_end(api) -> None:
+    from diffusers import UNet2DModel  # here, not at import: diffusers costs collection seconds
+
     dataset_id = _digits(api)
     source = {"dataset_id": dataset_id, "imbalance": SPEC}
     done = _run(api, "train_diffusion", TINY | {"source": source, "epochs": 2, "name": "digits"})
@@ -180,6 +181,8 @@ def _row(api, diffusion_id: int) -> Diffusion:
 def test_killed_jobs_resume_to_the_same_result(api, tmp_path: Path) -> None:
     """Training killed between an epoch's files and its checkpoint redoes that epoch identically; generation
     killed after a chunk's rows adds the rest exactly once."""
+    from diffusers import UNet2DModel
+
     params = TINY | {"source": {"path": str(_class_folders(tmp_path / "s"))}, "epochs": 3, "batch_size": 4}
     straight = _run(api, "train_diffusion", params)
     assert straight["status"] == "succeeded", straight["error"]

@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS = """
 import json, sys
 from pathlib import Path
+if "--applied-only" in sys.argv:  # "tuned" asked only whether it applied them: no torch, no steps
+    from backend.core import allocator
+    allocator.keep_freed_memory()
+    print(json.dumps({"applied": allocator._done}))
+    sys.exit(0)
 import torch
 import torch.nn.functional as F
 from backend.core import allocator
@@ -99,5 +104,5 @@ def test_every_entry_point_applies_them_at_start_up(default: dict, tmp_path: Pat
 
 
 def test_the_environment_can_keep_glibcs_defaults() -> None:
-    assert _faults("tuned", env={"REBALANCE_KEEP_FREED_MEMORY": "off"})["applied"] is False
-    assert _faults("tuned", env={"REBALANCE_KEEP_FREED_MEMORY": "1"})["applied"] is True
+    assert _faults("tuned", "--applied-only", env={"REBALANCE_KEEP_FREED_MEMORY": "off"})["applied"] is False
+    assert _faults("tuned", "--applied-only", env={"REBALANCE_KEEP_FREED_MEMORY": "1"})["applied"] is True
