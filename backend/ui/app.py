@@ -147,26 +147,31 @@ document.addEventListener('click', (e) => {
   if (!wanted()) return;
   const start = Date.now();
   let found = null;
+  window.rbOpening = true;  // the watchdog below waits while this runs: two scripts clicking tabs would race
   const attempt = () => {
+    window.rbOpening = false;
     if (window.rbTabClicked) return;  // the person chose a tab
     const now = Date.now();
     const tab = wanted();
     const button = [...document.querySelectorAll('#rb-tabs [role=tab]')]
       .find((b) => b.textContent.trim().toLowerCase() === tab);
     if (!button) {
-      if (now - start < 300000) setTimeout(attempt, 250);  // the studio has not mounted yet
+      window.rbOpening = now - start < 300000;
+      if (window.rbOpening) setTimeout(attempt, 250);  // the studio has not mounted yet
       return;
     }
     found = found ?? now;
     if (button.getAttribute('aria-selected') !== 'true') button.click();
-    if (now - found < 30000) setTimeout(attempt, 250);
+    window.rbOpening = now - found < 30000;
+    if (window.rbOpening) setTimeout(attempt, 250);
   };
   attempt();
 })();
 // A tab's select event can be lost while the page is still starting: on a loaded machine a click showed Generate
 // while its poll timers (and the address) stayed with the tab before, so its panels never refreshed. Each select
 // event marks the tab it started (data-rb-tab on <html>; the first tab's timers run from the start). While the tab
-// on screen differs from that mark for 2 s, click another tab and back: that fires the select events again.
+// on screen differs from that mark for 2 s, click another tab and back: that fires the select events again
+// (not while the address's tab is being opened above: it clicks tabs too).
 (() => {
   const names = __TAB_NAMES__;
   let since = null;
@@ -176,7 +181,7 @@ document.addEventListener('click', (e) => {
       .filter((b) => names.includes(b.textContent.trim().toLowerCase()));
     const shown = buttons.find((b) => b.getAttribute('aria-selected') === 'true');
     const mark = document.documentElement.dataset.rbTab || names[0];
-    if (!shown || shown.textContent.trim().toLowerCase() === mark) { since = null; return; }
+    if (window.rbOpening || !shown || shown.textContent.trim().toLowerCase() === mark) { since = null; return; }
     since = since ?? Date.now();
     if (Date.now() - since < 2000 || tries >= 30) return;
     tries += 1;

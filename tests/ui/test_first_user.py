@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.ui import test_studio
-from tests.ui.test_studio import JOB_TIMEOUT_MS, REPO, Studio
+from tests.ui.test_studio import JOB_TIMEOUT_MS, REPO, STEP_TIMEOUT_MS, Studio
 
 studio = test_studio.studio  # the fixture: a server and one browser page for this module
 
@@ -265,6 +265,7 @@ def test_the_address_keeps_the_tab_and_opens_a_linked_job(studio: Studio) -> Non
     studio.page.locator("[role=tab][aria-selected=true]", has_text="Select").wait_for()
     job_id = studio.api("/jobs?kind=prepare_dataset")["items"][0]["id"]
     page = studio.page.context.browser.new_page(viewport={"width": 1280, "height": 800})  # a copied link
+    page.set_default_timeout(STEP_TIMEOUT_MS)  # as patient as the studio's own page (30 s ran out once)
     try:
         page.goto(f"{studio.base}/?tab=jobs&job={job_id}")
         page.locator("[role=tab][aria-selected=true]", has_text="Jobs").wait_for()
