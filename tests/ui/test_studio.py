@@ -68,7 +68,13 @@ class Studio:
         self.console: list[str] = []  # the page's console errors and failed requests, for diagnose()
         page.on("console", lambda m: m.type in ("error", "warning") and self._note(f"console {m.type}: {m.text}"))
         page.on("pageerror", lambda e: self._note(f"page error: {e}"))
-        page.on("requestfailed", lambda r: self._note(f"request failed: {r.method} {r.url} {r.failure}"))
+        page.on("requestfailed", self._request_failed)
+
+    def _request_failed(self, request: Any) -> None:
+        # Gradio ends each event's stream by aborting it: ERR_ABORTED on queue/data is how every event ends, and
+        # 40 of them pushed anything telling out of the list.
+        if not ("/queue/data" in request.url and "ERR_ABORTED" in str(request.failure)):
+            self._note(f"request failed: {request.method} {request.url} {request.failure}")
 
     def _note(self, line: str) -> None:
         self.console = [*self.console[-39:], f"{time.strftime('%H:%M:%S')} {line[:300]}"]
