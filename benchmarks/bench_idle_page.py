@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -92,20 +93,28 @@ def synthetic_page(panels: int, combined: bool):  # noqa: ANN201 - a gr.Blocks, 
     return demo
 
 
-def part_a(panels: int, seconds: float) -> None:
-    print(f"A. one page, one {POLL_S:g} s timer, {panels} idle panels, {seconds:g} s each way")
-    got = {}
-    for combined in (False, True):
-        demo = synthetic_page(panels, combined)
+def compare(pages: dict[str, Any], seconds: float, ratio: str) -> None:
+    """Open each synthetic page (name -> gr.Blocks, the peer first) alone for ``seconds``; print both sides'
+    CPU and the peer's Chromium CPU over the second's."""
+    got = []
+    for name, demo in pages.items():
         port = free_port()
         demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
         try:
-            got[combined] = measure_page(f"http://127.0.0.1:{port}/", seconds, [psutil.Process()])
+            got.append(measure_page(f"http://127.0.0.1:{port}/", seconds, [psutil.Process()]))
         finally:
             demo.close()
-        name = "one event per tick (Ticks)" if combined else "one event per handler"
-        print(f"   {name:28s} Chromium {got[combined][0]:6.2f} CPU-s   server {got[combined][1]:5.2f} CPU-s")
-    print(f"   ratio (per handler / Ticks): Chromium {got[False][0] / max(got[True][0], 1e-6):.2f}x")
+        print(f"   {name:28s} Chromium {got[-1][0]:6.2f} CPU-s   server {got[-1][1]:5.2f} CPU-s")
+    print(f"   ratio ({ratio}): Chromium {got[0][0] / max(got[1][0], 1e-6):.2f}x")
+
+
+def part_a(panels: int, seconds: float) -> None:
+    print(f"A. one page, one {POLL_S:g} s timer, {panels} idle panels, {seconds:g} s each way")
+    pages = {
+        "one event per handler": synthetic_page(panels, False),
+        "one event per tick (Ticks)": synthetic_page(panels, True),
+    }
+    compare(pages, seconds, "per handler / Ticks")
 
 
 def progress_page(components: int, one_target: bool):  # noqa: ANN201 - a gr.Blocks, imported lazily
@@ -126,18 +135,11 @@ def progress_page(components: int, one_target: bool):  # noqa: ANN201 - a gr.Blo
 
 def part_progress(components: int, seconds: float) -> None:
     print(f"A2. one page, {components} fields a load event fills, one idle {POLL_S:g} s timer, {seconds:g} s each way")
-    got = {}
-    for one_target in (False, True):
-        demo = progress_page(components, one_target)
-        port = free_port()
-        demo.launch(server_port=port, prevent_thread_lock=True, quiet=True)
-        try:
-            got[one_target] = measure_page(f"http://127.0.0.1:{port}/", seconds, [psutil.Process()])
-        finally:
-            demo.close()
-        name = "progress on the first field" if one_target else "progress on every output"
-        print(f"   {name:28s} Chromium {got[one_target][0]:6.2f} CPU-s   server {got[one_target][1]:5.2f} CPU-s")
-    print(f"   ratio (every output / first field): Chromium {got[False][0] / max(got[True][0], 1e-6):.2f}x")
+    pages = {
+        "progress on every output": progress_page(components, False),
+        "progress on the first field": progress_page(components, True),
+    }
+    compare(pages, seconds, "every output / first field")
 
 
 def part_b(tab: str, seconds: float) -> None:

@@ -140,7 +140,10 @@ def build_ui(api: ApiClient) -> gr.Blocks:
 TAB_CLICK_HEAD = """<script>
 window.rbTabClicked = false;
 document.addEventListener('click', (e) => {
-  if (e.isTrusted && e.target.closest && e.target.closest('[role=tab]')) window.rbTabClicked = true;
+  if (e.isTrusted && e.target.closest && e.target.closest('[role=tab]')) {
+    window.rbTabClicked = true;
+    window.rbTabClickedAt = Date.now();
+  }
 }, true);
 (() => {
   const wanted = () => (new URL(window.location.href).searchParams.get('tab') || '').toLowerCase();
@@ -171,23 +174,41 @@ document.addEventListener('click', (e) => {
 // while its poll timers (and the address) stayed with the tab before, so its panels never refreshed. Each select
 // event marks the tab it started (data-rb-tab on <html>; the first tab's timers run from the start). While the tab
 // on screen differs from that mark for 2 s, click another tab and back: that fires the select events again
-// (not while the address's tab is being opened above: it clicks tabs too).
+// (not while the address's tab is being opened above: it clicks tabs too). The way back is clicked by the tab's
+// name, and again each second until that tab is shown: a button held from before the first click can be a
+// detached copy by then (a full run twice stayed on the tab it clicked away to). A person's tab click ends it.
 (() => {
   const names = __TAB_NAMES__;
+  const nameOf = (b) => b.textContent.trim().toLowerCase();
   let since = null;
-  let tries = 0;
+  let clicks = 0;
+  let back = null;  // after clicking away: the tab to return to, looked up by name (the buttons may be redrawn)
+  let backSince = 0;
+  let away = false;  // the click away has shown another tab (or 3 s went by)
   const watch = () => {
-    const buttons = [...document.querySelectorAll('#rb-tabs [role=tab]')]
-      .filter((b) => names.includes(b.textContent.trim().toLowerCase()));
+    const buttons = [...document.querySelectorAll('#rb-tabs [role=tab]')].filter((b) => names.includes(nameOf(b)));
     const shown = buttons.find((b) => b.getAttribute('aria-selected') === 'true');
+    if (back) {
+      const now = shown ? nameOf(shown) : null;
+      if ((window.rbTabClickedAt || 0) > backSince) { back = null; return; }  // the person chose a tab
+      away = away || now !== back || Date.now() - backSince > 3000;
+      if (!away) return;
+      if (now === back) { back = null; return; }  // back; if its select was lost again, the check below repeats
+      const button = buttons.find((b) => nameOf(b) === back);
+      if (button && clicks < 60) { clicks += 1; button.click(); }
+      return;
+    }
     const mark = document.documentElement.dataset.rbTab || names[0];
-    if (window.rbOpening || !shown || shown.textContent.trim().toLowerCase() === mark) { since = null; return; }
+    if (window.rbOpening || !shown || nameOf(shown) === mark) { since = null; return; }
     since = since ?? Date.now();
-    if (Date.now() - since < 2000 || tries >= 30) return;
-    tries += 1;
+    if (Date.now() - since < 2000 || clicks >= 60) return;
     since = null;
+    back = nameOf(shown);
+    backSince = Date.now();
+    away = false;
+    clicks += 1;
     buttons.find((b) => b !== shown).click();
-    setTimeout(() => shown.click(), 100);
+    setTimeout(watch, 250);
   };
   setInterval(watch, 1000);
 })();
