@@ -15,17 +15,22 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.training_utils import EMAModel
 
 from backend.core.checkpoint import load_state, save_state
 from backend.core.hooks import NO_HOOKS, Hooks
 from backend.generation.ddpm_config import NORM_GROUPS, DiffusionConfig
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+# diffusers costs seconds to import (transformers and peft come with it): each function that builds or loads a
+# diffusers object imports it, so the API, the job registry and the tests that only name this module's
+# functions do not pay for it.
 
 CHECKPOINT_KIND = "ddpm"
 MAX_GRID_CLASSES = 16  # rows of the per-epoch sample grid (the first classes of a larger model)
@@ -37,6 +42,8 @@ CLASSES_FILE = "classes.json"
 
 def build_unet(config: DiffusionConfig, num_classes: int) -> UNet2DModel:
     """A class-conditional UNet: ``num_classes`` real class embeddings plus the null class at index num_classes."""
+    from diffusers import UNet2DModel
+
     chans = config.block_channels
     attn = config.attention
     down = ("DownBlock2D",) * (len(chans) - 1) + ("AttnDownBlock2D" if attn else "DownBlock2D",)
@@ -58,6 +65,8 @@ def build_unet(config: DiffusionConfig, num_classes: int) -> UNet2DModel:
 
 def build_scheduler(config: DiffusionConfig) -> DDPMScheduler:
     """The training noise schedule; samplers are built from its config (``from_config``)."""
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(
         num_train_timesteps=config.train_timesteps,
         beta_schedule=config.beta_schedule,
@@ -149,6 +158,8 @@ class DiffusionTrainer:
         self.unet = unet.to(self.device, memory_format=self.memory_format)
         self.scheduler = build_scheduler(config)
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        from diffusers.training_utils import EMAModel
+
         self.ema = EMAModel(self.unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
         # One generator on the training device for shuffles, timesteps, noise and label dropout: drawing
         # on the device avoids a host-to-device copy of every batch's noise, and its state resumes exactly.
@@ -306,6 +317,8 @@ class DiffusionModel:
 
     def save(self, folder: str | Path) -> None:
         """A folder diffusers can read: ``unet/`` (UNet2DModel), ``scheduler/`` (DDPMScheduler), classes.json."""
+        from diffusers import DDPMScheduler
+
         folder = Path(folder)
         self.unet.save_pretrained(folder / "unet")  # safetensors weights + config.json
         DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder / "scheduler")
@@ -316,6 +329,8 @@ class DiffusionModel:
 
 def load_model(folder: str | Path, device: str = "cpu") -> DiffusionModel:
     """Inverse of :meth:`DiffusionModel.save`; the UNet comes back in eval mode on ``device``."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
     folder = Path(folder)
     meta_path = folder / CLASSES_FILE
     if not meta_path.is_file():

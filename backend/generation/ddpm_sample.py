@@ -8,11 +8,10 @@ chunk, resume after a crash or halve its batch after a CUDA OOM and still write 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from backend.core.hooks import NO_HOOKS, Hooks
 from backend.generation.ddpm import MAX_GRID_CLASSES, DiffusionModel, autocast_dtype, fit_square
@@ -21,11 +20,16 @@ from backend.generation.oom import halving_batches
 from backend.generation.pixels import to_uint8 as _to_uint8
 from backend.generation.prompts import image_seed
 
-SAMPLER_CLASSES = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler}
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+SAMPLER_CLASSES = {"ddim": "DDIMScheduler", "dpmpp": "DPMSolverMultistepScheduler"}  # diffusers class names
 
 
 def make_sampler(model: DiffusionModel, config: SampleConfig) -> SchedulerMixin:
     """A fresh sampler (schedulers keep per-run state) on the model's training schedule."""
+    import diffusers  # seconds to import: paid when a model samples, not by every importer of this module
+
     # "trailing" spacing starts at the last training timestep: with few steps, "leading" would start
     # from a partly denoised level the model never saw as pure noise.
     # Pixel-space samplers must keep their x0 estimate in the data range: at the first steps of the cosine
@@ -34,7 +38,7 @@ def make_sampler(model: DiffusionModel, config: SampleConfig) -> SchedulerMixin:
     extra = {"clip_sample": True, "clip_sample_range": 1.0}
     if config.sampler == "dpmpp":
         extra = {"thresholding": True, "sample_max_value": 1.0}
-    scheduler = SAMPLER_CLASSES[config.sampler].from_config(
+    scheduler = getattr(diffusers, SAMPLER_CLASSES[config.sampler]).from_config(
         model.scheduler_config, timestep_spacing="trailing", **extra
     )
     scheduler.set_timesteps(config.steps)

@@ -16,19 +16,11 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    AutoencoderKL,
-    AutoencoderTiny,
-    AutoPipelineForImage2Image,
-    AutoPipelineForText2Image,
-    DiffusionPipeline,
-)
-from diffusers.models.attention_processor import AttnProcessor2_0
 
 from backend.core.hooks import NO_HOOKS, Hooks, Stopped
 from backend.core.tmpdirs import make_tmp_dir
@@ -36,6 +28,12 @@ from backend.generation.oom import halving_batches
 from backend.generation.prompts import PromptItem
 from backend.generation.schedulers import SCHEDULERS
 from backend.generation.tiny import build_tiny_pipeline, build_tiny_taesd
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+# diffusers (with transformers and peft behind it) costs seconds to import: it is imported where a
+# pipeline is built, so the modules and tests that only name this one's functions do not pay for it.
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +141,8 @@ def resolve_model(model: str, workspace: Path) -> str:
 
 
 def _load_vae(vae: str, workspace: Path, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
     if vae == TINY:
         vae = str(_built_once(workspace / "models" / "tiny-taesd", build_tiny_taesd))
     config = _from_pretrained(AutoencoderKL.load_config, vae, "vae")
@@ -154,6 +154,8 @@ def make_scheduler(name: str, config: dict) -> object:
     """Scheduler `name` configured with the model's noise schedule (`config`)."""
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler '{name}' is unknown; choose one of {', '.join(SCHEDULERS)}")
+    import diffusers
+
     cls, overrides, _label = SCHEDULERS[name]
     return getattr(diffusers, cls).from_config(config, **overrides)
 
@@ -182,6 +184,9 @@ def load_pipeline(
     dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
     if dtype not in DTYPES:
         raise ValueError(f"dtype '{dtype}' is unknown; choose one of {', '.join(DTYPES)}")
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
     torch_dtype = DTYPES[dtype]
     auto = AutoPipelineForText2Image if mode == "txt2img" else AutoPipelineForImage2Image
     kwargs: dict = {"dtype": torch_dtype}

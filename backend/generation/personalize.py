@@ -17,15 +17,18 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionPipeline
 
 from backend.core.hooks import NO_HOOKS, Hooks
 from backend.generation.personalize_config import GRID_PROMPT, LORA_FILE, TEMPLATES, TI_FILE, PersonalizeConfig
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+# diffusers itself (seconds to import) is imported by the code that trains or saves a concept.
 
 INFO_FILE = "concept.json"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -67,6 +70,8 @@ class ConceptTrainer:
         self.amp = cuda and config.mixed_precision != "no"
         self.amp_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda") if self.amp and config.mixed_precision == "fp16" else None
+        from diffusers import DDPMScheduler
+
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.requires_grad_(False)
@@ -278,6 +283,8 @@ def save_concept(trainer: ConceptTrainer, folder: Path, base_model: str) -> None
         meta = {k: str(v) for k, v in info.items()}
         safetensors.torch.save_file(trainer.weights(), tmp / TI_FILE, metadata=meta)
     else:
+        from diffusers import StableDiffusionPipeline
+
         StableDiffusionPipeline.save_lora_weights(
             tmp, unet_lora_layers=trainer.weights(), weight_name=LORA_FILE, safe_serialization=True
         )

@@ -8,17 +8,14 @@ a Hugging Face model. (The SD 1.5-sized random pipeline for GPU benchmarks is ``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    AutoencoderTiny,
-    DPMSolverMultistepScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-from tokenizers import pre_tokenizers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+# diffusers and transformers cost seconds to import; they are imported by the builders that need them.
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_TOKENS = 77  # CLIP's context length; the pipelines truncate prompts to it
@@ -72,6 +69,9 @@ TINY_TAESD = {
 def build_tokenizer() -> CLIPTokenizer:
     """A byte-level CLIP BPE tokenizer with no merges: every UTF-8 byte is a token, so any prompt
     tokenises (one token per byte) without downloading the real 49k-token vocabulary."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab: dict[str, int] = {}
     for char in alphabet:
@@ -84,6 +84,8 @@ def build_tokenizer() -> CLIPTokenizer:
 
 
 def _text_encoder(tokenizer: CLIPTokenizer, **config: int | str) -> CLIPTextModel:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     text_config = CLIPTextConfig(
         vocab_size=max(len(tokenizer), int(config.pop("vocab_size", 0))),
         max_position_embeddings=MAX_TOKENS,
@@ -100,6 +102,8 @@ def build_tiny_pipeline(dir: Path, seed: int = 0) -> Path:
 
     Deterministic for a given seed. Returns `dir`.
     """
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     pipe = StableDiffusionPipeline(
@@ -126,6 +130,8 @@ def build_tiny_pipeline(dir: Path, seed: int = 0) -> Path:
 
 def build_tiny_taesd(dir: Path, seed: int = 0) -> Path:
     """Create a randomly initialised TAESD-style `AutoencoderTiny` matching the tiny pipeline's latents."""
+    from diffusers import AutoencoderTiny
+
     torch.manual_seed(seed)
     dir.mkdir(parents=True, exist_ok=True)
     AutoencoderTiny(**TINY_TAESD).save_pretrained(dir)

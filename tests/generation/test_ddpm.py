@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DModel
-from sklearn.linear_model import LogisticRegression
 
 from backend.core.checkpoint import CheckpointError
 from backend.core.hooks import Hooks, Stopped
@@ -19,6 +18,10 @@ from backend.data.sources import ArraySource, load_digits
 from backend.generation.ddpm import DiffusionModel, DiffusionTrainer, fit, load_model
 from backend.generation.ddpm_config import DiffusionConfig, SampleConfig
 from backend.generation.ddpm_sample import class_grid, generate, sample
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+# diffusers and scikit-learn (seconds to import) are imported by the tests that use them, not at collection.
 
 # The smallest useful model: 16 px (digits are 8x8 at heart), 8-16-32 channels, no attention.
 TINY = {"image_size": 16, "width": 0.125, "layers_per_block": 1, "attention": False, "grid_per_class": 0}
@@ -59,6 +62,8 @@ class Learned:
 
 @pytest.fixture(scope="module")
 def learned(digits: ArraySource) -> Learned:
+    from sklearn.linear_model import LogisticRegression
+
     trainer = DiffusionTrainer(DiffusionConfig(**LEARN), digits.train_x, digits.train_y, digits.classes)
     untrained = trainer.model()
     history = fit(trainer)
@@ -174,6 +179,8 @@ def test_save_then_load_gives_the_same_samples(tmp_path) -> None:
     assert loaded.classes == ["c0", "c1", "c2"] and loaded.config == model.config
     np.testing.assert_array_equal(sample(loaded, "c1", 3, cfg), before)
     # The folder is plain diffusers: the UNet loads without this module.
+    from diffusers import UNet2DModel
+
     unet = UNet2DModel.from_pretrained(tmp_path / "m" / "unet")
     assert unet.config.num_class_embeds == 4  # three classes + the null class
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import ray
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -43,6 +42,8 @@ pytestmark = pytest.mark.slow  # seconds to minutes a test: outside the fast tie
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """One local Ray instance for the module (starting one takes ~10 s on this machine)."""
+    import ray  # under a second to import, but every worker collecting the suite would pay it
+
     # Ray starts its workers at nice 15; on a shared test host that starves them behind every other
     # process, and the actors' imports alone would take minutes.
     os.environ.setdefault("RAY_worker_niceness", "0")
@@ -343,6 +344,8 @@ def _pid_worker(config: Any, hooks: Any, device: str) -> Any:
 def _release_and_wait() -> None:
     """Kill this process's idle actors and wait until Ray has their CPUs back (a kill lands
     asynchronously; a job started before would find fewer free CPUs and start fewer actors)."""
+    import ray
+
     ray_executor.release_actors()
     deadline = time.monotonic() + 20
     while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
