@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import shutil
 import tarfile
 from dataclasses import dataclass, field
@@ -217,7 +218,24 @@ DiffusionStageConfig = _overlay(
     count=(Count | None, Field(None, description="images to sample (default: selection.budget)")),
     select=(
         bool,
-        Field(False, description="also pick from the pool with the AL selection (variant diffusion_al)"),
+        Field(
+            False,
+            description="also pick from the pool with the AL selection (variant diffusion_al); with fill, filter each "
+            "class's samples DiffuLT-style: sample fill_oversample x its shortfall, then a select job per class keeps "
+            "its shortfall (the selection section's acquisition; the default keeps samples the classifier trained "
+            "on the real images assigns to the class with posterior >= 0.5, spread in feature space; variant "
+            "diffusion_fill_al)",
+        ),
+    ),
+    fill_oversample=(
+        float,
+        Field(
+            2.0,
+            ge=1.0,
+            le=20.0,
+            description="with fill and select: candidates sampled per image a class needs (the per-class selection "
+            "keeps the best 1 in fill_oversample)",
+        ),
     ),
     base=(
         Literal["imbalanced", "oversample"],
@@ -746,6 +764,7 @@ def _diffusion_steps(
 
 
 FILL_VARIANT = "diffusion_fill"
+FILL_AL_VARIANT = "diffusion_fill_al"
 
 
 def _fill_prepare(config: ExperimentConfig) -> Any:
@@ -774,8 +793,13 @@ def _fill_steps(
     """The fill recipe (DiffuLT-style): one class-conditional model trained on the imbalanced set, then one
     ``generate_diffusion`` job per class sampling its shortfall (``fill_plan``) into a pool labelled with that
     class; variant ``diffusion_fill`` adds every pool to the imbalanced set. A class already at the target
-    samples one image that the benchmark does not use (a job samples at least one)."""
-    d = config.diffusion
+    samples one image that the benchmark does not use (a job samples at least one).
+
+    With ``diffusion.select`` each class samples ``fill_oversample`` x its shortfall and a ``select`` job per class
+    (``target_class``: the class) keeps its shortfall: variant ``diffusion_fill_al``; ``diffusion_fill`` takes the
+    first shortfall-many samples of the same pools, so the two differ only by the filter."""
+    d, sel = config.diffusion, config.selection
+    oversample = d.fill_oversample if d.select else 1.0
     if classes is None:
         raise ExperimentError("diffusion.fill: the dataset's classes could not be listed")
     steps.append(
@@ -802,7 +826,7 @@ def _fill_steps(
                 lambda r, _cls=cls, _i=i: {
                     "diffusion_id": r["diffusion_train"]["diffusion_id"],
                     "class": _cls,
-                    "count": max(1, r["fill"]["need"].get(_cls, 1)),
+                    "count": max(1, math.ceil(r["fill"]["need"].get(_cls, 1) * oversample)),
                     "seed": d.seed + 1000 * _i,  # each class's noise differs
                     "name": f"{config.name}: fill of {_cls}",
                     **d.generate_params,
@@ -811,20 +835,52 @@ def _fill_steps(
             )
         )
         pools.append((name, cls))
-    return [{"name": FILL_VARIANT, "fill": pools}]
+    variants: list[Any] = [{"name": FILL_VARIANT, "fill": pools}]
+    if d.select:
+        common = {**sel.model_dump(include=set(SELECTION_KEYS)), **sel.job_params}
+        picked = []
+        for i, (pool_step, cls) in enumerate(pools):
+            name = f"fill_select_{i}"
+            steps.append(
+                Step(
+                    name,
+                    "select",
+                    ["dataset", pool_step],
+                    lambda r, _cls=cls, _pool=pool_step: {
+                        "dataset_id": r["dataset"]["dataset_id"],
+                        "imbalance": imb,
+                        "pool_ids": [r[_pool]["pool_id"]],
+                        "target_class": _cls,
+                        **common,
+                        "budget": max(1, r["fill"]["need"].get(_cls, 1)),
+                        "per_round": min(sel.per_round, max(1, r["fill"]["need"].get(_cls, 1))),
+                    },
+                    prepare=_fill_prepare(config),
+                )
+            )
+            picked.append((name, cls))
+        variants.append({"name": FILL_AL_VARIANT, "fill": picked, "picks": True})
+    return variants
 
 
 def fill_variant(v: dict[str, Any], r: dict[str, dict]) -> dict[str, Any]:
-    """The benchmark spec of variant ``diffusion_fill``: each class's pool with its shortfall, labelled with its
-    class (the class needing most first; classes at the target are left out)."""
+    """The benchmark spec of variant ``diffusion_fill`` (each class's pool, its first shortfall-many images) or
+    ``diffusion_fill_al`` (each class's selection picks), labelled with the class; the class needing most first,
+    classes at the target left out."""
     need = r["fill"]["need"]
     parts = sorted(((need.get(cls, 0), step, cls) for step, cls in v["fill"] if need.get(cls, 0) > 0), reverse=True)
     if not parts:
         raise ExperimentError("diffusion.fill: every class already reaches the target; nothing to fill")
+
+    def source(n: int, step: str) -> dict[str, Any]:
+        if v.get("picks"):
+            return {"selection_id": r[step]["selection_id"]}
+        return {"pool_id": r[step]["pool_id"], "count": n}
+
     (n, step, cls), rest = parts[0], parts[1:]
-    spec: dict[str, Any] = {"name": v["name"], "pool_id": r[step]["pool_id"], "count": n, "label": cls}
+    spec: dict[str, Any] = {"name": v["name"], **source(n, step), "label": cls}
     if rest:
-        spec["others"] = [{"pool_id": r[s]["pool_id"], "count": k, "label": c} for k, s, c in rest]
+        spec["others"] = [{**source(k, s), "label": c} for k, s, c in rest]
     return spec
 
 
@@ -873,6 +929,13 @@ def _next_round(key: str, selection_step: str, reweight: ReweightConfig):
         return {key: out}
 
     return prepare
+
+
+def _section_of(step: str) -> str:
+    """The config section a stage's params come from, for steps not named in check_plan's table."""
+    if step.startswith("diffusion_") or (step.startswith("fill_") and not step.startswith("fill_select_")):
+        return "diffusion"
+    return "selection"
 
 
 class _AnyNeed(dict):
@@ -932,7 +995,7 @@ def check_plan(steps: list[Step], settings: Settings | None = None) -> None:
         try:
             kind.params_model.model_validate(step.build(fake), context={"settings": settings} if settings else None)
         except ValidationError as exc:
-            where = section.get(step.name, "diffusion" if step.name.startswith("diffusion_") else "selection")
+            where = section.get(step.name, _section_of(step.name))
             raise ExperimentError(f"{where} ({step.kind} params): {_format_errors(exc)}") from None
 
 

@@ -427,6 +427,35 @@ def test_fill_samples_each_class_shortfall_into_a_pool_labelled_with_that_class(
     assert steps["benchmark"].prepare is not None and steps["fill_3"].prepare is not None
 
 
+def test_filtered_fill_oversamples_each_class_and_keeps_its_shortfall_with_its_label(tmp_path: Path) -> None:
+    """diffusion.select with fill (issue 31.2): each class samples fill_oversample x its shortfall, a select job
+    per class (target_class = that class, on that class's pool) keeps the shortfall, and variant
+    diffusion_fill_al adds each selection's picks labelled with the selection's class."""
+    config = parse_config({**LONGTAIL, "diffusion": {"enabled": True, "fill": "to_head", "select": True}})
+    steps = {s.name: s for s in plan(config, tmp_path, None)}
+    classes = [str(i) for i in range(10)]
+    need = {"0": 0, "1": 55, "2": 90, "3": 111, "4": 124, "5": 131, "6": 136, "7": 138, "8": 140, "9": 141}
+    results = {"dataset": {"dataset_id": 1}, "diffusion_train": {"diffusion_id": 2}, "fill": {"need": need}}
+    results |= {f"fill_{i}": {"pool_id": 100 + i} for i in range(10)}
+    results |= {f"fill_select_{i}": {"selection_id": 200 + i} for i in range(10)}
+    for i, cls in enumerate(classes):
+        assert steps[f"fill_{i}"].build(results)["count"] == max(1, 2 * need[cls])  # fill_oversample 2
+        job = steps[f"fill_select_{i}"].build(results)
+        assert (job["target_class"], job["pool_ids"], job["budget"]) == (cls, [100 + i], max(1, need[cls]))
+        assert job["per_round"] == min(50, max(1, need[cls])) and "fill_" + str(i) in steps[f"fill_select_{i}"].needs
+    raw, picked = [v for v in steps["benchmark"].build(results)["variants"] if isinstance(v, dict)]
+    assert (raw["name"], picked["name"]) == ("diffusion_fill", "diffusion_fill_al")
+    # the unfiltered variant takes the first shortfall-many samples of the same (oversampled) pools
+    assert raw["count"] == need["9"] and raw["pool_id"] == 109
+    parts = [(picked["selection_id"], picked["label"])] + [(o["selection_id"], o["label"]) for o in picked["others"]]
+    assert sorted(parts) == sorted((200 + i, c) for i, c in enumerate(classes) if need[c] > 0)
+    assert "count" not in picked and all("count" not in o for o in picked["others"])  # every pick not rejected
+    assert set(steps["benchmark"].needs) >= {f"fill_select_{i}" for i in range(10)}
+    check_plan(list(steps.values()))
+    with pytest.raises(ExperimentError, match="diffusion.fill_oversample"):
+        parse_config({**LONGTAIL, "diffusion": {"enabled": True, "fill": "to_head", "fill_oversample": 0.5}})
+
+
 def test_a_long_tail_refuses_single_minority_stages() -> None:
     with pytest.raises(ExperimentError, match="sd.enabled: a long tail has no single minority"):
         parse_config({**LONGTAIL, "sd": {"enabled": True}})

@@ -116,14 +116,29 @@ def _benchmark(session: Session, p: Any) -> None:
         if v.count is not None and v.count > have:
             raise Invalid(f"{where}.count", f"variant {v.name!r} asks for {v.count} images; {source} holds {have}")
         classes = None
+        if v.selection_id is not None and v.label is not None:
+            _picked_for(session, v.selection_id, v.label, f"{where}.label")
         for j, other in enumerate(v.others):
             at = f"{where}.others.{j}"
-            have = pool(session, other.pool_id, f"{at}.pool_id").count
-            if other.count > have:
-                raise Invalid(f"{at}.count", f"asks for {other.count} images; pool {other.pool_id} holds {have}")
+            if other.selection_id is not None:
+                have, source = selection(session, other.selection_id, f"{at}.selection_id"), "selection"
+                _picked_for(session, other.selection_id, other.label, f"{at}.label")
+            else:
+                have, source = pool(session, other.pool_id, f"{at}.pool_id").count, "pool"
+            if other.count is not None and other.count > have:
+                ident = other.selection_id or other.pool_id
+                raise Invalid(f"{at}.count", f"asks for {other.count} images; {source} {ident} holds {have}")
             classes = classes if classes is not None else session.get(Dataset, p.dataset_id).classes or []
             if other.label not in classes:
                 raise Invalid(f"{at}.label", f"{other.label!r} is not a class of dataset {p.dataset_id}")
+
+
+def _picked_for(session: Session, selection_id: int, label: str, field: str) -> None:
+    """A selection's picks are images its classifier judged to be its target class: labelled as another class
+    they would teach the classifier wrong labels."""
+    target = (session.get(Selection, selection_id).params or {}).get("target_class")
+    if target is not None and target != label:
+        raise Invalid(field, f"{label!r}, but selection {selection_id} picked images of class {target!r}")
 
 
 def _source(session: Session, p: Any) -> None:

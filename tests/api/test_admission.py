@@ -134,6 +134,30 @@ def test_benchmark_refuses_failed_or_pickless_selections_and_missing_pools(api) 
     _refused(api, "benchmark", base | {"variants": variants}, "variants.0.count", f"selection {sel} holds 2")
 
 
+def test_a_class_s_picks_are_refused_under_another_class_s_label(api) -> None:
+    """The filtered fill of a long tail adds each class's selection picks with that class's label (issue 31):
+    picks made for "dog" labelled "cat" would teach wrong labels, so the submit names the label."""
+    ds = _dataset(api)
+    cat, dog = _selection(api, ds, picks=3), _selection(api, ds, picks=2)
+    with api.db.session() as s:
+        for sel_id, target in ((cat, "cat"), (dog, "dog")):
+            s.get(Selection, sel_id).params = {"target_class": target}
+        s.commit()
+    base = {"dataset_id": ds, "imbalance": SPEC}
+    fill = {"name": "fill_al", "selection_id": cat, "label": "cat", "others": [{"selection_id": dog, "label": "dog"}]}
+    swapped = fill | {"others": [{"selection_id": dog, "label": "cat"}]}
+    _refused(
+        api, "benchmark", base | {"variants": [swapped]}, "variants.0.others.0.label", "picked images of class 'dog'"
+    )
+    _refused(api, "benchmark", base | {"variants": [fill | {"label": "dog"}]}, "variants.0.label", "class 'cat'")
+    over = fill | {"others": [{"selection_id": dog, "label": "dog", "count": 3}]}
+    _refused(api, "benchmark", base | {"variants": [over]}, "variants.0.others.0.count", f"selection {dog} holds 2")
+    both = fill | {"others": [{"selection_id": dog, "pool_id": _pool(api, 2), "count": 1, "label": "dog"}]}
+    r = _post(api, "benchmark", base | {"variants": [both]})
+    assert r.status_code == 422 and "exactly one of selection_id or pool_id" in r.json()["message"], r.text
+    assert _post(api, "benchmark", base | {"variants": [fill]}).status_code == 201
+
+
 @pytest.mark.parametrize(
     ("kind", "params", "field", "text"),
     [

@@ -99,3 +99,51 @@ def test_benchmark_rows_report_balanced_and_group_accuracy_on_training_counts(
             assert row["groups"][group] == pytest.approx(np.mean([per_class[c] for c in classes]), abs=0.01)
     table = api.client.get(f"/api/benchmarks/{bench['id']}/table.html").text
     assert "few-shot (6)" in table and "balanced" in table
+
+
+def _pool_of_digit(api: ApiHarness, root: Path, digit: int, n: int) -> int:
+    """A pool of ``n`` test-split images of ``digit`` (stand-ins for one class's samples), imported from a folder."""
+    from backend.data.sources import load_digits
+
+    data = load_digits()
+    folder = root / f"samples_{digit}"
+    folder.mkdir(parents=True)
+    for i, img in enumerate(data.test_x[data.test_y == digit][:n]):
+        Image.fromarray(img).save(folder / f"{i:02d}.png")
+    api.submit("import_pool", {"path": str(folder), "name": f"samples of {digit}"})
+    (done,) = api.run_jobs()
+    assert done["status"] == "succeeded", done["error"]
+    return done["result"]["pool_id"]
+
+
+def test_filtered_fill_adds_each_class_s_picks_under_its_own_label(
+    api: ApiHarness, digits: dict[str, Any], tmp_path: Path
+) -> None:
+    """The filtered fill (issue 31.2) end to end below the experiment: a select job per tail class
+    (``target_class``) picks from that class's pool, with its own quality panel, and a benchmark variant made of
+    the selections adds each one's picks under its class: the per-class training counts say where they went."""
+    budgets = {"9": 4, "8": 3}
+    selections = {}
+    for cls, budget in budgets.items():
+        pool_id = _pool_of_digit(api, tmp_path, int(cls), 3 * budget)
+        params = {"dataset_id": digits["id"], "imbalance": LT100, "pool_ids": [pool_id], "target_class": cls}
+        params |= {"budget": budget, "per_round": budget, "mc_samples": 2, "epochs": 1}
+        api.submit("select", params)
+        (done,) = api.run_jobs()
+        assert done["status"] == "succeeded", done["error"]
+        selections[cls] = done["result"]["selection_id"]
+        sel = api.client.get(f"/api/selections/{selections[cls]}").json()
+        quality = sel["info"]["quality"]  # this selection's panel: its picks against its class's real images
+        assert sel["info"]["target_class"] == quality["target"] == cls
+        # the k-NN radii need 2 real images of the class: digit 9 keeps 1 (no panel), digit 8 keeps 2
+        assert (quality["picks"] is None) == (cls == "9")
+    variant = {"name": "diffusion_fill_al", "selection_id": selections["9"], "label": "9"}
+    variant["others"] = [{"selection_id": selections["8"], "label": "8"}]
+    params = {"dataset_id": digits["id"], "imbalance": LT100, "variants": ["imbalanced", variant]}
+    api.submit("benchmark", params | {"model": "small", "steps": 10, "seeds": [0]})
+    [done] = api.run_jobs()
+    assert done["status"] == "succeeded", done["error"]
+    rows = {r["variant"]: r for r in api.client.get(f"/api/benchmarks/{done['result']['benchmark_id']}").json()["rows"]}
+    before, after = rows["imbalanced"]["variant_counts"], rows["diffusion_fill_al"]["variant_counts"]
+    assert rows["diffusion_fill_al"]["n_synthetic"] == sum(budgets.values())
+    assert after == {c: n + budgets.get(c, 0) for c, n in before.items()}

@@ -64,13 +64,27 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class OtherClassImages(BaseModel):
-    """Synthetic images of another class, added with that class as their label."""
+    """Synthetic images of another class, added with that class as their label: from a pool, or the picks of
+    a selection made for that class (the filtered fill of a long tail)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pool_id: DbId = Field(..., description="the pool to take them from")
-    count: int = Field(..., ge=1, le=1_000_000, description="images to take (the pool's first)")
+    pool_id: DbId | None = Field(None, description="the pool to take them from")
+    selection_id: DbId | None = Field(
+        None, description="or: the selection (target_class = label) whose picks that were not rejected to take"
+    )
+    count: int | None = Field(
+        None, ge=1, le=1_000_000, description="images to take (the pool's first; required with pool_id)"
+    )
     label: Name = Field(..., description="their class, a class of the dataset")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OtherClassImages:
+        if (self.selection_id is None) == (self.pool_id is None):
+            raise ValueError("give exactly one of selection_id or pool_id")
+        if self.pool_id is not None and self.count is None:
+            raise ValueError("count is required with pool_id")
+        return self
 
 
 class SyntheticVariant(BaseModel):
@@ -249,7 +263,12 @@ def _synthetic_images(ctx: JobContext, spec: SyntheticVariant, ds: DecodedDatase
             rows = selections.selected_images(s, spec.selection_id)[: spec.count]
         else:
             rows = pools.first_images(s, spec.pool_id, spec.count)
-        others = [pools.first_images(s, o.pool_id, o.count) for o in spec.others]
+        others = [
+            selections.selected_images(s, o.selection_id)[: o.count]
+            if o.selection_id is not None
+            else pools.first_images(s, o.pool_id, o.count)
+            for o in spec.others
+        ]
         s.expunge_all()
     parts = [(*_decode(ctx, spec.name, rows, ds), label)]
     for other, other_rows in zip(spec.others, others, strict=True):
