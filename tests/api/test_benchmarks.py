@@ -138,6 +138,9 @@ def test_benchmark_job_rows_and_exports(api) -> None:
     assert info[("full", 0)]["num_train"] == len(ds.train_y) - size
     assert info[("imbalanced", 0)]["num_train"] == len(kept) - size
     assert info[("oracle", 0)]["num_train"] == len(kept) - size + 40
+    # The epoch is chosen on exactly that split: nothing else (the test set, synthetic images) joins it.
+    for (v, seed), run in info.items():
+        assert run["num_val"] == by[(v, seed)]["validation"]["size"], (v, seed)
 
     r = api.client.get(f"/api/benchmarks/{bid}/results.csv")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")

@@ -390,3 +390,15 @@ def test_each_actor_gets_its_own_shard_first(ray_address: str) -> None:
     ray_executor.release_actors()
     assert sorted(i for i, _ in got) == [0, 1]
     assert len({pid for _, pid in got}) == 2
+
+
+def test_a_shard_longer_than_an_actor_s_queue_is_fed_to_the_end(ray_address: str) -> None:
+    """Each actor holds IN_FLIGHT_PER_ACTOR pieces at once and gets the next one as each result comes back: a
+    shard of more pieces than that comes back whole (without the feeding, pieces 2-5 were lost silently)."""
+    _release_and_wait()
+    got: list[tuple[int, int]] = []
+    pieces = [[i] for i in range(3 * ray_executor.IN_FLIGHT_PER_ACTOR)]
+    spec = ray_executor.ShardSpec(_pid_worker, None, gpu=False)
+    ray_executor.run_shards(spec, [pieces], on_result=got.extend, should_stop=lambda: False, address=ray_address)
+    ray_executor.release_actors()
+    assert sorted(i for i, _ in got) == list(range(len(pieces)))

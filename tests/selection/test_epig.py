@@ -107,3 +107,17 @@ def test_diversity_and_stochastic_rounds_avoid_near_copies() -> None:
     share = [near_duplicate_share(feats[i], 0.01) for i in (top, spread, sampled)]
     assert share[0] == 1.0  # top-k: all 10 pairs are copies
     assert share[1] <= 0.1 and share[2] < 1.0, share
+
+
+def test_shared_masks_are_inverted_dropout_masks() -> None:
+    """Each shared mask keeps a feature with probability 1 - p and scales it by 1 / (1 - p), so a pass sees the
+    features at their eval-mode scale on average: without the scaling every EPIG pass would see the head's
+    logits shrunk by (1 - p), and the comparison with full passes above uses the same function, so misses it."""
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=3)
+    p = model.head[0].p
+    masks = scoring.shared_masks(model, 400, 5, "cpu")
+    values = set(np.unique(masks.numpy()).round(5).tolist())
+    assert values == {0.0, round(1 / (1 - p), 5)}
+    assert masks.mean().item() == pytest.approx(1.0, abs=0.05)  # 400 x F draws: the mean keeps its expectation
+    assert (masks == 0).float().mean().item() == pytest.approx(p, abs=0.05)
