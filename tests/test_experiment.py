@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from backend.config import Settings
+from backend.data.sources import CIFAR10_CLASSES
 from backend.experiment import (
     ExperimentConfig,
     ExperimentError,
@@ -70,6 +71,30 @@ def test_examples_are_valid(name: str) -> None:
     assert config.dataset.path and (path.parent / config.dataset.path).name == "cifar10-jpg.tar.gz"
     bench = steps[-1].build({s.name: {"dataset_id": 1, "pool_id": 2, "selection_id": 3, "gan_id": 4} for s in steps})
     assert [v if isinstance(v, str) else v["name"] for v in bench["variants"]][-3:] == ["sd_random", "sd_al", "gan"]
+
+
+@pytest.mark.parametrize(
+    ("name", "variants"),
+    [
+        ("digits_longtail_cpu.yaml", ["diffusion_fill", "diffusion_fill_al"]),
+        # the CIFAR-10 recipes list their classes from the real archive, extracted once per run (a minute)
+        pytest.param("cifar10_longtail_cpu.yaml", ["diffusion_fill", "diffusion_fill_al"], marks=pytest.mark.slow),
+        pytest.param("cifar10_longtail_gpu.yaml", ["diffusion_fill", "diffusion_fill_al"], marks=pytest.mark.slow),
+    ],
+)
+def test_longtail_examples_fill_and_filter_every_class(
+    name: str, variants: list[str], request: pytest.FixtureRequest
+) -> None:
+    path = REPO / "examples" / name
+    config = load_config(path)
+    folder = None if "digits" in name else str(request.getfixturevalue("cifar10_root"))
+    steps = {s.name: s for s in plan(config, path.parent, folder)}
+    check_plan(list(steps.values()))
+    assert [f"fill_select_{i}" in steps for i in range(10)] == [True] * 10
+    need = {str(c): 10 for c in range(10)} if "digits" in name else {c: 10 for c in CIFAR10_CLASSES}
+    results = {s: {"dataset_id": 1, "pool_id": 2, "selection_id": 3, "diffusion_id": 4} for s in steps}
+    bench = steps["benchmark"].build(results | {"fill": {"need": need}})
+    assert [v["name"] for v in bench["variants"] if isinstance(v, dict)] == variants
 
 
 def test_reference_doc_lists_every_key_and_is_current() -> None:

@@ -5,7 +5,8 @@ Spec forms (JSON), always with a ``seed`` (default 0):
 - ``{"minority": "cat" | ["cat", "dog"], "keep": 50}``: keep exactly ``keep`` images of each minority class;
 - ``{"minority": ..., "remove_ratio": 0.99}``: remove that fraction (rounded) of each minority class;
 - ``{"profile": "longtail", "imbalance_factor": 100}``: CIFAR-10-LT's exponential profile, class ``i`` of
-  ``C`` keeps ``n_max * factor ** (-i / (C - 1))`` images (class order = dataset order).
+  ``C`` keeps ``n_max * factor ** (-i / (C - 1))`` images (class order = dataset order); with ``"head": N``
+  ``n_max`` is N instead of the largest class's count, a subset of a large dataset (CIFAR-10-LT sized for a CPU).
 
 Which images stay is drawn per class from ``numpy.random.default_rng([seed, class_index])``, so the same
 spec on the same labels always gives the same indices, independently of the other classes. The removed
@@ -35,6 +36,9 @@ class ImbalanceSpec(BaseModel):
     remove_ratio: float | None = Field(None, gt=0.0, lt=1.0)
     profile: Literal["longtail"] | None = None
     imbalance_factor: float | None = Field(None, gt=1.0, le=1e6)
+    head: int | None = Field(
+        None, ge=2, le=10_000_000, description="longtail: the first class keeps this many (default: all its images)"
+    )
     seed: Seed = 0
 
     @model_validator(mode="after")
@@ -45,8 +49,8 @@ class ImbalanceSpec(BaseModel):
             if self.imbalance_factor is None:
                 raise ValueError("profile 'longtail' needs imbalance_factor (e.g. 100)")
             return self
-        if self.imbalance_factor is not None:
-            raise ValueError("imbalance_factor needs profile 'longtail'")
+        if self.imbalance_factor is not None or self.head is not None:
+            raise ValueError("imbalance_factor and head need profile 'longtail'")
         if not self.minority:
             raise ValueError("minority is required (a class name or a list of names), or use profile")
         if (self.keep is None) == (self.remove_ratio is None):
@@ -86,7 +90,7 @@ def _keep_counts(spec: ImbalanceSpec, counts: np.ndarray, classes: list[str]) ->
         n = len(classes)
         if n < 2:
             raise ValueError(f"profile: a long tail needs at least 2 classes; this dataset has {n} ({classes})")
-        n_max = int(counts.max())
+        n_max = int(counts.max()) if spec.head is None else spec.head
         ideal = np.floor(n_max * spec.imbalance_factor ** (-np.arange(n) / max(n - 1, 1))).astype(np.int64)
         target = np.minimum(np.maximum(ideal, 1), counts)
         # "Minority" for a long tail: every class left below the median kept count.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backend.data.cache import DecodedDataset
-from backend.data.imbalance import ImbalanceSpec, apply_imbalance
+from backend.data.imbalance import ImbalanceSpec, apply_imbalance, kept_counts
 
 CLASSES = ["a", "b", "c"]
 LABELS = np.repeat(np.arange(3), [100, 100, 100])
@@ -38,6 +38,17 @@ def test_longtail_profile() -> None:
     assert r.minority_classes == [3, 4]
 
 
+def test_longtail_head_takes_a_subset_with_the_same_profile() -> None:
+    """``head``: CIFAR-10-LT sized for a CPU; the first class keeps ``head`` images and the tail follows from it."""
+    labels = np.repeat(np.arange(5), 1000)
+    spec = {"profile": "longtail", "imbalance_factor": 100, "head": 200, "seed": 0}
+    counts = apply_imbalance(labels, list("vwxyz"), spec).counts(labels, 5).tolist()
+    assert counts == [200, 63, 20, 6, 2]  # floor(200 * 100 ** (-i / 4))
+    assert kept_counts(spec, dict(zip("vwxyz", [1000] * 5, strict=True)), list("vwxyz")) == dict(
+        zip("vwxyz", counts, strict=True)
+    )
+
+
 def test_unknown_minority_names_classes() -> None:
     with pytest.raises(ValueError, match=r"'zebra' is not in the dataset; classes are \['a', 'b', 'c'\]"):
         apply_imbalance(LABELS, CLASSES, {"minority": "zebra", "keep": 5})
@@ -61,6 +72,8 @@ def test_remove_ratio_out_of_range(ratio: float) -> None:
         {"minority": "a", "keep": 5, "remove_ratio": 0.5},
         {"profile": "longtail"},
         {"profile": "longtail", "imbalance_factor": 10, "minority": "a"},
+        {"minority": "a", "keep": 5, "head": 10},
+        {"profile": "longtail", "imbalance_factor": 10, "head": 1},
         {"keep": 5},
         {"minority": "a", "keep": 5, "bogus": 1},
     ],

@@ -117,6 +117,13 @@ class Studio:
     def api(self, path: str) -> Any:
         return _get(f"{self.base}/api{path}")
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        req = urllib.request.Request(
+            f"{self.base}/api{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
     # -- Gradio widgets, addressed by elem_id --------------------------------------------------------
     def tab(self, name: str) -> None:
         self.page.get_by_role("tab", name=name, exact=True).first.click()
@@ -233,6 +240,35 @@ def test_register_digits_and_pick_minority(studio: Studio) -> None:
     studio.page.locator("#ds-spec-msg", has_text=f"{after} images").wait_for()
     studio.page.locator("#ds-plot .js-plotly-plot").wait_for()
     studio.shot("dataset")
+
+
+def test_a_long_tail_shows_its_fill_plan_before_anything_runs(studio: Studio) -> None:
+    """Issue 31: the Long-tail profile shows, per class, the real images kept, the shot group and the synthetic
+    images a fill to the head adds (the API's fill plan), and queues nothing; the tests' spec is restored after."""
+    jobs_before = studio.api("/jobs")["total"]
+    studio.radio("ds-mode", "Long-tail profile")
+    studio.fill("ds-factor", 100)
+    table = studio.page.locator("#ds-fill")
+    table.wait_for()
+    (ds,) = studio.api("/datasets")
+    spec = {"profile": "longtail", "imbalance_factor": 100, "seed": 0}  # what the form sends
+    plan = studio.post(f"/datasets/{ds['id']}/fill_plan", {"imbalance": spec, "fill": "to_head"})
+    rows = table.locator("tbody tr")
+    assert rows.count() == len(plan["counts"]) == 10
+    shown = {}
+    for i in range(rows.count()):
+        cls, real, group, fill = (c.inner_text().strip() for c in rows.nth(i).locator("td").all())
+        shown[cls] = (int(real), group.split(" ")[0], int(fill))
+    groups = {c: g for g, classes in plan["groups"].items() for c in classes}
+    assert shown == {c: (n, f"{groups[c]}-shot", plan["need"][c]) for c, n in plan["counts"].items()}
+    assert shown["9"] == (1, "few-shot", plan["target"] - 1) and shown["0"][2] == 0  # the head needs none
+    studio.page.locator("#ds-spec-msg", has_text=f"{plan['total']} synthetic images in all").wait_for()
+    studio.shot("dataset_longtail")
+    assert studio.api("/jobs")["total"] == jobs_before  # a plan queues nothing
+    studio.radio("ds-mode", "Keep N minority images")  # back to the tests' shared spec: digit 3 cut to 20
+    studio.page.locator("#ds-fill").wait_for(state="detached")
+    after = sum(ds["train_counts"].values()) - ds["train_counts"]["3"] + 20
+    studio.page.locator("#ds-spec-msg", has_text=f"{after} images").wait_for()
 
 
 def test_api_docs_render_offline_and_gradio_handlers_are_not_an_api(studio: Studio) -> None:
