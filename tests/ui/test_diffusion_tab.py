@@ -185,7 +185,7 @@ def test_benchmark_the_every_class_recipe_from_the_tab(studio: Studio) -> None:
     variant = studio.api(f"/jobs/{job_id}")["params"]["variants"][-1]
     assert variant["name"] == "diffusion_every" and variant["base"] == "oversample"
     # 4 asked, the pool has 3: the other class takes what its pool holds.
-    assert variant["others"] == [{"pool_id": zero["id"], "count": 3, "label": "0"}]
+    assert variant["others"] == [{"pool_id": zero["id"], "selection_id": None, "count": 3, "label": "0"}]
     bench_id = studio.api(f"/jobs/{job_id}")["result"]["benchmark_id"]
     rows = {r["variant"]: r for r in studio.api(f"/benchmarks/{bench_id}")["rows"]}
     counts, over = rows["diffusion_every"]["variant_counts"], rows["oversample"]["variant_counts"]

@@ -174,6 +174,11 @@ def train_diffusion(ctx: JobContext, params: TrainDiffusionParams) -> dict[str, 
     from backend.generation.ddpm import DiffusionTrainer
     from backend.generation.ddpm_sample import class_grid
 
+    # The training data first: the model's row is listed from its creation on, and the studio reads the class
+    # list of a model when it is chosen, so a row must never be seen without its classes (an empty list there
+    # left the Class field empty for good).
+    images, labels, classes, source_info = _training_data(ctx, params)
+    source_info["images"] = len(images)
     with ctx.session() as s:
         diffusion_id = row_for_job(
             s,
@@ -183,14 +188,12 @@ def train_diffusion(ctx: JobContext, params: TrainDiffusionParams) -> dict[str, 
                 name=params.name or f"diffusion {params.image_size}px",
                 job_id=ctx.job_id,
                 params=params.model_dump(mode="json"),
-                classes=[],
+                classes=classes,
                 epochs_done=0,
                 history=[],
-                info={},
+                info={"source": source_info, "device": ctx.settings.device},
             ),
         ).id
-    images, labels, classes, source_info = _training_data(ctx, params)
-    source_info["images"] = len(images)
     try:
         trainer = DiffusionTrainer(params.config(), images, labels, classes, ctx.settings.device)
     except ValueError as exc:
