@@ -284,8 +284,8 @@ def test_the_address_keeps_the_tab_and_opens_a_linked_job(studio: Studio) -> Non
         page.wait_for_function("() => document.documentElement.dataset.rbTab === 'benchmark'", timeout=15_000)
         page.locator("[role=tab][aria-selected=true]", has_text="Benchmark").wait_for()
     except Exception:
-        # The studio's failure report covers its own page; this one is closed before it runs. One run in five
-        # found the job card here hidden under a selected Jobs tab for 90 s: keep what that page showed.
+        # The studio's failure report covers its own page; this one is closed before it runs. A full run on
+        # 2026-12-07 found the job card here hidden under a selected Jobs tab for 90 s: keep what it showed.
         state = page.evaluate(
             "() => ({url: location.href, mark: document.documentElement.dataset.rbTab, opening: !!window.rbOpening,"
             " tabs: [...document.querySelectorAll('[role=tab]')].map(t => t.innerText + '=' + t.ariaSelected)})"
