@@ -105,7 +105,7 @@ def build_ui(api: ApiClient) -> gr.Blocks:
                 show_progress="hidden",
                 trigger_mode="always_last",  # a quick A -> B -> A must end on A's timers, not skip the last A
             )
-            # The address, and the mark the head script's watchdog compares with the tab on screen.
+            # The address, and the mark the head script's tab guard compares with the tab on screen.
             mark = f"document.documentElement.dataset.rbTab = '{name.lower()}'"
             tab.select(None, js=_url_param_js("tab", f"({mark})"))
         _wire_deep_links(demo)
@@ -129,88 +129,83 @@ def build_ui(api: ApiClient) -> gr.Blocks:
 
 
 # In the page's <head>, so it runs before the studio mounts:
-# - notes a person's (trusted) click on a tab;
-# - opens the tab the address names, as the user would, by clicking it (its own select events then start its
-#   timers and keep the address). Done in the browser: a server round trip could land after the user's first
-#   click. From when the tab buttons appear, for 30 s, it clicks the address's tab whenever another is shown,
-#   until the person clicks a tab themselves: on a loaded machine a reload twice came back on the Dataset tab
-#   (run once from Gradio's load event, the click was lost or undone);
-# - re-fires a tab's select events when one was lost (the tab on screen is not the one whose timers run);
+# - keeps the page on the tab it should show (see the guard's comment);
 # - the review keys.
 TAB_CLICK_HEAD = """<script>
-window.rbTabClicked = false;
-document.addEventListener('click', (e) => {
-  if (e.isTrusted && e.target.closest && e.target.closest('[role=tab]')) {
-    window.rbTabClicked = true;
-    window.rbTabClickedAt = Date.now();
-  }
-}, true);
-(() => {
-  const wanted = () => (new URL(window.location.href).searchParams.get('tab') || '').toLowerCase();
-  if (!wanted()) return;
-  const start = Date.now();
-  let found = null;
-  window.rbOpening = true;  // the watchdog below waits while this runs: two scripts clicking tabs would race
-  const attempt = () => {
-    window.rbOpening = false;
-    if (window.rbTabClicked) return;  // the person chose a tab
-    const now = Date.now();
-    const tab = wanted();
-    const button = [...document.querySelectorAll('#rb-tabs [role=tab]')]
-      .find((b) => b.textContent.trim().toLowerCase() === tab);
-    if (!button) {
-      window.rbOpening = now - start < 300000;
-      if (window.rbOpening) setTimeout(attempt, 250);  // the studio has not mounted yet
-      return;
-    }
-    found = found ?? now;
-    if (button.getAttribute('aria-selected') !== 'true') button.click();
-    window.rbOpening = now - found < 30000;
-    if (window.rbOpening) setTimeout(attempt, 250);
-  };
-  attempt();
-})();
-// A tab's select event can be lost while the page is still starting: on a loaded machine a click showed Generate
-// while its poll timers (and the address) stayed with the tab before, so its panels never refreshed. Each select
-// event marks the tab it started (data-rb-tab on <html>; the first tab's timers run from the start). While the tab
-// on screen differs from that mark for 2 s, click another tab and back: that fires the select events again
-// (not while the address's tab is being opened above: it clicks tabs too). The way back is clicked by the tab's
-// name, and again each second until that tab is shown: a button held from before the first click can be a
-// detached copy by then (a full run twice stayed on the tab it clicked away to). A person's tab click ends it.
+// The tab guard. The page should show the tab the address names when it loads (?tab=), and after that the tab the
+// person last clicked. Done in the browser, by clicking tabs as the person would (their select events start the
+// tab's poll timers and write the address): a server round trip could land after the person's first click.
+// On a loaded machine three things went wrong, each only in a full test run:
+// - the address's tab, clicked as soon as the tab buttons appeared, was lost (a reload came back on Dataset);
+// - the page switched back to the first tab by itself, without a select event, after the address's tab was shown
+//   (a copied link to a job ended on Dataset; Gradio's Tabs falls back to its first tab when the selected tab
+//   item unregisters, as it does when it is re-rendered);
+// - a click showed its tab but its select event was lost: the poll timers (and the address) stayed with the tab
+//   before, so the tab's panels never refreshed.
+// So, every half second: while the chosen tab is not shown for 1 s, click it; while it is shown but the mark of
+// the last select event (data-rb-tab on <html>, set by each tab's select event; the first tab's timers run from
+// the start) names another tab for 2 s, click another tab and the chosen one again, which fires its select events
+// anew. Buttons are looked up by name each time: Gradio can redraw them, and a click on a detached copy does
+// nothing. A person's click (a trusted event) chooses the tab and resets the count; 60 clicks at most per choice.
 (() => {
   const names = __TAB_NAMES__;
   const nameOf = (b) => b.textContent.trim().toLowerCase();
-  let since = null;
+  const fromAddress = (new URL(window.location.href).searchParams.get('tab') || '').toLowerCase();
+  let chosen = names.includes(fromAddress) ? fromAddress : null;
+  let clickedAt = 0;
   let clicks = 0;
-  let back = null;  // after clicking away: the tab to return to, looked up by name (the buttons may be redrawn)
-  let backSince = 0;
-  let away = false;  // the click away has shown another tab (or 3 s went by)
-  const watch = () => {
-    const buttons = [...document.querySelectorAll('#rb-tabs [role=tab]')].filter((b) => names.includes(nameOf(b)));
-    const shown = buttons.find((b) => b.getAttribute('aria-selected') === 'true');
-    if (back) {
-      const now = shown ? nameOf(shown) : null;
-      if ((window.rbTabClickedAt || 0) > backSince) { back = null; return; }  // the person chose a tab
-      away = away || now !== back || Date.now() - backSince > 3000;
-      if (!away) return;
-      if (now === back) { back = null; return; }  // back; if its select was lost again, the check below repeats
-      const button = buttons.find((b) => nameOf(b) === back);
-      if (button && clicks < 60) { clicks += 1; button.click(); }
+  let wrongSince = null;  // when the chosen tab stopped being shown
+  let staleSince = null;  // when the mark was first seen to differ from the chosen, shown tab
+  let away = false;  // the guard itself clicked away: click the chosen tab at the next look, without waiting
+  window.rbChosenTab = chosen;
+  window.rbOpening = !!chosen;  // the address's tab is not shown yet (for a test's diagnostics)
+  document.addEventListener('click', (e) => {
+    const tab = e.isTrusted && e.target.closest && e.target.closest('#rb-tabs [role=tab]');
+    if (tab && names.includes(nameOf(tab))) {
+      window.rbChosenTab = nameOf(tab);
+      window.rbTabClickedAt = performance.now();
+    }
+  }, true);
+  const guard = () => {
+    if ((window.rbTabClickedAt || 0) > clickedAt) {  // the person chose a tab: their click does the rest
+      clickedAt = window.rbTabClickedAt;
+      chosen = window.rbChosenTab;
+      clicks = 0;
+      wrongSince = staleSince = null;
+      away = false;
+      window.rbOpening = false;
       return;
     }
+    const buttons = [...document.querySelectorAll('#rb-tabs [role=tab]')].filter((b) => names.includes(nameOf(b)));
+    const shown = buttons.find((b) => b.getAttribute('aria-selected') === 'true');
+    if (!shown) return;  // the studio has not mounted yet
+    chosen = chosen ?? nameOf(shown);
+    window.rbChosenTab = chosen;
+    const now = performance.now();
+    if (nameOf(shown) !== chosen) {
+      staleSince = null;
+      wrongSince = wrongSince ?? now;
+      if ((away || now - wrongSince >= 1000) && clicks < 60) {
+        const button = buttons.find((b) => nameOf(b) === chosen);
+        if (button) { clicks += 1; button.click(); }
+        away = false;
+        wrongSince = null;
+      }
+      return;
+    }
+    wrongSince = null;
+    window.rbOpening = false;
     const mark = document.documentElement.dataset.rbTab || names[0];
-    if (window.rbOpening || !shown || nameOf(shown) === mark) { since = null; return; }
-    since = since ?? Date.now();
-    if (Date.now() - since < 2000 || clicks >= 60) return;
-    since = null;
-    back = nameOf(shown);
-    backSince = Date.now();
-    away = false;
+    if (mark === chosen) { staleSince = null; return; }
+    staleSince = staleSince ?? now;
+    if (now - staleSince < 2000 || clicks >= 60) return;
+    staleSince = null;
     clicks += 1;
+    away = true;
     buttons.find((b) => b !== shown).click();
-    setTimeout(watch, 250);
   };
-  setInterval(watch, 1000);
+  guard();
+  setInterval(guard, 500);
 })();
 // Review from the keyboard: a / r accept / reject the pick shown large on the Select tab (then the next one is
 // shown). Not while typing in a field, and only when that pick and its buttons are on screen.

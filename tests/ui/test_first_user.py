@@ -283,11 +283,27 @@ def test_the_address_keeps_the_tab_and_opens_a_linked_job(studio: Studio) -> Non
         page.evaluate("() => { document.documentElement.dataset.rbTab = 'jobs'; }")
         page.wait_for_function("() => document.documentElement.dataset.rbTab === 'benchmark'", timeout=15_000)
         page.locator("[role=tab][aria-selected=true]", has_text="Benchmark").wait_for()
+        # The page switching tabs without the person (a full run saw a copied link fall back to Dataset after it
+        # had shown Jobs): the guard brings back the tab the person chose, with its select events.
+        shown = page.evaluate(
+            "async () => { const tabs = () => [...document.querySelectorAll('#rb-tabs [role=tab]')];"
+            " tabs().find(b => b.textContent.trim() === 'Dataset').click();"  # a script's click: not the person's
+            " await new Promise(r => setTimeout(r, 200));"
+            " return tabs().find(b => b.getAttribute('aria-selected') === 'true').textContent.trim(); }"
+        )
+        assert shown == "Dataset"  # it did switch; the guard waits 1 s before it clicks back
+        page.wait_for_function(
+            "() => document.documentElement.dataset.rbTab === 'benchmark'"
+            " && new URL(location.href).searchParams.get('tab') === 'benchmark'"
+            " && document.querySelector('#rb-tabs [role=tab][aria-selected=true]').textContent.trim() === 'Benchmark'",
+            timeout=15_000,
+        )
     except Exception:
         # The studio's failure report covers its own page; this one is closed before it runs. A full run on
         # 2026-12-07 found the job card here hidden under a selected Jobs tab for 90 s: keep what it showed.
         state = page.evaluate(
             "() => ({url: location.href, mark: document.documentElement.dataset.rbTab, opening: !!window.rbOpening,"
+            " chosen: window.rbChosenTab,"
             " tabs: [...document.querySelectorAll('[role=tab]')].map(t => t.innerText + '=' + t.ariaSelected)})"
         )
         page.screenshot(path=str(studio.shots / "copied-link-failure.png"), full_page=True)
