@@ -147,9 +147,16 @@ TAB_CLICK_HEAD = """<script>
 // the start) names another tab for 2 s, click another tab and the chosen one again, which fires its select events
 // anew. Buttons are looked up by name each time: Gradio can redraw them, and a click on a detached copy does
 // nothing. A person's click (a trusted event) chooses the tab and resets the count; 60 clicks at most per choice.
+// In a narrow window Gradio moves the tabs that do not fit into a "More tabs" menu of plain buttons (the one
+// shown has the class "selected"): those count as tab buttons too, or the guard would undo a choice made there.
 (() => {
   const names = __TAB_NAMES__;
   const nameOf = (b) => b.textContent.trim().toLowerCase();
+  const tabButtons = '#rb-tabs [role=tab], #rb-tabs .overflow-dropdown button';
+  const inMenu = (b) => !b.hasAttribute('role');
+  const isShown = (b) => b.getAttribute('aria-selected') === 'true' || (inMenu(b) && b.classList.contains('selected'));
+  // The tab bar's button for a tab when it has one, else the menu's.
+  const pick = (buttons, test) => buttons.find((b) => test(b) && !inMenu(b)) || buttons.find(test);
   const fromAddress = (new URL(window.location.href).searchParams.get('tab') || '').toLowerCase();
   let chosen = names.includes(fromAddress) ? fromAddress : null;
   let clickedAt = 0;
@@ -160,7 +167,7 @@ TAB_CLICK_HEAD = """<script>
   window.rbChosenTab = chosen;
   window.rbOpening = !!chosen;  // the address's tab is not shown yet (for a test's diagnostics)
   document.addEventListener('click', (e) => {
-    const tab = e.isTrusted && e.target.closest && e.target.closest('#rb-tabs [role=tab]');
+    const tab = e.isTrusted && e.target.closest && e.target.closest(tabButtons);
     if (tab && names.includes(nameOf(tab))) {
       window.rbChosenTab = nameOf(tab);
       window.rbTabClickedAt = performance.now();
@@ -176,8 +183,8 @@ TAB_CLICK_HEAD = """<script>
       window.rbOpening = false;
       return;
     }
-    const buttons = [...document.querySelectorAll('#rb-tabs [role=tab]')].filter((b) => names.includes(nameOf(b)));
-    const shown = buttons.find((b) => b.getAttribute('aria-selected') === 'true');
+    const buttons = [...document.querySelectorAll(tabButtons)].filter((b) => names.includes(nameOf(b)));
+    const shown = buttons.find(isShown);
     if (!shown) return;  // the studio has not mounted yet
     chosen = chosen ?? nameOf(shown);
     window.rbChosenTab = chosen;
@@ -186,7 +193,7 @@ TAB_CLICK_HEAD = """<script>
       staleSince = null;
       wrongSince = wrongSince ?? now;
       if ((away || now - wrongSince >= 1000) && clicks < 60) {
-        const button = buttons.find((b) => nameOf(b) === chosen);
+        const button = pick(buttons, (b) => nameOf(b) === chosen);
         if (button) { clicks += 1; button.click(); }
         away = false;
         wrongSince = null;
@@ -202,7 +209,7 @@ TAB_CLICK_HEAD = """<script>
     staleSince = null;
     clicks += 1;
     away = true;
-    buttons.find((b) => b !== shown).click();
+    pick(buttons, (b) => nameOf(b) !== chosen).click();
   };
   guard();
   setInterval(guard, 500);

@@ -298,6 +298,19 @@ def test_the_address_keeps_the_tab_and_opens_a_linked_job(studio: Studio) -> Non
             " && document.querySelector('#rb-tabs [role=tab][aria-selected=true]').textContent.trim() === 'Benchmark'",
             timeout=15_000,
         )
+        # In a narrow window the tabs that do not fit move into a "More tabs" menu (the first tab and the one shown
+        # stay in the bar): a choice made there is the person's too, and the guard keeps it rather than going back
+        # to the tab chosen before (Dataset, whose button it could still click).
+        page.set_viewport_size({"width": 420, "height": 800})
+        page.get_by_role("tab", name="Dataset", exact=True).first.click()
+        page.wait_for_function("() => document.documentElement.dataset.rbTab === 'dataset'", timeout=15_000)
+        page.locator("#rb-tabs button[aria-label='More tabs']").first.click()
+        page.locator("#rb-tabs .overflow-dropdown button", has_text="Experiments").first.click()
+        page.wait_for_function("() => document.documentElement.dataset.rbTab === 'experiments'", timeout=15_000)
+        page.wait_for_timeout(2500)  # the guard clicks a tab back after 1 s of it not being shown
+        shown = "document.querySelector('#rb-tabs [role=tab][aria-selected=true]').textContent.trim()"
+        state = page.evaluate(f"() => [{shown}, document.documentElement.dataset.rbTab]")
+        assert state == ["Experiments", "experiments"]
     except Exception:
         # The studio's failure report covers its own page; this one is closed before it runs. A full run on
         # 2026-12-07 found the job card here hidden under a selected Jobs tab for 90 s: keep what it showed.
