@@ -135,11 +135,12 @@ TAB_CLICK_HEAD = """<script>
 // The tab guard. The page should show the tab the address names when it loads (?tab=), and after that the tab the
 // person last clicked. Done in the browser, by clicking tabs as the person would (their select events start the
 // tab's poll timers and write the address): a server round trip could land after the person's first click.
-// On a loaded machine three things went wrong, each only in a full test run:
-// - the address's tab, clicked as soon as the tab buttons appeared, was lost (a reload came back on Dataset);
-// - the page switched back to the first tab by itself, without a select event, after the address's tab was shown
-//   (a copied link to a job ended on Dataset; Gradio's Tabs falls back to its first tab when the selected tab
-//   item unregisters, as it does when it is re-rendered);
+// On a loaded machine, in full test runs, pages ended on a tab nobody chose, or showed one whose timers did not run:
+// - a reload of ?tab=select, and a copied link to ?tab=jobs, ended on Dataset. The old script clicked the
+//   address's tab for only 30 s. What moved the page after that is not proven; Gradio 6's Tabs code shows two
+//   ways: it falls back to its first tab, without a select event, when the selected tab item unregisters; and
+//   the first tab fires its own select event when the page loads, which can complete after the address's tab
+//   was clicked (then Dataset's timers run and the address says dataset);
 // - a click showed its tab but its select event was lost: the poll timers (and the address) stayed with the tab
 //   before, so the tab's panels never refreshed.
 // So, every half second: while the chosen tab is not shown for 1 s, click it; while it is shown but the mark of
