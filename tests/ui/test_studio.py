@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,9 +67,55 @@ class Studio:
         self.server = server
         self.log = log
         self.console: list[str] = []  # the page's console errors and failed requests, for diagnose()
+        self.events: list[tuple[float, Any]] = []  # (monotonic time, trigger id) of each Gradio event the page sent
         page.on("console", lambda m: m.type in ("error", "warning") and self._note(f"console {m.type}: {m.text}"))
         page.on("pageerror", lambda e: self._note(f"page error: {e}"))
         page.on("requestfailed", self._request_failed)
+        page.on("request", self._request)
+
+    def _request(self, request: Any) -> None:
+        # The page's own query string (?tab=...) rides along on the join's address.
+        if request.method == "POST" and urllib.parse.urlsplit(request.url).path.endswith("/queue/join"):
+            try:
+                trigger = json.loads(request.post_data or "{}").get("trigger_id")
+            except ValueError:
+                trigger = None
+            self.events = [*self.events[-999:], (time.monotonic(), trigger)]
+
+    def _timer_ids(self) -> set[Any]:
+        return set(self.page.evaluate("(window.gradio_config?.components || []).filter(c => c.type === 'timer')"
+                                      ".map(c => c.id)"))  # fmt: skip
+
+    def settle(self, quiet_s: float = 4.0, timeout_s: float = 300.0) -> None:
+        """Wait until the page has sent only poll-timer events for ``quiet_s``, at least one of them.
+
+        A reload restores every tab's form, and each restored value sets off its tab's change handlers: on a
+        2-core machine with a worker busy, 170-230 events kept Chromium's renderer at a full core for 35-45 s,
+        and the shown tab's own polls came 9-25 s apart instead of every 2 s. A step that needs the polls
+        (a card following a 15-s job) waits for this first; a dropdown redrawn meanwhile also eluded clicks."""
+        timers = self._timer_ids()
+        start = time.monotonic()
+        while True:
+            self.page.wait_for_timeout(500)  # also lets Playwright deliver the request events
+            now = time.monotonic()
+            recent = [trigger in timers for t, trigger in self.events if t > max(start, now - quiet_s)]
+            other = max((t for t, trigger in self.events if trigger not in timers), default=start)
+            if now - max(other, start) >= quiet_s and any(recent):
+                return
+            assert now - start < timeout_s, f"the page still sends events other than its polls: {self.activity()}"
+
+    def activity(self, window_s: float = 60.0) -> str:
+        """The Gradio events the page sent in the last ``window_s``: poll-timer ticks and the others."""
+        try:
+            timers = self._timer_ids()
+        except Exception:  # a crashed page
+            return "unknown (the page did not answer)"
+        now = time.monotonic()
+        recent = [trigger in timers for t, trigger in self.events if t > now - window_s]
+        other = max((t for t, trigger in self.events if trigger not in timers), default=None)
+        last = "none sent" if other is None else f"the last {now - other:.1f} s ago"
+        ticks = sum(recent)
+        return f"in the last {window_s:.0f} s: {ticks} timer ticks, {len(recent) - ticks} other events ({last})"
 
     def _request_failed(self, request: Any) -> None:
         # Gradio ends each event's stream by aborting it: ERR_ABORTED on queue/data is how every event ends, and
@@ -109,6 +156,7 @@ class Studio:
         except Exception as exc:  # a crashed page still leaves the server's side to report
             page = f"the page did not answer: {exc}"
         console = "\n".join(self.console) or "(none)"
+        page += f"\nevents {self.activity()}"
         return (
             f"--- page ---\n{page}\n--- page console (last errors) ---\n{console}\n"
             f"--- server log, last lines ---\n{log_tail}\n--- server threads (innermost frames) ---\n{threads}"
@@ -621,6 +669,7 @@ def test_experiment_from_the_tab_survives_a_reload_and_opens_its_report(studio: 
     )
     studio.page.reload()
     studio.tab("Experiments")
+    studio.settle()
     # The study's recipes come from the API (never from files read by the studio).
     studio.pick("exp-template", "cifar10_cat_cpu")
     box = studio.page.locator("#exp-yaml textarea")
@@ -636,6 +685,8 @@ def test_experiment_from_the_tab_survives_a_reload_and_opens_its_report(studio: 
     # Mid-run reload: the tab comes back to the same experiment, its first stage queued behind the blocker.
     studio.page.reload()
     studio.tab("Experiments")
+    # The stages below run for seconds each: the polls that draw them must not wait behind the reload's restore.
+    studio.settle()
     studio.page.locator("#exp-stages .rb-exp-head[data-status='running']", has_text=f"#{exp_id}").wait_for()
     studio.page.locator("#exp-stages .rb-stage[data-stage='dataset'][data-status='queued']").wait_for()
     studio.page.locator("#exp-stages .rb-stage[data-stage='benchmark'][data-status='waiting']").wait_for()
